@@ -23,7 +23,11 @@ struct SeqWork {
 
 struct StepPlan {
   std::vector<SeqWork> seqs;
-  int64_t num_tokens() const;
+  int64_t num_tokens() const {
+    int64_t n = 0;
+    for (const SeqWork& s : seqs) n += static_cast<int64_t>(s.tokens.size());
+    return n;
+  }
 };
 
 // Logits of the sequences with want_logits, in plan order: [rows][vocab] fp32.

@@ -68,6 +68,8 @@ class Engine {
   virtual const Tokenizer& tokenizer() const = 0;
   // nullptr when the model ships no (known) chat template.
   virtual const ChatTemplate* chat_template() const = 0;
+  // Why chat_template() is nullptr (e.g. "unknown chat template"), OK otherwise.
+  virtual absl::Status chat_template_status() const = 0;
   virtual ModelInfo info() const = 0;
 
   // Checks a request against the model (non-empty prompt, ids inside the vocabulary,

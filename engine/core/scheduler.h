@@ -1,0 +1,73 @@
+#pragma once
+// Continuous-batching scheduler: a pure object over sequences and the KV cache
+// manager (no model, no threads), so it is unit-tested and benchmarked alone.
+//
+// Each step: running sequences first, oldest first, each gets the tokens it still
+// needs (a prefill chunk or one decode token) within the step's token budget; when
+// the cache cannot hold them, the newest running sequence is preempted (its blocks
+// freed, it goes back to the front of the waiting queue and recomputes later).
+// Then, if nothing was preempted, waiting sequences are admitted in FCFS order
+// while the budget, the running cap and free blocks allow (no skipping ahead).
+
+#include <cstdint>
+#include <deque>
+#include <vector>
+
+#include "cache/kv_cache.h"
+
+namespace leank {
+
+struct SchedulerOptions {
+  int max_num_seqs = 64;
+  int max_batched_tokens = 512;
+};
+
+// What the scheduler needs to know of a sequence. The engine owns it.
+struct SchedSeq {
+  cache::SeqId id = 0;
+  std::vector<int32_t> tokens;  // prompt + generated so far
+  int64_t num_cached = 0;       // tokens whose K/V are in the cache
+  int64_t arrival = 0;          // FCFS order (smaller = older)
+  int num_preemptions = 0;
+
+  int64_t remaining() const { return static_cast<int64_t>(tokens.size()) - num_cached; }
+};
+
+struct ScheduledSeq {
+  SchedSeq* seq = nullptr;
+  cache::AppendPlan cache;  // cache.num_new_tokens tokens from seq->num_cached
+  bool want_logits = false; // the chunk reaches the end of seq->tokens
+};
+
+struct Schedule {
+  std::vector<ScheduledSeq> seqs;
+  std::vector<SchedSeq*> preempted;  // freed this step, back in the waiting queue
+  // Sequences that cannot run even alone in an empty pool: the engine fails them.
+  std::vector<SchedSeq*> unschedulable;
+  int64_t num_tokens = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const SchedulerOptions& options, cache::KvCacheManager* cache);
+
+  void AddWaiting(SchedSeq* seq);  // appended at the back of the waiting queue
+  // Removes a sequence wherever it is and frees its blocks. Safe for unknown seqs.
+  void Remove(SchedSeq* seq);
+  Schedule Step();
+
+  int num_running() const { return static_cast<int>(running_.size()); }
+  int num_waiting() const { return static_cast<int>(waiting_.size()); }
+  int64_t num_preemptions() const { return num_preemptions_; }
+
+ private:
+  void Preempt(SchedSeq* seq);
+
+  SchedulerOptions options_;
+  cache::KvCacheManager* cache_;
+  std::vector<SchedSeq*> running_;  // oldest first
+  std::deque<SchedSeq*> waiting_;
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace leank

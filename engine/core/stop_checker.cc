@@ -1,0 +1,72 @@
+#include "engine/core/stop_checker.h"
+
+#include <algorithm>
+
+namespace leank {
+
+StopChecker::StopChecker(const Tokenizer& tokenizer, std::vector<std::string> stop,
+                         bool include_stop)
+    : stop_(std::move(stop)), include_stop_(include_stop), decoder_(tokenizer) {
+  for (const auto& s : stop_) max_stop_len_ = std::max(max_stop_len_, s.size());
+}
+
+StopChecker::Result StopChecker::Push(int32_t token, bool check_stops) {
+  Result r;
+  if (done_) return r;
+  const size_t old_size = text_.size();
+  text_ += decoder_.Push(token);
+  if (check_stops && !stop_.empty()) {
+    // A match may start up to max_stop_len - 1 bytes before the new text.
+    const size_t from = old_size >= max_stop_len_ ? old_size - max_stop_len_ + 1 : 0;
+    size_t best = std::string::npos, best_len = 0;
+    for (const auto& s : stop_) {
+      const size_t pos = text_.find(s, from);
+      if (pos != std::string::npos && pos >= released_ && pos < best) {
+        best = pos;
+        best_len = s.size();
+      }
+    }
+    if (best != std::string::npos) {
+      const size_t end = include_stop_ ? best + best_len : best;
+      r.text = text_.substr(released_, end > released_ ? end - released_ : 0);
+      released_ = std::max(released_, end);
+      r.stopped = true;
+      done_ = true;
+      return r;
+    }
+  }
+  // Hold back a tail that could still begin a stop string.
+  size_t hold = 0;
+  if (!stop_.empty()) {
+    for (const auto& s : stop_) {
+      for (size_t n = std::min(s.size() - 1, text_.size() - released_); n > hold; --n) {
+        if (text_.compare(text_.size() - n, n, s, 0, n) == 0) {
+          hold = n;
+          break;
+        }
+      }
+    }
+  }
+  size_t end = text_.size() - hold;
+  // Never split a UTF-8 character.
+  while (end > released_ && end < text_.size() &&
+         (static_cast<unsigned char>(text_[end]) & 0xC0) == 0x80) {
+    --end;
+  }
+  if (end > released_) {
+    r.text = text_.substr(released_, end - released_);
+    released_ = end;
+  }
+  return r;
+}
+
+std::string StopChecker::Flush() {
+  if (done_) return "";
+  done_ = true;
+  text_ += decoder_.Flush();
+  std::string rest = text_.substr(released_);
+  released_ = text_.size();
+  return rest;
+}
+
+}  // namespace leank
