@@ -24,18 +24,17 @@ struct LayoutOptions {
   int num_layers = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
-  int block_size = 16;   // B: tokens per block, a multiple of 16
-  int sink = 128;        // S: a multiple of B
-  int recent = 768;      // W: a multiple of B
-  int elem_bytes = 2;    // 2 for bf16 (GPU), 4 for f32 (CPU reference)
+  int block_size = 16;  // B: tokens per block, a multiple of 16
+  int sink = 128;       // S: a multiple of B, >= 0
+  int recent = 768;     // W: a multiple of B, >= B (a query always sees itself with full K)
+  int elem_bytes = 2;   // 2 for bf16 (GPU), 4 for f32 (CPU reference)
 };
 
 // Element offsets and sizes of full and pruned blocks. Immutable.
 class CacheLayout {
  public:
   // mask == nullopt: dense mode. InvalidArgument for bad sizes or a mask of another shape.
-  static absl::StatusOr<CacheLayout> Create(const LayoutOptions& options,
-                                            std::optional<Mask> mask);
+  static absl::StatusOr<CacheLayout> Create(const LayoutOptions& options, std::optional<Mask> mask);
 
   const LayoutOptions& options() const { return options_; }
   bool dense() const { return !mask_.has_value(); }
@@ -66,9 +65,10 @@ class CacheLayout {
  private:
   LayoutOptions options_;
   std::optional<Mask> mask_;
-  std::vector<int64_t> pruned_block_elems_;  // [layer]
+  std::vector<int64_t> pruned_block_elems_;   // [layer]
   std::vector<int64_t> k_offset_, v_offset_;  // [layer * heads + head]
-  std::vector<int64_t> pruned_layer_prefix_;  // [layer]: sum of pruned_block_elems of earlier layers
+  std::vector<int64_t>
+      pruned_layer_prefix_;  // [layer]: sum of pruned_block_elems of earlier layers
 };
 
 struct PoolSizes {
@@ -85,9 +85,9 @@ using SeqId = int64_t;
 // A sequence's block tables.
 struct SeqBlocks {
   int64_t num_tokens = 0;
-  int64_t middle_tokens = 0;          // M(num_tokens)
-  std::vector<int32_t> full_blocks;   // sink blocks, then recent blocks
-  std::vector<int32_t> pruned_blocks; // middle blocks in token order
+  int64_t middle_tokens = 0;           // M(num_tokens)
+  std::vector<int32_t> full_blocks;    // sink blocks, then recent blocks
+  std::vector<int32_t> pruned_blocks;  // middle blocks in token order
 };
 
 // What a backend needs for one step of one sequence that appends tokens.
@@ -102,49 +102,102 @@ struct SeqBlocks {
 // valid until EndStep().
 struct AppendPlan {
   SeqId seq = 0;
-  int64_t start_pos = 0;        // tokens already cached before this step
+  int64_t start_pos = 0;  // tokens already cached before this step
   int64_t num_new_tokens = 0;
-  int64_t middle_before = 0;    // M(start_pos)
-  int64_t middle_after = 0;     // M(start_pos + num_new_tokens)
+  int64_t middle_before = 0;           // M(start_pos)
+  int64_t middle_after = 0;            // M(start_pos + num_new_tokens)
+  int block_size = 16;                 // B, copied from the layout
   std::vector<int32_t> full_blocks;    // before compaction
   std::vector<int32_t> pruned_blocks;  // after compaction (includes the destinations)
   int num_compactions() const;
 };
 
+// Blocks an Append would take from the free lists.
+struct BlockDemand {
+  int64_t full = 0;
+  int64_t pruned = 0;
+};
+
+class SequenceLease;
+
 // Pure accounting object (no device memory): free lists of full and pruned
 // blocks, per-sequence tables. Frees are deferred to EndStep() so a block read
 // in the current step is never handed out again in the same step.
+// Cost: CanAppend/Demand are O(1); Append is O(table size) for the plan's copies.
+// Not thread-safe: the engine thread owns it.
 class KvCacheManager {
  public:
   KvCacheManager(const CacheLayout& layout, PoolSizes sizes);
 
-  // Blocks a sequence would need, as (full, pruned), to grow by `num_new_tokens`.
+  // Blocks `seq` (new or existing) needs from the free lists to grow by `num_new_tokens`.
+  BlockDemand Demand(SeqId seq, int64_t num_new_tokens) const;
+  // Whether Append(seq, num_new_tokens) would succeed now.
   bool CanAppend(SeqId seq, int64_t num_new_tokens) const;
   // Reserves the blocks (creating the sequence if new). ResourceExhausted when
-  // blocks run out; nothing changes then.
+  // blocks run out, InvalidArgument for a negative count; nothing changes then.
   absl::StatusOr<AppendPlan> Append(SeqId seq, int64_t num_new_tokens);
-  // Releases every block of `seq` (at EndStep). Unknown sequences are ignored.
+  // Releases every block of `seq` (returned to the free lists at EndStep). Unknown
+  // sequences are ignored. Preemption = Free now, Append from token 0 later (recompute).
   void Free(SeqId seq);
+  // Ends a step: blocks freed or compacted during it become allocatable.
   void EndStep();
+
+  // An RAII handle: the sequence's blocks are freed when the lease is destroyed.
+  SequenceLease Lease(SeqId seq);
 
   bool Contains(SeqId seq) const;
   const SeqBlocks& blocks(SeqId seq) const;  // CHECKs that seq exists
+  int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }
 
   const CacheLayout& layout() const { return layout_; }
   const PoolSizes& sizes() const { return sizes_; }
   int64_t free_full_blocks() const;
   int64_t free_pruned_blocks() const;
-  // Fraction of pool bytes in use (0..1).
+  // Blocks freed this step, allocatable after EndStep().
+  int64_t pending_full_blocks() const { return static_cast<int64_t>(pending_full_.size()); }
+  int64_t pending_pruned_blocks() const { return static_cast<int64_t>(pending_pruned_.size()); }
+  // Fraction of pool bytes not free (in tables or pending), 0..1.
   double Usage() const;
-  // Largest number of tokens one new sequence could hold now.
+  // Largest number of tokens one new sequence could hold now (its steady-state tables:
+  // ceil((n - M(n)) / B) full and M(n) / B pruned blocks; the free lists only).
   int64_t TokenCapacity() const;
 
+  // Checks the accounting (O(pool size), for tests): every block is in exactly one of
+  // free list, pending list, a sequence table; table sizes match token counts.
+  absl::Status Validate() const;
+
  private:
-  const CacheLayout& layout_;
+  CacheLayout layout_;
   PoolSizes sizes_;
   std::vector<int32_t> free_full_, free_pruned_;
   std::vector<int32_t> pending_full_, pending_pruned_;
   std::unordered_map<SeqId, SeqBlocks> seqs_;
+};
+
+// Owns a sequence's cache blocks: Free() on destruction. Move-only. The manager must
+// outlive the lease. Preempt() frees the blocks but keeps the lease, so the sequence
+// can be appended again from token 0 (recompute).
+class SequenceLease {
+ public:
+  SequenceLease() = default;
+  SequenceLease(KvCacheManager* manager, SeqId seq) : manager_(manager), seq_(seq) {}
+  SequenceLease(SequenceLease&& other) noexcept { *this = std::move(other); }
+  SequenceLease& operator=(SequenceLease&& other) noexcept;
+  SequenceLease(const SequenceLease&) = delete;
+  SequenceLease& operator=(const SequenceLease&) = delete;
+  ~SequenceLease() { Reset(); }
+
+  absl::StatusOr<AppendPlan> Append(int64_t num_new_tokens);
+  void Preempt();   // frees the blocks; the lease stays valid
+  void Reset();     // frees the blocks and drops the manager
+  SeqId Release();  // gives up ownership without freeing
+  bool valid() const { return manager_ != nullptr; }
+  SeqId seq() const { return seq_; }
+  int64_t num_tokens() const;  // 0 when nothing is cached
+
+ private:
+  KvCacheManager* manager_ = nullptr;
+  SeqId seq_ = 0;
 };
 
 }  // namespace leank::cache
