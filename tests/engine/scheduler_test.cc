@@ -1,0 +1,159 @@
+#include "engine/core/scheduler.h"
+
+#include <memory>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace leank {
+namespace {
+
+// A small dense cache: 1 layer, 1 kv head, head_dim 16, B = 16.
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void Make(int64_t full_blocks, SchedulerOptions options) {
+    cache::LayoutOptions lo;
+    lo.num_layers = 1;
+    lo.num_kv_heads = 1;
+    lo.head_dim = 16;
+    lo.block_size = 16;
+    lo.elem_bytes = 4;
+    layout_ = std::make_unique<cache::CacheLayout>(*cache::CacheLayout::Create(lo, std::nullopt));
+    cache_ = std::make_unique<cache::KvCacheManager>(*layout_, cache::PoolSizes{full_blocks, 0});
+    sched_ = std::make_unique<Scheduler>(options, cache_.get());
+  }
+
+  SchedSeq* NewSeq(int prompt_len) {
+    auto s = std::make_unique<SchedSeq>();
+    s->id = next_id_;
+    s->arrival = next_id_++;
+    s->tokens.assign(prompt_len, 1);
+    seqs_.push_back(std::move(s));
+    sched_->AddWaiting(seqs_.back().get());
+    return seqs_.back().get();
+  }
+
+  // Applies a schedule as the engine would: cached tokens advance, and each
+  // sequence that reached its end gets one new token.
+  void Apply(const Schedule& s) {
+    for (const ScheduledSeq& x : s.seqs) {
+      x.seq->num_cached += x.cache.num_new_tokens;
+      if (x.want_logits) x.seq->tokens.push_back(2);
+    }
+    cache_->EndStep();
+  }
+
+  std::unique_ptr<cache::CacheLayout> layout_;
+  std::unique_ptr<cache::KvCacheManager> cache_;
+  std::unique_ptr<Scheduler> sched_;
+  std::vector<std::unique_ptr<SchedSeq>> seqs_;
+  int64_t next_id_ = 1;
+};
+
+TEST_F(SchedulerTest, ChunkedPrefillWithinTheTokenBudget) {
+  Make(64, {8, 32});
+  SchedSeq* a = NewSeq(100);
+  std::vector<int64_t> chunks;
+  for (int step = 0; step < 4; ++step) {
+    Schedule s = sched_->Step();
+    ASSERT_EQ(s.seqs.size(), 1u);
+    EXPECT_LE(s.num_tokens, 32);
+    chunks.push_back(s.seqs[0].cache.num_new_tokens);
+    EXPECT_EQ(s.seqs[0].want_logits, step == 3);
+    Apply(s);
+  }
+  EXPECT_EQ(chunks, (std::vector<int64_t>{32, 32, 32, 4}));
+  EXPECT_EQ(a->num_cached, 100);
+  Schedule s = sched_->Step();  // decode
+  ASSERT_EQ(s.seqs.size(), 1u);
+  EXPECT_EQ(s.seqs[0].cache.num_new_tokens, 1);
+  EXPECT_TRUE(s.seqs[0].want_logits);
+}
+
+TEST_F(SchedulerTest, DecodesFirstThenFcfsAdmissionUnderTheSequenceCap) {
+  Make(64, {2, 64});
+  SchedSeq* a = NewSeq(10);
+  SchedSeq* b = NewSeq(10);
+  SchedSeq* c = NewSeq(10);
+  Schedule s = sched_->Step();
+  ASSERT_EQ(s.seqs.size(), 2u);  // cap of 2 running
+  EXPECT_EQ(s.seqs[0].seq, a);
+  EXPECT_EQ(s.seqs[1].seq, b);
+  Apply(s);
+  EXPECT_EQ(sched_->num_waiting(), 1);
+  sched_->Remove(a);  // a finishes
+  cache_->EndStep();
+  s = sched_->Step();
+  ASSERT_EQ(s.seqs.size(), 2u);
+  EXPECT_EQ(s.seqs[0].seq, b);  // running decode first
+  EXPECT_EQ(s.seqs[0].cache.num_new_tokens, 1);
+  EXPECT_EQ(s.seqs[1].seq, c);  // then the oldest waiting
+}
+
+TEST_F(SchedulerTest, PreemptsTheNewestWhenBlocksRunOutAndRecomputesLater) {
+  Make(4, {8, 256});  // 64 tokens in all
+  SchedSeq* a = NewSeq(31);
+  SchedSeq* b = NewSeq(31);
+  Apply(sched_->Step());  // both prefilled: 2 blocks each, pool full
+  EXPECT_EQ(cache_->free_full_blocks(), 0);
+  Schedule s = sched_->Step();  // both need a third block: b (newest) is preempted
+  ASSERT_EQ(s.preempted.size(), 1u);
+  EXPECT_EQ(s.preempted[0], b);
+  ASSERT_EQ(s.seqs.size(), 1u);
+  EXPECT_EQ(s.seqs[0].seq, a);
+  EXPECT_EQ(b->num_cached, 0);
+  EXPECT_EQ(b->tokens.size(), 32u);  // its generated token is kept for recompute
+  EXPECT_EQ(sched_->num_preemptions(), 1);
+  Apply(s);
+  sched_->Remove(a);
+  cache_->EndStep();
+  s = sched_->Step();
+  ASSERT_EQ(s.seqs.size(), 1u);
+  EXPECT_EQ(s.seqs[0].seq, b);
+  EXPECT_EQ(s.seqs[0].cache.num_new_tokens, 32);  // recompute prompt + output
+  EXPECT_TRUE(s.seqs[0].want_logits);
+}
+
+TEST_F(SchedulerTest, ARequestLargerThanThePoolIsUnschedulable) {
+  Make(2, {8, 256});
+  SchedSeq* big = NewSeq(40);
+  Schedule s = sched_->Step();
+  ASSERT_EQ(s.unschedulable.size(), 1u);
+  EXPECT_EQ(s.unschedulable[0], big);
+  EXPECT_EQ(sched_->num_waiting(), 0);
+}
+
+// Random workload: the invariants hold at every step and everything finishes.
+TEST_F(SchedulerTest, RandomWorkloadFinishesWithEveryBlockFree) {
+  Make(24, {6, 48});
+  std::mt19937 rng(1234);
+  std::vector<int> target(200);
+  int finished = 0;
+  for (int i = 0; i < 40; ++i) {
+    SchedSeq* s = NewSeq(1 + rng() % 60);
+    target[s->id] = static_cast<int>(s->tokens.size()) + 1 + rng() % 40;
+  }
+  for (int step = 0; step < 20000 && finished < 40; ++step) {
+    Schedule s = sched_->Step();
+    EXPECT_LE(s.num_tokens, 48);
+    EXPECT_LE(sched_->num_running(), 6);
+    ASSERT_TRUE(s.unschedulable.empty());
+    Apply(s);
+    for (const ScheduledSeq& x : s.seqs) {
+      if (static_cast<int>(x.seq->tokens.size()) >= target[x.seq->id] &&
+          x.seq->num_cached + 1 == static_cast<int64_t>(x.seq->tokens.size())) {
+        sched_->Remove(x.seq);
+        ++finished;
+      }
+    }
+    cache_->EndStep();
+  }
+  EXPECT_EQ(finished, 40);
+  EXPECT_EQ(cache_->free_full_blocks(), 24);
+  EXPECT_GT(sched_->num_preemptions(), 0);  // the pool is small enough to force some
+}
+
+}  // namespace
+}  // namespace leank

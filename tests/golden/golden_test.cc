@@ -1,0 +1,183 @@
+// Golden tests: the CPU reference backend against transformers' logits on tiny
+// random models (tests/data/golden, made by tests/golden/make_fixtures.py).
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/kv_cache.h"
+#include "engine/core/backend.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/model/safetensors.h"
+#include "engine/model/weights.h"
+#include "engine/sampling/sampler.h"
+#include "gtest/gtest.h"
+
+namespace leank {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Expected {
+  std::vector<int32_t> prompt_ids;   // [64]
+  std::vector<int32_t> greedy_ids;   // [16]
+  std::vector<float> logits;         // [17][vocab]: last prompt position, then each decode step
+  std::vector<float> prompt_logits;  // [64][vocab]
+};
+
+template <typename T>
+std::vector<T> AsVector(const RawTensor& t) {
+  std::vector<T> v(t.bytes.size() / sizeof(T));
+  std::memcpy(v.data(), t.bytes.data(), t.bytes.size());
+  return v;
+}
+
+Expected LoadExpected(const fs::path& dir) {
+  auto raw = ReadSafetensorsRaw(dir / "expected.safetensors");
+  EXPECT_TRUE(raw.ok()) << raw.status();
+  Expected e;
+  for (const RawTensor& t : raw->tensors) {
+    if (t.name == "prompt_ids") e.prompt_ids = AsVector<int32_t>(t);
+    if (t.name == "greedy_ids") e.greedy_ids = AsVector<int32_t>(t);
+    if (t.name == "logits") e.logits = AsVector<float>(t);
+    if (t.name == "prompt_logits") e.prompt_logits = AsVector<float>(t);
+  }
+  return e;
+}
+
+double RelError(std::span<const float> got, std::span<const float> want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - want[i];
+    num += d * d;
+    den += static_cast<double>(want[i]) * want[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// A backend + cache manager for one model and one cache layout.
+class Runner {
+ public:
+  Runner(const LoadedModel& model, std::optional<cache::Mask> mask, int sink, int recent) {
+    cache::LayoutOptions lo;
+    lo.num_layers = model.config.num_layers;
+    lo.num_kv_heads = model.config.num_kv_heads;
+    lo.head_dim = model.config.head_dim;
+    lo.block_size = 16;
+    lo.sink = sink;
+    lo.recent = recent;
+    lo.elem_bytes = 4;
+    auto layout = cache::CacheLayout::Create(lo, std::move(mask));
+    EXPECT_TRUE(layout.ok()) << layout.status();
+    layout_ = std::make_unique<cache::CacheLayout>(*std::move(layout));
+    const cache::PoolSizes sizes{64, 64};
+    auto backend = CreateCpuBackend(model.config, model.weights, *layout_, sizes, {2});
+    EXPECT_TRUE(backend.ok()) << backend.status();
+    backend_ = *std::move(backend);
+    manager_ = std::make_unique<cache::KvCacheManager>(*layout_, sizes);
+  }
+
+  // Runs `tokens` as one chunk of sequence `seq`; returns the last token's logits.
+  std::vector<float> Run(cache::SeqId seq, std::span<const int32_t> tokens) {
+    auto plan = manager_->Append(seq, static_cast<int64_t>(tokens.size()));
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    StepPlan step;
+    step.seqs.push_back({*plan, std::vector<int32_t>(tokens.begin(), tokens.end()), true});
+    StepOutput out;
+    absl::Status s = backend_->Forward(step, &out);
+    EXPECT_TRUE(s.ok()) << s;
+    manager_->EndStep();
+    return out.logits;
+  }
+
+ private:
+  std::unique_ptr<cache::CacheLayout> layout_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<cache::KvCacheManager> manager_;
+};
+
+class GoldenTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(LEANK_TEST_DATA_DIR) / "golden" / GetParam();
+    auto model = LoadModel(dir_);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::make_unique<LoadedModel>(*std::move(model));
+    expected_ = LoadExpected(dir_);
+    vocab_ = model_->config.vocab_size;
+    ASSERT_EQ(expected_.prompt_ids.size(), 64u);
+    ASSERT_EQ(expected_.greedy_ids.size(), 16u);
+    ASSERT_EQ(expected_.logits.size(), 17u * vocab_);
+    // f32 weights: the same math as transformers' float32 up to summation order.
+    // bf16 weights are upcast on both sides, so only accumulation order differs too,
+    // but the budget is looser as the issue asks for bf16.
+    tolerance_ = model_->config.torch_dtype == DType::kF32 ? 1e-4 : 1e-3;
+  }
+
+  std::span<const float> Row(const std::vector<float>& m, int i) const {
+    return std::span<const float>(m).subspan(static_cast<size_t>(i) * vocab_, vocab_);
+  }
+
+  // Prefill (in chunks of `chunk`) then 16 greedy steps, checked against transformers.
+  void CheckGeneration(Runner& runner, int chunk) {
+    const auto& prompt = expected_.prompt_ids;
+    std::vector<float> logits;
+    for (size_t b = 0; b < prompt.size(); b += chunk) {
+      const size_t n = std::min<size_t>(chunk, prompt.size() - b);
+      logits = runner.Run(1, std::span<const int32_t>(prompt).subspan(b, n));
+      if (chunk == 1 && !expected_.prompt_logits.empty()) {
+        EXPECT_LE(RelError(logits, Row(expected_.prompt_logits, static_cast<int>(b))), tolerance_)
+            << "prompt position " << b;
+      }
+    }
+    EXPECT_LE(RelError(logits, Row(expected_.logits, 0)), tolerance_) << "last prompt position";
+    for (int step = 0; step < 16; ++step) {
+      const int32_t token = ArgMax(logits);
+      ASSERT_EQ(token, expected_.greedy_ids[step]) << "greedy step " << step;
+      const int32_t next[1] = {token};
+      logits = runner.Run(1, next);
+      EXPECT_LE(RelError(logits, Row(expected_.logits, step + 1)), tolerance_)
+          << "decode step " << step;
+    }
+  }
+
+  fs::path dir_;
+  std::unique_ptr<LoadedModel> model_;
+  Expected expected_;
+  int64_t vocab_ = 0;
+  double tolerance_ = 1e-4;
+};
+
+TEST_P(GoldenTest, OneChunkPrefillThenGreedyMatchesTransformers) {
+  Runner runner(*model_, std::nullopt, 0, 0);
+  CheckGeneration(runner, 64);
+}
+
+TEST_P(GoldenTest, TokenByTokenPrefillMatchesEveryPosition) {
+  Runner runner(*model_, std::nullopt, 0, 0);
+  CheckGeneration(runner, 1);
+}
+
+TEST_P(GoldenTest, ChunkedPrefillMatches) {
+  Runner runner(*model_, std::nullopt, 0, 0);
+  CheckGeneration(runner, 7);
+}
+
+// An all-ones mask runs the LeanK path (pruned middle blocks, compaction) with
+// nothing pruned: it must reproduce transformers too. S = W = 16 so 80 tokens cross
+// every region boundary.
+TEST_P(GoldenTest, AllOnesMaskLeanKPathMatches) {
+  const ModelConfig& c = model_->config;
+  Runner runner(*model_, cache::Mask::AllOnes({c.num_layers, c.num_kv_heads, c.head_dim}), 16, 16);
+  CheckGeneration(runner, 13);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GoldenTest,
+                         ::testing::Values("llama_gqa", "llama3_rope", "qwen2_tied", "mistral",
+                                           "llama_gqa_bf16", "qwen2_tied_bf16"));
+
+}  // namespace
+}  // namespace leank

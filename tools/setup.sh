@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what leank-serve needs on Debian 12, by package name only (apt-get, pip).
+# Idempotent: skips what is already there. Used by the README quick start and CI.
+set -euo pipefail
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libspdlog-dev libfmt-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libpcre2-dev libcpp-httplib-dev libcli11-dev
+  python3 python3-pip python3-venv python3-numpy python3-pytest python3-torch
+  python3-grpcio python3-grpc-tools yamllint tmux
+)
+# Light Python packages for the model converter and tests (no torch from PyPI).
+PIP_PACKAGES=(gguf numpy safetensors tokenizers)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "[setup] apt-get install ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+need_pip=()
+for p in "${PIP_PACKAGES[@]}"; do
+  $PY -c "import $p" 2>/dev/null || need_pip+=("$p")
+done
+if ((${#need_pip[@]})); then
+  echo "[setup] pip install ${need_pip[*]}"
+  $PY -m pip install -q --disable-pip-version-check "${need_pip[@]}" 2>/dev/null ||
+    $PY -m pip install -q --disable-pip-version-check --break-system-packages "${need_pip[@]}"
+fi
+echo "[setup] dependencies ready"
