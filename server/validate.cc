@@ -1,0 +1,206 @@
+#include "server/validate.h"
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace leank::server {
+namespace {
+
+absl::Status Bad(const std::string& field, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+bool InRange(float v, float lo, float hi) { return std::isfinite(v) && v >= lo && v <= hi; }
+
+absl::Status ValidateText(const std::string& text, const char* field) {
+  if (text.empty()) return Bad(field, "empty");
+  if (!IsValidUtf8(text)) return Bad(field, "not valid UTF-8");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSampling(const v1::GenerateRequest& r) {
+  if (r.has_temperature() && !InRange(r.temperature(), 0.0f, 1e4f)) {
+    return Bad("temperature", absl::StrCat("must be a finite number >= 0, got ", r.temperature()));
+  }
+  if (r.top_k() < 0) return Bad("top_k", absl::StrCat("must be >= 0 (0 = off), got ", r.top_k()));
+  if (r.has_top_p() && !(std::isfinite(r.top_p()) && r.top_p() > 0.0f && r.top_p() <= 1.0f)) {
+    return Bad("top_p", absl::StrCat("must be in (0, 1], got ", r.top_p()));
+  }
+  if (!InRange(r.min_p(), 0.0f, 1.0f)) {
+    return Bad("min_p", absl::StrCat("must be in [0, 1], got ", r.min_p()));
+  }
+  if (r.has_repetition_penalty() &&
+      !(std::isfinite(r.repetition_penalty()) && r.repetition_penalty() > 0.0f &&
+        r.repetition_penalty() <= 10.0f)) {
+    return Bad("repetition_penalty",
+               absl::StrCat("must be in (0, 10], got ", r.repetition_penalty()));
+  }
+  if (!InRange(r.presence_penalty(), -2.0f, 2.0f)) {
+    return Bad("presence_penalty", absl::StrCat("must be in [-2, 2], got ", r.presence_penalty()));
+  }
+  if (!InRange(r.frequency_penalty(), -2.0f, 2.0f)) {
+    return Bad("frequency_penalty",
+               absl::StrCat("must be in [-2, 2], got ", r.frequency_penalty()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateStops(const v1::GenerateRequest& r, const ModelLimits& limits) {
+  if (r.stop_size() > kMaxStopStrings) {
+    return Bad("stop", absl::StrCat("at most ", kMaxStopStrings, " strings, got ", r.stop_size()));
+  }
+  for (int i = 0; i < r.stop_size(); ++i) {
+    const std::string field = absl::StrCat("stop[", i, "]");
+    const std::string& s = r.stop(i);
+    if (s.empty()) return Bad(field, "empty");
+    if (s.size() > static_cast<size_t>(kMaxStopStringBytes)) {
+      return Bad(field, absl::StrCat("longer than ", kMaxStopStringBytes, " bytes"));
+    }
+    if (!IsValidUtf8(s)) return Bad(field, "not valid UTF-8");
+  }
+  if (r.stop_token_ids_size() > kMaxStopTokenIds) {
+    return Bad("stop_token_ids",
+               absl::StrCat("at most ", kMaxStopTokenIds, " ids, got ", r.stop_token_ids_size()));
+  }
+  return ValidateTokenIds(r.stop_token_ids(), limits, "stop_token_ids", /*allow_empty=*/true);
+}
+
+}  // namespace
+
+absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
+                              const ModelLimits& limits, const char* field, bool allow_empty) {
+  if (ids.empty() && !allow_empty) return Bad(field, "empty");
+  for (int i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= limits.vocab_size) {
+      return Bad(absl::StrCat(field, "[", i, "]"),
+                 absl::StrCat(ids[i], " is outside the vocabulary [0, ", limits.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateMessages(const v1::ChatMessages& messages, const ModelLimits& limits,
+                              const char* field) {
+  if (messages.messages().empty()) return Bad(field, "empty");
+  if (!limits.has_chat_template) {
+    return Bad(field, "the model has no known chat template; send text or token_ids");
+  }
+  for (int i = 0; i < messages.messages_size(); ++i) {
+    const v1::ChatMessage& m = messages.messages(i);
+    const std::string prefix = absl::StrCat(field, "[", i, "]");
+    if (m.role() != "system" && m.role() != "user" && m.role() != "assistant") {
+      return Bad(absl::StrCat(prefix, ".role"),
+                 absl::StrCat("unknown role '", m.role(), "' (system, user or assistant)"));
+    }
+    if (!IsValidUtf8(m.content())) return Bad(absl::StrCat(prefix, ".content"), "not valid UTF-8");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLimits& limits) {
+  if (r.request_id().size() > static_cast<size_t>(kMaxRequestIdBytes)) {
+    return Bad("request_id", absl::StrCat("longer than ", kMaxRequestIdBytes, " bytes"));
+  }
+  if (!IsValidUtf8(r.request_id())) return Bad("request_id", "not valid UTF-8");
+  switch (r.input_case()) {
+    case v1::GenerateRequest::kText:
+      if (absl::Status s = ValidateText(r.text(), "text"); !s.ok()) return s;
+      break;
+    case v1::GenerateRequest::kMessages:
+      if (absl::Status s = ValidateMessages(r.messages(), limits, "messages"); !s.ok()) return s;
+      break;
+    case v1::GenerateRequest::kTokenIds:
+      if (absl::Status s = ValidateTokenIds(r.token_ids().ids(), limits, "token_ids",
+                                            /*allow_empty=*/false);
+          !s.ok()) {
+        return s;
+      }
+      break;
+    case v1::GenerateRequest::INPUT_NOT_SET:
+      return Bad("input", "one of text, messages or token_ids is required");
+  }
+  if (r.has_max_tokens() && r.max_tokens() <= 0) {
+    return Bad("max_tokens", absl::StrCat("must be > 0, got ", r.max_tokens()));
+  }
+  if (r.has_max_tokens() && r.max_tokens() >= limits.max_model_len) {
+    return Bad("max_tokens", absl::StrCat("must be < the context length ", limits.max_model_len,
+                                          ", got ", r.max_tokens()));
+  }
+  if (r.min_tokens() < 0)
+    return Bad("min_tokens", absl::StrCat("must be >= 0, got ", r.min_tokens()));
+  if (r.has_max_tokens() && r.min_tokens() > r.max_tokens()) {
+    return Bad("min_tokens",
+               absl::StrCat("must be <= max_tokens (", r.max_tokens(), "), got ", r.min_tokens()));
+  }
+  if (absl::Status s = ValidateSampling(r); !s.ok()) return s;
+  if (absl::Status s = ValidateStops(r, limits); !s.ok()) return s;
+  if (r.has_logprobs() && (r.logprobs() < 0 || r.logprobs() > kMaxLogprobs)) {
+    return Bad("logprobs", absl::StrCat("must be in [0, ", kMaxLogprobs, "], got ", r.logprobs()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GenerationParams> ToGenerationParams(const v1::GenerateRequest& r, int prompt_tokens,
+                                                    const ModelLimits& limits) {
+  if (prompt_tokens <= 0) return Bad("input", "the prompt has no tokens");
+  if (prompt_tokens >= limits.max_model_len) {
+    return Bad("input", absl::StrCat("the prompt has ", prompt_tokens,
+                                     " tokens, the context length is ", limits.max_model_len));
+  }
+  const int room = limits.max_model_len - prompt_tokens;
+  GenerationParams p;
+  if (r.has_max_tokens()) {
+    if (r.max_tokens() > room) {
+      return Bad("max_tokens",
+                 absl::StrCat("prompt (", prompt_tokens, " tokens) + max_tokens (", r.max_tokens(),
+                              ") exceeds the context length ", limits.max_model_len));
+    }
+    p.max_tokens = r.max_tokens();
+  } else {
+    p.max_tokens = std::min(kDefaultMaxTokens, room);
+  }
+  if (r.min_tokens() > p.max_tokens) {
+    return Bad("min_tokens",
+               absl::StrCat("must be <= max_tokens (", p.max_tokens, "), got ", r.min_tokens()));
+  }
+  p.min_tokens = r.min_tokens();
+  SamplingParams& s = p.sampling;
+  if (r.has_temperature()) s.temperature = r.temperature();
+  s.top_k = r.top_k();
+  if (r.has_top_p()) s.top_p = r.top_p();
+  s.min_p = r.min_p();
+  if (r.has_repetition_penalty()) s.repetition_penalty = r.repetition_penalty();
+  s.presence_penalty = r.presence_penalty();
+  s.frequency_penalty = r.frequency_penalty();
+  if (r.has_seed()) {
+    s.seed = r.seed();
+    s.has_seed = true;
+  }
+  p.stop.assign(r.stop().begin(), r.stop().end());
+  p.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
+  p.ignore_eos = r.ignore_eos();
+  p.include_stop_str_in_output = r.include_stop_str_in_output();
+  p.logprobs = r.has_logprobs() ? r.logprobs() : -1;
+  return p;
+}
+
+absl::Status ValidateTokenizeRequest(const v1::TokenizeRequest& r, const ModelLimits& limits) {
+  switch (r.input_case()) {
+    case v1::TokenizeRequest::kText:
+      return ValidateText(r.text(), "text");
+    case v1::TokenizeRequest::kMessages:
+      return ValidateMessages(r.messages(), limits, "messages");
+    case v1::TokenizeRequest::INPUT_NOT_SET:
+      break;
+  }
+  return Bad("input", "one of text or messages is required");
+}
+
+absl::Status ValidateDetokenizeRequest(const v1::DetokenizeRequest& r, const ModelLimits& limits) {
+  return ValidateTokenIds(r.token_ids(), limits, "token_ids", /*allow_empty=*/true);
+}
+
+}  // namespace leank::server

@@ -1,0 +1,47 @@
+#pragma once
+// Every field of every request is checked here, and only here. Errors are
+// InvalidArgument whose message starts with the field's name as written in the
+// proto ("top_p: ..."), so a client can tell what to fix. Engine::Validate repeats
+// the model-dependent checks when the request is enqueued (belt and braces).
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/core/request.h"
+#include "leank/v1/leank.pb.h"
+
+namespace leank::server {
+
+// What validation needs to know about the model.
+struct ModelLimits {
+  int vocab_size = 0;
+  int max_model_len = 0;
+  bool has_chat_template = false;
+};
+
+inline constexpr int kMaxStopStrings = 16;
+inline constexpr int kMaxStopStringBytes = 256;
+inline constexpr int kMaxStopTokenIds = 64;
+inline constexpr int kMaxLogprobs = 20;
+inline constexpr int kMaxRequestIdBytes = 128;
+inline constexpr int kDefaultMaxTokens = 256;
+
+// Checks of the request alone (and the vocabulary); no tokenization.
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& req, const ModelLimits& limits);
+
+// After tokenization: prompt length against the context, then the engine's params.
+absl::StatusOr<GenerationParams> ToGenerationParams(const v1::GenerateRequest& req,
+                                                    int prompt_tokens, const ModelLimits& limits);
+
+absl::Status ValidateTokenizeRequest(const v1::TokenizeRequest& req, const ModelLimits& limits);
+absl::Status ValidateDetokenizeRequest(const v1::DetokenizeRequest& req, const ModelLimits& limits);
+
+// Shared by Generate and Tokenize: roles known, contents valid UTF-8, non-empty.
+absl::Status ValidateMessages(const v1::ChatMessages& messages, const ModelLimits& limits,
+                              const char* field);
+absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
+                              const ModelLimits& limits, const char* field, bool allow_empty);
+
+}  // namespace leank::server
