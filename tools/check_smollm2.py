@@ -32,7 +32,7 @@ NUM_NEW_TOKENS = 32
 # Prompts for expected.json: each is a list of chat messages.
 EXPECTED_PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "user", "content": "Write a short poem about the sea."}],
+    [{"role": "user", "content": "Write a haiku about the ocean."}],
     [{"role": "system", "content": "You are a concise assistant."},
      {"role": "user", "content": "Explain in two sentences what a CPU cache is."}],
 ]
