@@ -1,0 +1,268 @@
+// leank-bench-kernels: decode attention time, dense paged vs LeanK, Llama-3.1-8B shape.
+//
+// For each (batch, context): every sequence holds `context` tokens (the decode query is
+// the last). A timed run is one sweep over the 32 layers (each layer with its own
+// released mask in LeanK mode), so the figure matches the model; time_us is the median
+// sweep over --iters sweeps divided by 32. Storage is replicated (rotated per layer)
+// until the working set is >= 512 MB, so L2 (50 MB) cannot flatter small points.
+// Block tables are shuffled like a fragmented pool. The read-only bandwidth of this run
+// (a reduction over 4 GB) is measured first and written into every record.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/kernels/bench_util.h"
+#include "kernels/attention.h"
+#include "nlohmann/json.hpp"
+
+namespace leank::bench {
+namespace {
+
+using kernels::AttentionShape;
+using kernels::bf16;
+using kernels::DecodeAttention;
+using kernels::DeviceMeta;
+using kernels::SeqView;
+using Mask = std::vector<std::vector<std::vector<int>>>;
+
+#define CK(expr)                                                                        \
+  do {                                                                                  \
+    cudaError_t _e = (expr);                                                            \
+    if (_e != cudaSuccess) {                                                            \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(_e)); \
+      std::exit(1);                                                                     \
+    }                                                                                   \
+  } while (0)
+
+struct Options {
+  std::string json_path;
+  std::string mask_path = std::string(LEANK_SOURCE_DIR) + "/bench/kernels/data/llama3.1-8b-instruct.json";
+  std::vector<int> batches = {1, 8, 32, 64};
+  std::vector<int> contexts = {4096, 16384, 32768, 65536, 131072};
+  int iters = 50;
+  int warmup = 5;
+  int block_size = 16;
+  std::string git_commit = "unknown";
+};
+
+std::vector<int> ParseList(const char* s) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::stoi(item));
+  return v;
+}
+
+Mask LoadMask(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) {
+    std::fprintf(stderr, "cannot open mask %s\n", path.c_str());
+    std::exit(1);
+  }
+  nlohmann::json j = nlohmann::json::parse(f);
+  return j.at("kept").get<Mask>();
+}
+
+struct Result {
+  double time_us = 0, bytes = 0, plan_us = 0;
+  int items = 0;
+};
+
+// Times one configuration; returns time per layer. dense: no mask (plain paged decode).
+Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
+  AttentionShape shape{32, 8, 32, 128, o.block_size, 128, 768};
+  auto meta_or = DeviceMeta::Create(shape, mask ? *mask : Mask{});
+  if (!meta_or.ok()) {
+    std::fprintf(stderr, "meta: %s\n", std::string(meta_or.status().message()).c_str());
+    std::exit(1);
+  }
+  const DeviceMeta& meta = *meta_or;
+  const int B = shape.block_size, L = shape.num_layers;
+  const bool dense = mask == nullptr;
+  const int64_t M = kernels::MiddleTokens(shape, dense, context);
+  const int nfull = static_cast<int>((context - M + B - 1) / B), npruned = static_cast<int>(M / B);
+  int64_t max_pruned_elems = 0;
+  for (int l = 0; l < L; ++l) max_pruned_elems = std::max(max_pruned_elems, meta.pruned_block_elems(l));
+  const size_t full_elems = size_t(batch) * nfull * meta.full_block_elems();
+  const size_t pruned_elems = size_t(batch) * npruned * max_pruned_elems;
+  const size_t copy_bytes = (full_elems + pruned_elems) * sizeof(bf16);
+  size_t free_b = 0, total_b = 0;
+  CK(cudaMemGetInfo(&free_b, &total_b));
+  int copies = static_cast<int>(std::clamp<size_t>((size_t(512) << 20) / copy_bytes + 1, 1, 32));
+  if (copy_bytes * copies + (size_t(1) << 30) > free_b) copies = 1;
+  if (copy_bytes + (size_t(1) << 30) > free_b) return Result{-1, 0, 0, 0};  // does not fit
+
+  std::vector<bf16*> full(copies), pruned(copies);
+  for (int c = 0; c < copies; ++c) {
+    CK(cudaMalloc(&full[c], std::max<size_t>(full_elems, 8) * sizeof(bf16)));
+    CK(cudaMalloc(&pruned[c], std::max<size_t>(pruned_elems, 8) * sizeof(bf16)));
+    FillRandomBf16(full[c], full_elems, 11 + c, nullptr);
+    FillRandomBf16(pruned[c], pruned_elems, 1000 + c, nullptr);
+  }
+  // Shuffled block tables: each sequence gets its own blocks of the pool.
+  std::mt19937 rng(1234);
+  std::vector<int32_t> fperm(size_t(batch) * nfull), pperm(size_t(batch) * npruned);
+  for (size_t i = 0; i < fperm.size(); ++i) fperm[i] = static_cast<int32_t>(i);
+  for (size_t i = 0; i < pperm.size(); ++i) pperm[i] = static_cast<int32_t>(i);
+  std::shuffle(fperm.begin(), fperm.end(), rng);
+  std::shuffle(pperm.begin(), pperm.end(), rng);
+  std::vector<SeqView> views;
+  for (int s = 0; s < batch; ++s)
+    views.push_back({context, std::span<const int32_t>(fperm).subspan(size_t(s) * nfull, nfull),
+                     std::span<const int32_t>(pperm).subspan(size_t(s) * npruned, npruned)});
+  bf16 *q = nullptr, *out = nullptr;
+  const size_t q_elems = size_t(batch) * shape.num_q_heads * shape.head_dim;
+  CK(cudaMalloc(&q, q_elems * sizeof(bf16)));
+  CK(cudaMalloc(&out, q_elems * sizeof(bf16)));
+  FillRandomBf16(q, q_elems, 77, nullptr);
+
+  cudaStream_t stream;
+  CK(cudaStreamCreate(&stream));
+  DecodeAttention attn(meta);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto st = attn.Plan(views, stream);
+  const auto t1 = std::chrono::steady_clock::now();
+  if (!st.ok()) {
+    std::fprintf(stderr, "plan: %s\n", std::string(st.message()).c_str());
+    std::exit(1);
+  }
+  Result r;
+  r.plan_us = std::chrono::duration<double, std::micro>(t1 - t0).count();
+  for (int l = 0; l < L; ++l) {
+    r.bytes += double(attn.kv_bytes(l)) + 2.0 * q_elems * sizeof(bf16);
+    r.items += attn.num_items(l);
+  }
+  r.bytes /= L;
+  r.items /= L;
+  const float scale = 1.0f / std::sqrt(128.0f);
+  auto sweep = [&] {
+    for (int l = 0; l < L; ++l) {
+      const int c = l % copies;
+      attn.Run(l, q, full[c], pruned[c], scale, out, stream);
+    }
+  };
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  for (int i = 0; i < o.warmup; ++i) sweep();
+  std::vector<float> ms;
+  for (int i = 0; i < o.iters; ++i) {
+    CK(cudaEventRecord(a, stream));
+    sweep();
+    CK(cudaEventRecord(b, stream));
+    CK(cudaEventSynchronize(b));
+    float t = 0;
+    CK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  CK(cudaGetLastError());
+  std::sort(ms.begin(), ms.end());
+  r.time_us = ms[ms.size() / 2] * 1e3 / L;
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaStreamDestroy(stream);
+  for (int c = 0; c < copies; ++c) {
+    cudaFree(full[c]);
+    cudaFree(pruned[c]);
+  }
+  cudaFree(q);
+  cudaFree(out);
+  return r;
+}
+
+std::string Today() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&t));
+  return buf;
+}
+
+int Main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    auto arg = [&](const char* name) { return std::strcmp(argv[i], name) == 0 && i + 1 < argc; };
+    if (arg("--json")) o.json_path = argv[++i];
+    else if (arg("--mask")) o.mask_path = argv[++i];
+    else if (arg("--batches")) o.batches = ParseList(argv[++i]);
+    else if (arg("--contexts")) o.contexts = ParseList(argv[++i]);
+    else if (arg("--iters")) o.iters = std::stoi(argv[++i]);
+    else if (arg("--block")) o.block_size = std::stoi(argv[++i]);
+    else if (arg("--git-commit")) o.git_commit = argv[++i];
+    else {
+      std::fprintf(stderr,
+                   "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 4096,...] "
+                   "[--iters N] [--block 16] [--git-commit SHA]\n", argv[0]);
+      return 2;
+    }
+  }
+  const Mask mask = LoadMask(o.mask_path);
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  const double read_gbps = MeasureReadBandwidth(size_t(4) << 30, 20);
+  std::printf("device %s, read-only bandwidth %.0f GB/s\n", prop.name, read_gbps);
+  nlohmann::json records = nlohmann::json::array();
+  std::printf("%6s %7s %10s %10s %8s %8s %8s %8s %7s\n", "batch", "context", "dense_us", "leank_us",
+              "dense%", "leank%", "d_GB/s", "l_GB/s", "speedup");
+  for (int batch : o.batches) {
+    for (int context : o.contexts) {
+      const Result d = TimeDecode(o, nullptr, batch, context);
+      if (d.time_us < 0) {
+        std::printf("%6d %7d  skipped: does not fit in device memory\n", batch, context);
+        continue;
+      }
+      const Result l = TimeDecode(o, &mask, batch, context);
+      if (l.time_us < 0) continue;
+      const double speedup = d.time_us / l.time_us;
+      for (int k = 0; k < 2; ++k) {
+        const Result& r = k == 0 ? d : l;
+        const double gbps = r.bytes / (r.time_us * 1e-6) / 1e9;
+        records.push_back({{"impl", k == 0 ? "dense" : "leank"},
+                           {"batch", batch},
+                           {"context", context},
+                           {"time_us", r.time_us},
+                           {"bytes", r.bytes},
+                           {"gbps", gbps},
+                           {"read_gbps", read_gbps},
+                           {"frac_read", gbps / read_gbps},
+                           {"speedup_vs_dense", d.time_us / r.time_us},
+                           {"plan_us_all_layers", r.plan_us},
+                           {"ctas_per_layer", r.items},
+                           {"block_size", o.block_size},
+                           {"layers", 32},
+                           {"sink", 128},
+                           {"recent", 768},
+                           {"shape", "llama-3.1-8b: 32 q heads, 8 kv heads, head_dim 128, bf16"},
+                           {"mask", k == 0 ? "none (dense mode)" : "LeanK released llama3.1-8b-instruct"},
+                           {"timing", "median of iters sweeps over 32 layers / 32, CUDA events"},
+                           {"iters", o.iters},
+                           {"device", prop.name},
+                           {"date", Today()},
+                           {"git_commit", o.git_commit}});
+      }
+      std::printf("%6d %7d %10.1f %10.1f %7.1f%% %7.1f%% %8.0f %8.0f %6.2fx\n", batch, context,
+                  d.time_us, l.time_us, 100 * d.bytes / (d.time_us * 1e3) / read_gbps,
+                  100 * l.bytes / (l.time_us * 1e3) / read_gbps, d.bytes / (d.time_us * 1e3),
+                  l.bytes / (l.time_us * 1e3), speedup);
+      std::fflush(stdout);
+    }
+  }
+  if (!o.json_path.empty()) {
+    std::ofstream f(o.json_path);
+    f << records.dump(1) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace leank::bench
+
+int main(int argc, char** argv) { return leank::bench::Main(argc, argv); }

@@ -1,0 +1,182 @@
+// DecodeAttention: host-side plan (block tables + byte-balanced split-KV work lists of
+// every layer, one upload per step) and the per-layer launch.
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/attention.h"
+#include "kernels/internal.h"
+
+namespace leank::kernels {
+
+using detail::DecodeItem;
+using detail::kTileTokens;
+
+namespace {
+
+int CeilDiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+// Appends `v` to a byte buffer, 16-byte aligned; returns its offset.
+template <typename T>
+size_t Append(std::vector<unsigned char>& buf, const T* data, size_t n) {
+  const size_t off = (buf.size() + 15) & ~size_t(15);
+  buf.resize(off + n * sizeof(T));
+  if (n) std::memcpy(buf.data() + off, data, n * sizeof(T));
+  return off;
+}
+
+}  // namespace
+
+DecodeAttention::DecodeAttention(const DeviceMeta& meta) : meta_(meta) {
+  int dev = 0;
+  LEANK_CUDA_CHECK(cudaGetDevice(&dev));
+  LEANK_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
+}
+
+DecodeAttention::~DecodeAttention() {
+  cudaFree(d_plan_);
+  cudaFree(d_partial_);
+}
+
+absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t stream,
+                                   int target_ctas) {
+  const AttentionShape& sh = meta_.shape();
+  const int S = static_cast<int>(seqs.size()), H = sh.num_kv_heads, D = sh.head_dim,
+            B = sh.block_size, L = sh.num_layers, G = sh.num_q_heads / sh.num_kv_heads;
+  std::vector<int32_t> seq_tokens(2 * S), full_ptr(S + 1, 0), pruned_ptr(S + 1, 0), full_idx,
+      pruned_idx;
+  for (int s = 0; s < S; ++s) {
+    const SeqView& v = seqs[s];
+    const int64_t n = v.num_tokens, m = MiddleTokens(sh, meta_.dense(), n);
+    if (n <= 0 || n > (int64_t(1) << 30))
+      return absl::InvalidArgumentError(absl::StrCat("decode seq ", s, ": num_tokens ", n));
+    if (static_cast<int64_t>(v.full.size()) != CeilDiv(n - m, B) ||
+        static_cast<int64_t>(v.pruned.size()) != m / B)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "decode seq ", s, ": ", v.full.size(), " full / ", v.pruned.size(),
+          " pruned blocks, expected ", CeilDiv(n - m, B), " / ", m / B, " for ", n, " tokens"));
+    seq_tokens[2 * s] = static_cast<int32_t>(n);
+    seq_tokens[2 * s + 1] = static_cast<int32_t>(m);
+    full_idx.insert(full_idx.end(), v.full.begin(), v.full.end());
+    pruned_idx.insert(pruned_idx.end(), v.pruned.begin(), v.pruned.end());
+    full_ptr[s + 1] = static_cast<int32_t>(full_idx.size());
+    pruned_ptr[s + 1] = static_cast<int32_t>(pruned_idx.size());
+  }
+
+  // Work lists: every (seq, kv head, region) segment cut into token ranges of about
+  // total_bytes / target_ctas bytes, whole 64-token tiles, largest first.
+  const int ctas = target_ctas > 0 ? target_ctas : num_sms_ * 4;
+  std::vector<DecodeItem> items;
+  std::vector<int32_t> merge_ptr;
+  layer_items_.assign(L, 0);
+  layer_item_offset_.assign(L, 0);
+  layer_bytes_.assign(L, 0);
+  max_items_ = 0;
+  struct Seg {
+    int seq, head, region, tokens;
+    int64_t bytes_per_token;
+  };
+  std::vector<Seg> segs;
+  std::vector<std::pair<int64_t, DecodeItem>> layer_list;
+  for (int l = 0; l < L; ++l) {
+    segs.clear();
+    int64_t total = 0;
+    for (int s = 0; s < S; ++s) {
+      const int n = seq_tokens[2 * s], m = seq_tokens[2 * s + 1];
+      for (int h = 0; h < H; ++h) {
+        segs.push_back({s, h, detail::kRegionFull, n - m, int64_t(4) * D});
+        const int kept = meta_.kept(l, h);
+        if (m > 0 && kept > 0) segs.push_back({s, h, detail::kRegionPruned, m, 2 * int64_t(kept + D)});
+      }
+    }
+    for (const Seg& g : segs) total += g.tokens * g.bytes_per_token;
+    layer_bytes_[l] = total;
+    const double target = std::max(1.0, double(total) / ctas);
+    layer_list.clear();
+    int slot = 0;
+    for (size_t i = 0; i < segs.size(); ++i) {
+      const Seg& g = segs[i];
+      if (g.region == detail::kRegionFull) merge_ptr.push_back(slot);  // first seg of (s, h)
+      const int max_split = CeilDiv(g.tokens, kTileTokens);
+      const int split = std::clamp(
+          static_cast<int>(std::lround(double(g.tokens * g.bytes_per_token) / target)), 1, max_split);
+      const int chunk = CeilDiv(CeilDiv(g.tokens, split), kTileTokens) * kTileTokens;
+      for (int b = 0; b < g.tokens; b += chunk) {
+        const int e = std::min(g.tokens, b + chunk);
+        layer_list.push_back({(e - b) * g.bytes_per_token,
+                              DecodeItem{g.seq, g.head, g.region, b, e, slot++}});
+      }
+    }
+    merge_ptr.push_back(slot);
+    std::stable_sort(layer_list.begin(), layer_list.end(),
+                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    layer_item_offset_[l] = static_cast<int>(items.size());
+    layer_items_[l] = static_cast<int>(layer_list.size());
+    max_items_ = std::max(max_items_, layer_items_[l]);
+    for (const auto& [bytes, it] : layer_list) items.push_back(it);
+  }
+
+  std::vector<unsigned char> buf;
+  off_tokens_ = Append(buf, seq_tokens.data(), seq_tokens.size());
+  off_full_ptr_ = Append(buf, full_ptr.data(), full_ptr.size());
+  off_full_idx_ = Append(buf, full_idx.data(), full_idx.size());
+  off_pruned_ptr_ = Append(buf, pruned_ptr.data(), pruned_ptr.size());
+  off_pruned_idx_ = Append(buf, pruned_idx.data(), pruned_idx.size());
+  off_items_ = Append(buf, items.data(), items.size());
+  off_merge_ptr_ = Append(buf, merge_ptr.data(), merge_ptr.size());
+  if (buf.size() > plan_capacity_) {
+    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
+    cudaFree(d_plan_);
+    plan_capacity_ = buf.size() * 2;
+    LEANK_CUDA_CHECK(cudaMalloc(&d_plan_, plan_capacity_));
+  }
+  const size_t partial = size_t(std::max(1, max_items_)) * G * (D + 1) * sizeof(float);
+  if (partial > partial_capacity_) {
+    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
+    cudaFree(d_partial_);
+    partial_capacity_ = partial * 2;
+    LEANK_CUDA_CHECK(cudaMalloc(&d_partial_, partial_capacity_));
+  }
+  // The host buffer dies with this call: copy synchronously with respect to the host.
+  LEANK_CUDA_CHECK(cudaMemcpyAsync(d_plan_, buf.data(), buf.size(), cudaMemcpyHostToDevice, stream));
+  LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
+  num_seqs_ = S;
+  return absl::OkStatus();
+}
+
+void DecodeAttention::Run(int layer, const bf16* q, const bf16* full, const bf16* pruned,
+                          float scale, bf16* out, cudaStream_t stream) const {
+  const AttentionShape& sh = meta_.shape();
+  const int H = sh.num_kv_heads, D = sh.head_dim, G = sh.num_q_heads / H;
+  auto* base = static_cast<unsigned char*>(d_plan_);
+  detail::DecodeParams p{};
+  p.q = q;
+  p.full = full;
+  p.pruned = pruned;
+  p.out = out;
+  p.seq_tokens = reinterpret_cast<const int32_t*>(base + off_tokens_);
+  p.full_ptr = reinterpret_cast<const int32_t*>(base + off_full_ptr_);
+  p.full_idx = reinterpret_cast<const int32_t*>(base + off_full_idx_);
+  p.pruned_ptr = reinterpret_cast<const int32_t*>(base + off_pruned_ptr_);
+  p.pruned_idx = reinterpret_cast<const int32_t*>(base + off_pruned_idx_);
+  p.items = reinterpret_cast<const DecodeItem*>(base + off_items_) + layer_item_offset_[layer];
+  p.merge_ptr =
+      reinterpret_cast<const int32_t*>(base + off_merge_ptr_) + size_t(layer) * (num_seqs_ * H + 1);
+  p.kept = meta_.d_kept() + layer * H;
+  p.k_off = meta_.d_k_off() + layer * H;
+  p.v_off = meta_.d_v_off() + layer * H;
+  p.channels = meta_.d_channels() + size_t(layer) * H * D;
+  p.pruned_block_elems = meta_.pruned_block_elems(layer);
+  p.partial_o = d_partial_;
+  p.partial_lse = d_partial_ + size_t(std::max(1, max_items_)) * G * D;
+  p.num_kv_heads = H;
+  p.group = G;
+  p.block_size = sh.block_size;
+  p.log2_block = sh.block_size == 16 ? 4 : sh.block_size == 32 ? 5 : 6;
+  p.scale_log2 = scale * 1.4426950408889634f;
+  detail::LaunchDecode(p, D, layer_items_[layer], num_seqs_, stream);
+}
+
+}  // namespace leank::kernels
