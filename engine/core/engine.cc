@@ -108,7 +108,7 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
     chat_template_ = *std::move(tmpl);
   } else {
     chat_template_status_ = tmpl.status();
-    spdlog::warn("no chat template: {}", tmpl.status().message());
+    spdlog::warn("no chat template: {}", std::string(tmpl.status().message()));
   }
 
   max_model_len_ = cfg.max_position_embeddings;
@@ -321,7 +321,7 @@ std::vector<RequestOutput> EngineImpl::Step() {
   StepOutput logits;
   absl::Status status = backend_->Forward(plan, &logits);
   if (!status.ok()) {
-    spdlog::error("backend step failed: {}", status.message());
+    spdlog::error("backend step failed: {}", std::string(status.message()));
     for (const ScheduledSeq& s : schedule.seqs) {
       outputs.push_back(Finish(*requests_.at(s.seq->id), FinishReason::kError, status));
       requests_.erase(s.seq->id);

@@ -94,8 +94,8 @@ TEST_F(SchedulerTest, DecodesFirstThenFcfsAdmissionUnderTheSequenceCap) {
 
 TEST_F(SchedulerTest, PreemptsTheNewestWhenBlocksRunOutAndRecomputesLater) {
   Make(4, {8, 256});  // 64 tokens in all
-  SchedSeq* a = NewSeq(31);
-  SchedSeq* b = NewSeq(31);
+  SchedSeq* a = NewSeq(32);
+  SchedSeq* b = NewSeq(32);
   Apply(sched_->Step());  // both prefilled: 2 blocks each, pool full
   EXPECT_EQ(cache_->free_full_blocks(), 0);
   Schedule s = sched_->Step();  // both need a third block: b (newest) is preempted
@@ -104,7 +104,7 @@ TEST_F(SchedulerTest, PreemptsTheNewestWhenBlocksRunOutAndRecomputesLater) {
   ASSERT_EQ(s.seqs.size(), 1u);
   EXPECT_EQ(s.seqs[0].seq, a);
   EXPECT_EQ(b->num_cached, 0);
-  EXPECT_EQ(b->tokens.size(), 32u);  // its generated token is kept for recompute
+  EXPECT_EQ(b->tokens.size(), 33u);  // its generated token is kept for recompute
   EXPECT_EQ(sched_->num_preemptions(), 1);
   Apply(s);
   sched_->Remove(a);
@@ -112,7 +112,7 @@ TEST_F(SchedulerTest, PreemptsTheNewestWhenBlocksRunOutAndRecomputesLater) {
   s = sched_->Step();
   ASSERT_EQ(s.seqs.size(), 1u);
   EXPECT_EQ(s.seqs[0].seq, b);
-  EXPECT_EQ(s.seqs[0].cache.num_new_tokens, 32);  // recompute prompt + output
+  EXPECT_EQ(s.seqs[0].cache.num_new_tokens, 33);  // recompute prompt + output
   EXPECT_TRUE(s.seqs[0].want_logits);
 }
 
