@@ -2,11 +2,20 @@
 // Chat templates of the supported model families, recognised from the
 // chat_template string in tokenizer_config.json. Only known families are
 // rendered; an unknown template is an error, never a guess.
+//
+// Supported (plain system/user/assistant messages; no tools):
+//   ChatML (SmolLM2, Qwen2/2.5): optional default system prompt taken from the
+//     template's literal "<|im_start|>system\n...<|im_end|>" when the first
+//     message is not a system message.
+//   Llama-3 (8B-Instruct): bos + headers, contents trimmed.
+//   Llama-3.1/3.2/3.3: also the always-present system header with
+//     "Cutting Knowledge Date: ..." and "Today Date: ...".
 
 #include <filesystem>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/statusor.h"
 
@@ -35,11 +44,19 @@ class ChatTemplate {
   Family family() const { return family_; }
   // The default system prompt the family's template inserts when none is given ("" if none).
   const std::string& default_system() const { return default_system_; }
+  // Llama-3.1-style templates (a "Cutting Knowledge Date:" system header): the
+  // "Today Date:" value, by default the template's date_string literal, or
+  // today's date ("%d %b %Y") when the template calls strftime_now.
+  const std::string& date_string() const { return date_string_; }
+  void set_date_string(std::string date) { date_string_ = std::move(date); }
 
  private:
   Family family_ = Family::kChatML;
   std::string bos_token_;
   std::string default_system_;
+  bool system_header_always_ = false;  // Llama-3.1: the system header is always written
+  std::string knowledge_date_;
+  std::string date_string_;
 };
 
 }  // namespace leank

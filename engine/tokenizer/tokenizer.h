@@ -30,7 +30,8 @@ class Tokenizer {
   virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
                                                       bool add_special_tokens = false) const = 0;
   // Bytes of the tokens, concatenated (may end inside a UTF-8 character).
-  virtual std::string DecodeBytes(std::span<const int32_t> ids, bool skip_special = false) const = 0;
+  virtual std::string DecodeBytes(std::span<const int32_t> ids,
+                                  bool skip_special = false) const = 0;
   // Decoded text with invalid UTF-8 replaced by U+FFFD, as HF decode does.
   virtual std::string Decode(std::span<const int32_t> ids, bool skip_special = false) const = 0;
 
@@ -57,9 +58,10 @@ class IncrementalDecoder {
   std::string pending_;  // bytes of an incomplete UTF-8 character
 };
 
-// Length of the longest prefix of `s` made of complete, valid UTF-8 characters,
-// stopping at the first byte that cannot begin or continue one... (helper for
-// streaming). Returns s.size() if all of s is complete.
+// Streaming helper: the length of the prefix of `s` that can be emitted now.
+// What follows it (at most 3 bytes) is the start of a UTF-8 character that
+// later bytes may complete. Invalid bytes are inside the prefix (emit them as
+// U+FFFD). Returns s.size() when nothing is pending.
 size_t CompleteUtf8Prefix(std::string_view s);
 bool IsValidUtf8(std::string_view s);
 

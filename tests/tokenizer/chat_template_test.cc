@@ -1,0 +1,94 @@
+// Chat templates against strings rendered by transformers' Jinja renderer
+// from the real template texts (tests/data/tokenizer/templates/).
+
+#include "engine/tokenizer/chat_template.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <vector>
+
+#include "test_util.h"
+
+namespace leank {
+namespace {
+
+using testing::ReadJsonl;
+using testing::TokenizerData;
+
+std::filesystem::path ConfigOf(const std::string& name) {
+  return TokenizerData() / "templates" / (name + ".tokenizer_config.json");
+}
+
+TEST(ChatTemplateTest, MatchesTransformersRendering) {
+  const auto cases = ReadJsonl(TokenizerData() / "templates" / "chat.jsonl");
+  std::map<std::string, int> per_template;
+  for (const auto& c : cases) {
+    const std::string name = c["template"];
+    auto tmpl = ChatTemplate::Load(ConfigOf(name));
+    ASSERT_TRUE(tmpl.ok()) << tmpl.status();
+    std::vector<ChatMessage> messages;
+    for (const auto& m : c["messages"]) messages.push_back({m["role"], m["content"]});
+    auto text = tmpl->Render(messages, c["add_generation_prompt"].get<bool>());
+    ASSERT_TRUE(text.ok()) << text.status();
+    EXPECT_EQ(*text, c["text"].get<std::string>()) << name << " " << c["messages"].dump();
+    ++per_template[name];
+  }
+  for (const char* name : {"smollm2", "qwen2.5", "llama3", "llama3.1"}) {
+    EXPECT_GE(per_template[name], 10) << name;
+  }
+}
+
+TEST(ChatTemplateTest, FamiliesAndDefaultSystemPrompts) {
+  auto smol = ChatTemplate::Load(ConfigOf("smollm2"));
+  ASSERT_TRUE(smol.ok()) << smol.status();
+  EXPECT_EQ(smol->family(), ChatTemplate::Family::kChatML);
+  EXPECT_EQ(smol->default_system(),
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  auto qwen = ChatTemplate::Load(ConfigOf("qwen2.5"));
+  ASSERT_TRUE(qwen.ok()) << qwen.status();
+  EXPECT_EQ(qwen->default_system(),
+            "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+  auto llama = ChatTemplate::Load(ConfigOf("llama3.1"));
+  ASSERT_TRUE(llama.ok()) << llama.status();
+  EXPECT_EQ(llama->family(), ChatTemplate::Family::kLlama3);
+  EXPECT_EQ(llama->default_system(), "");
+  EXPECT_EQ(llama->date_string(), "26 Jul 2024");
+  llama->set_date_string("01 Jan 2030");
+  const ChatMessage user[] = {{"user", "hi"}};
+  auto text = llama->Render(user);
+  ASSERT_TRUE(text.ok());
+  EXPECT_NE(text->find("Today Date: 01 Jan 2030\n"), std::string::npos) << *text;
+}
+
+TEST(ChatTemplateTest, ChatMlWithoutDefaultSystem) {
+  auto t = ChatTemplate::FromTokenizerConfigJson(
+      R"({"chat_template": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"})");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->default_system(), "");
+  const ChatMessage msgs[] = {{"user", "a"}};
+  EXPECT_EQ(*t->Render(msgs, true), "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n");
+}
+
+TEST(ChatTemplateTest, Errors) {
+  auto unknown = ChatTemplate::FromTokenizerConfigJson(
+      R"({"chat_template": "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}"})");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("unknown chat template"), std::string::npos);
+  EXPECT_FALSE(ChatTemplate::FromTokenizerConfigJson(R"({"bos_token": "<s>"})").ok());
+  EXPECT_FALSE(ChatTemplate::FromTokenizerConfigJson("not json").ok());
+  EXPECT_EQ(ChatTemplate::Load("/nonexistent/tokenizer_config.json").status().code(),
+            absl::StatusCode::kNotFound);
+
+  auto t = ChatTemplate::Load(ConfigOf("smollm2"));
+  ASSERT_TRUE(t.ok());
+  const ChatMessage tool[] = {{"user", "x"}, {"tool", "y"}};
+  auto r = t->Render(tool);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("'tool'"), std::string::npos) << r.status();
+  EXPECT_EQ(t->Render(std::span<const ChatMessage>()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace leank
