@@ -11,8 +11,8 @@ namespace leank {
 
 enum class DType { kF32, kF16, kBF16 };
 
-std::string_view DTypeName(DType dtype);     // "float32", "float16", "bfloat16"
-int DTypeSize(DType dtype);                  // bytes per element
+std::string_view DTypeName(DType dtype);  // "float32", "float16", "bfloat16"
+int DTypeSize(DType dtype);               // bytes per element
 absl::StatusOr<DType> ParseSafetensorsDType(std::string_view s);  // "F32", "F16", "BF16"
 absl::StatusOr<DType> ParseTorchDType(std::string_view s);        // "float32", "bfloat16", ...
 
@@ -32,7 +32,13 @@ inline uint16_t FloatToBf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
+// Exact for every half value: subnormals, +-0, +-inf and NaN (payload kept).
 float F16ToFloat(uint16_t h);
+// Round-to-nearest-even; overflow gives +-inf, NaN stays a quiet NaN.
+uint16_t FloatToF16(float f);
+
+// "F32", "F16", "BF16": the dtype names of the safetensors header.
+std::string_view SafetensorsDTypeName(DType dtype);
 
 // Converts `count` elements of `dtype` at `src` to float.
 void ConvertToFloat(DType dtype, const void* src, int64_t count, float* dst);

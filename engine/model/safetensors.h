@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -60,8 +61,37 @@ class WeightStore {
   std::vector<std::string> Names() const;
 
  private:
+  std::filesystem::path dir_;  // for messages
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorView*> index_;
 };
+
+// A tensor of any safetensors dtype ("U8", "BF16", ...) held in memory: for small
+// files that are not model weights (LeanK masks are uint8) and for writing files.
+struct RawTensor {
+  std::string name;
+  std::string dtype;  // safetensors header name
+  std::vector<int64_t> shape;
+  std::string bytes;  // numel * dtype size bytes, little-endian
+};
+
+struct RawSafetensors {
+  std::vector<RawTensor> tensors;  // in file order (ascending data offset)
+  std::map<std::string, std::string> metadata;
+};
+
+// Bytes per element of a safetensors dtype name (BOOL, U8, I8, F8_E4M3, F8_E5M2, I16,
+// U16, F16, BF16, I32, U32, F32, F64, I64, U64); InvalidArgument when unknown.
+absl::StatusOr<int> SafetensorsDTypeSize(std::string_view dtype);
+
+// Reads and validates a whole file into memory, any dtype accepted. Same checks as
+// SafetensorsFile::Open.
+absl::StatusOr<RawSafetensors> ReadSafetensorsRaw(const std::filesystem::path& path);
+
+// Writes a safetensors file (header padded to 8 bytes, tensors in the given order),
+// through a temporary file renamed into place. Checks bytes == numel * dtype size.
+absl::Status WriteSafetensors(const std::filesystem::path& path,
+                              const std::vector<RawTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace leank

@@ -13,23 +13,23 @@
 namespace leank {
 
 struct LayerWeights {
-  TensorView input_norm;     // [hidden]
-  TensorView q_proj;         // [num_heads * head_dim, hidden]
-  TensorView k_proj;         // [num_kv_heads * head_dim, hidden]
-  TensorView v_proj;         // [num_kv_heads * head_dim, hidden]
-  TensorView o_proj;         // [hidden, num_heads * head_dim]
+  TensorView input_norm;                             // [hidden]
+  TensorView q_proj;                                 // [num_heads * head_dim, hidden]
+  TensorView k_proj;                                 // [num_kv_heads * head_dim, hidden]
+  TensorView v_proj;                                 // [num_kv_heads * head_dim, hidden]
+  TensorView o_proj;                                 // [hidden, num_heads * head_dim]
   std::optional<TensorView> q_bias, k_bias, v_bias;  // present iff config.attention_bias
-  TensorView post_attention_norm;  // [hidden]
-  TensorView gate_proj;      // [intermediate, hidden]
-  TensorView up_proj;        // [intermediate, hidden]
-  TensorView down_proj;      // [hidden, intermediate]
+  TensorView post_attention_norm;                    // [hidden]
+  TensorView gate_proj;                              // [intermediate, hidden]
+  TensorView up_proj;                                // [intermediate, hidden]
+  TensorView down_proj;                              // [hidden, intermediate]
 };
 
 struct ModelWeights {
   TensorView embed_tokens;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
-  TensorView final_norm;    // [hidden]
-  TensorView lm_head;       // [vocab, hidden]; the embedding when tied
+  TensorView final_norm;  // [hidden]
+  TensorView lm_head;     // [vocab, hidden]; the embedding when tied
 };
 
 // Loads config.json and the safetensors of `model_dir` and binds them.
