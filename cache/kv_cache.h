@@ -139,6 +139,10 @@ class KvCacheManager {
   // Releases every block of `seq` (returned to the free lists at EndStep). Unknown
   // sequences are ignored. Preemption = Free now, Append from token 0 later (recompute).
   void Free(SeqId seq);
+  // Releases every block of `seq` at once. Only for a sequence that takes no part in
+  // the step being planned (the scheduler preempting it before the backend runs):
+  // its blocks were last read in a finished step, so they may be handed out now.
+  void Release(SeqId seq);
   // Ends a step: blocks freed or compacted during it become allocatable.
   void EndStep();
 

@@ -103,6 +103,15 @@ void KvCacheManager::Free(SeqId seq) {
   seqs_.erase(it);
 }
 
+void KvCacheManager::Release(SeqId seq) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return;
+  const SeqBlocks& s = it->second;
+  free_full_.insert(free_full_.end(), s.full_blocks.begin(), s.full_blocks.end());
+  free_pruned_.insert(free_pruned_.end(), s.pruned_blocks.begin(), s.pruned_blocks.end());
+  seqs_.erase(it);
+}
+
 void KvCacheManager::EndStep() {
   free_full_.insert(free_full_.end(), pending_full_.begin(), pending_full_.end());
   free_pruned_.insert(free_pruned_.end(), pending_pruned_.begin(), pending_pruned_.end());

@@ -4,6 +4,7 @@
 
 #include "cache/reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -131,11 +132,12 @@ void Attend(const CacheLayout& layout, const FloatStorage& storage, int layer,
   REF_CHECK(num_heads > 0 && num_heads % H == 0, "num_heads must be a multiple of num_kv_heads");
   const int64_t G = num_heads / H;  // query heads per kv head (GQA)
   const int64_t max_keys = plan.start_pos + plan.num_new_tokens;
+  const int64_t middle_before_end = S + plan.middle_before;
 
   std::vector<float> q_kept(G * D);         // [G][kept]: q gathered by the kept channels
   std::vector<float> scores(G * max_keys);  // [G][keys used]
   std::vector<const float*> v_rows(max_keys);
-  std::vector<double> acc(D);
+  std::vector<float> acc(D);
   for (int64_t t = 0; t < plan.num_new_tokens; ++t) {
     const int64_t i = plan.start_pos + t;
     const int64_t middle_end = S + layout.MiddleTokens(i + 1);  // [S, middle_end) is middle for i
@@ -149,54 +151,68 @@ void Attend(const CacheLayout& layout, const FloatStorage& storage, int layer,
           for (int c = 0; c < kept; ++c) q_kept[g * kept + c] = q_head[g * D + (*channels)[c]];
         }
       }
-      int64_t n = 0;  // keys used
-      for (int64_t j = 0; j <= i; ++j) {
-        if (j >= S && j < middle_end) {
-          if (kept == 0) {  // a streaming head: no middle keys, no middle values
-            j = middle_end - 1;
-            continue;
-          }
-          if (j < S + plan.middle_before) {  // compacted earlier: kept channels only
-            const float* block = view.PrunedBlock((j - S) / B);
-            const int64_t slot = (j - S) % B;
-            const float* k_row = block + layout.pruned_k_offset(layer, h) + slot * kept;
+      int64_t n = 0;  // keys used so far
+      // Full q.k over keys [begin, end) held in full blocks (all sink, or all >= S +
+      // middle_before).
+      auto full_keys = [&](int64_t begin, int64_t end) {
+        while (begin < end) {
+          const float* k_row = view.FullRow(begin, 0, h);
+          const float* v_row = view.FullRow(begin, 1, h);
+          const int64_t slot = begin < S ? begin % B : (begin - middle_before_end) % B;
+          const int64_t run = std::min(B - slot, end - begin);  // rows left in this block
+          for (int64_t r = 0; r < run; ++r, ++n) {
             for (int64_t g = 0; g < G; ++g) {
-              scores[g * max_keys + n] = scale * Dot(q_kept.data() + g * kept, k_row, kept);
+              scores[g * max_keys + n] =
+                  scale * Dot(q_head + g * D, k_row + r * D, static_cast<int>(D));
             }
-            v_rows[n] = block + layout.pruned_v_offset(layer, h) + slot * D;
-          } else {  // becomes middle in this step; still in its full block
-            const float* k_row = view.FullRow(j, 0, h);
-            for (int64_t g = 0; g < G; ++g) {
-              float s = 0;
-              for (int c = 0; c < kept; ++c) s += q_kept[g * kept + c] * k_row[(*channels)[c]];
-              scores[g * max_keys + n] = scale * s;
-            }
-            v_rows[n] = view.FullRow(j, 1, h);
+            v_rows[n] = v_row + r * D;
           }
-        } else {
+          begin += run;
+        }
+      };
+      full_keys(0, std::min(S, i + 1));
+      if (kept > 0) {  // a head keeping 0 channels skips middle keys and values entirely
+        // Middle keys compacted in earlier steps: kept-channel tiles of pruned blocks.
+        for (int64_t j = S; j < std::min(middle_before_end, middle_end); j += B) {
+          const float* block = view.PrunedBlock((j - S) / B);
+          const float* k_tile = block + layout.pruned_k_offset(layer, static_cast<int>(h));
+          const float* v_tile = block + layout.pruned_v_offset(layer, static_cast<int>(h));
+          for (int64_t r = 0; r < B; ++r, ++n) {
+            for (int64_t g = 0; g < G; ++g) {
+              scores[g * max_keys + n] =
+                  scale * Dot(q_kept.data() + g * kept, k_tile + r * kept, kept);
+            }
+            v_rows[n] = v_tile + r * D;
+          }
+        }
+        // Keys that become middle during this step: still in full blocks, gathered.
+        for (int64_t j = middle_before_end; j < middle_end; ++j, ++n) {
           const float* k_row = view.FullRow(j, 0, h);
           for (int64_t g = 0; g < G; ++g) {
-            scores[g * max_keys + n] = scale * Dot(q_head + g * D, k_row, static_cast<int>(D));
+            float s = 0;
+            for (int c = 0; c < kept; ++c) s += q_kept[g * kept + c] * k_row[(*channels)[c]];
+            scores[g * max_keys + n] = scale * s;
           }
           v_rows[n] = view.FullRow(j, 1, h);
         }
-        ++n;
       }
+      full_keys(std::max(S, middle_end), i + 1);
       REF_CHECK(n > 0, "a query with no keys");
       for (int64_t g = 0; g < G; ++g) {
         float* s = scores.data() + g * max_keys;
         float max_score = -std::numeric_limits<float>::infinity();
         for (int64_t k = 0; k < n; ++k) max_score = std::max(max_score, s[k]);
         double sum = 0;
-        std::fill(acc.begin(), acc.end(), 0.0);
+        std::fill(acc.begin(), acc.end(), 0.0f);
         for (int64_t k = 0; k < n; ++k) {
-          const double p = std::exp(static_cast<double>(s[k]) - max_score);
+          const float p = std::exp(s[k] - max_score);  // <= 1: no overflow
           sum += p;
           const float* v_row = v_rows[k];
           for (int64_t d = 0; d < D; ++d) acc[d] += p * v_row[d];
         }
+        const float inv = static_cast<float>(1.0 / sum);
         float* o = out + (t * num_heads + h * G + g) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = static_cast<float>(acc[d] / sum);
+        for (int64_t d = 0; d < D; ++d) o[d] = acc[d] * inv;
       }
     }
   }
