@@ -17,7 +17,7 @@ void Scheduler::Remove(SchedSeq* seq) {
 
 void Scheduler::Preempt(SchedSeq* seq) {
   std::erase(running_, seq);
-  cache_->Free(seq->id);
+  cache_->Release(seq->id);  // not part of this step: its blocks can serve others now
   seq->num_cached = 0;
   ++seq->num_preemptions;
   ++num_preemptions_;
@@ -53,7 +53,7 @@ Schedule Scheduler::Step() {
       if (running_.size() == 1 && out.seqs.empty()) {
         // Alone with the whole pool and still no room: it can never run.
         std::erase(running_, seq);
-        cache_->Free(seq->id);
+        cache_->Release(seq->id);
         out.unschedulable.push_back(seq);
       } else {
         Preempt(seq);

@@ -59,8 +59,11 @@ class CpuBackend final : public Backend {
     }
     int64_t full_elems = layout_.options().num_layers * sizes_.num_full_blocks *
                          layout_.full_block_elems();
-    int64_t pruned_elems =
-        layout_.dense() ? 0 : layout_.pruned_layer_base(config_.num_layers, sizes_.num_pruned_blocks);
+    const int last = config_.num_layers - 1;
+    const int64_t pruned_elems =
+        layout_.dense() ? 0
+                        : layout_.pruned_layer_base(last, sizes_.num_pruned_blocks) +
+                              sizes_.num_pruned_blocks * layout_.pruned_block_elems(last);
     full_.assign(full_elems, 0.0f);
     pruned_.assign(pruned_elems, 0.0f);
     storage_ = {full_.data(), pruned_.data(), sizes_};

@@ -32,7 +32,7 @@ class FakeTokenizer : public Tokenizer {
   std::vector<std::string> pieces_;
 };
 
-std::string Run(StopChecker& c, const std::vector<int32_t>& ids, bool* stopped) {
+std::string Feed(StopChecker& c, const std::vector<int32_t>& ids, bool* stopped) {
   std::string out;
   *stopped = false;
   for (int32_t id : ids) {
@@ -55,7 +55,7 @@ const FakeTokenizer& Tok() {
 TEST(StopCheckerTest, NoStopStringsReleasesEverything) {
   StopChecker c(Tok(), {}, false);
   bool stopped;
-  EXPECT_EQ(Run(c, {0, 1, 2}, &stopped), "Hello world");
+  EXPECT_EQ(Feed(c, {0, 1, 2}, &stopped), "Hello world");
   EXPECT_FALSE(stopped);
 }
 
@@ -76,14 +76,14 @@ TEST(StopCheckerTest, StopStringAcrossTokensIsCutAndNeverLeaked) {
 TEST(StopCheckerTest, IncludeStopString) {
   StopChecker c(Tok(), {"ld\n"}, true);
   bool stopped;
-  EXPECT_EQ(Run(c, {0, 1, 2, 3, 0}, &stopped), "Hello world\n");
+  EXPECT_EQ(Feed(c, {0, 1, 2, 3, 0}, &stopped), "Hello world\n");
   EXPECT_TRUE(stopped);
 }
 
 TEST(StopCheckerTest, EarliestOfSeveralStopStrings) {
   StopChecker c(Tok(), {"END", "wor"}, false);
   bool stopped;
-  EXPECT_EQ(Run(c, {0, 1, 2, 4}, &stopped), "Hello ");
+  EXPECT_EQ(Feed(c, {0, 1, 2, 4}, &stopped), "Hello ");
   EXPECT_TRUE(stopped);
 }
 

@@ -152,17 +152,17 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(GoldenTest, OneChunkPrefillThenGreedyMatchesTransformers) {
-  Runner runner(*model_, std::nullopt, 0, 0);
+  Runner runner(*model_, std::nullopt, 128, 768);
   CheckGeneration(runner, 64);
 }
 
 TEST_P(GoldenTest, TokenByTokenPrefillMatchesEveryPosition) {
-  Runner runner(*model_, std::nullopt, 0, 0);
+  Runner runner(*model_, std::nullopt, 128, 768);
   CheckGeneration(runner, 1);
 }
 
 TEST_P(GoldenTest, ChunkedPrefillMatches) {
-  Runner runner(*model_, std::nullopt, 0, 0);
+  Runner runner(*model_, std::nullopt, 128, 768);
   CheckGeneration(runner, 7);
 }
 
