@@ -43,17 +43,19 @@ struct LayerView {
   float* full;    // this layer's full blocks
   float* pruned;  // this layer's pruned arena (nullptr in dense mode)
   int64_t full_block_elems, pruned_block_elems;
+  int64_t num_full_blocks, num_pruned_blocks;
 
   LayerView(const CacheLayout& l, const FloatStorage& st, int layer, const AppendPlan& p)
       : layout(l), plan(p) {
     const LayoutOptions& o = l.options();
     REF_CHECK(layer >= 0 && layer < o.num_layers, "layer out of range");
-    REF_CHECK(p.block_size == o.block_size, "plan from a layout with another block size");
     B = o.block_size;
     S = o.sink;
     H = o.num_kv_heads;
     D = o.head_dim;
     full_block_elems = l.full_block_elems();
+    num_full_blocks = st.sizes.num_full_blocks;
+    num_pruned_blocks = st.sizes.num_pruned_blocks;
     full = st.full + layer * st.sizes.num_full_blocks * full_block_elems;
     pruned_block_elems = l.dense() ? 0 : l.pruned_block_elems(layer);
     pruned = (l.dense() || st.pruned == nullptr)
@@ -76,6 +78,7 @@ struct LayerView {
     }
     REF_CHECK(index < static_cast<int64_t>(plan.full_blocks.size()), "full table too short");
     const int64_t block = plan.full_blocks[index];
+    REF_CHECK(block >= 0 && block < num_full_blocks, "full block id outside the storage");
     return full + block * full_block_elems + ((kv * H + h) * B + slot) * D;
   }
 
@@ -83,7 +86,9 @@ struct LayerView {
   float* PrunedBlock(int64_t index) const {
     REF_CHECK(pruned != nullptr, "no pruned storage");
     REF_CHECK(index < static_cast<int64_t>(plan.pruned_blocks.size()), "pruned table too short");
-    return pruned + plan.pruned_blocks[index] * pruned_block_elems;
+    const int64_t block = plan.pruned_blocks[index];
+    REF_CHECK(block >= 0 && block < num_pruned_blocks, "pruned block id outside the storage");
+    return pruned + block * pruned_block_elems;
   }
 };
 
@@ -107,7 +112,9 @@ void Compact(const CacheLayout& layout, const FloatStorage& storage, int layer,
   if (layout.dense()) return;
   const LayerView view(layout, storage, layer, plan);
   const int64_t B = view.B, S = view.S, D = view.D;
-  for (int i = 0; i < plan.num_compactions(); ++i) {
+  // B from the layout, not plan.block_size: a hand-built plan may leave that at its default.
+  const int64_t compactions = (plan.middle_after - plan.middle_before) / B;
+  for (int64_t i = 0; i < compactions; ++i) {
     const int64_t first_pos = S + plan.middle_before + i * B;  // first token of the block
     float* dst = view.PrunedBlock(plan.middle_before / B + i);
     for (int64_t h = 0; h < view.H; ++h) {
