@@ -232,6 +232,49 @@ def write_cases(tok: Tokenizer, name: str, strings: list[str], nfc: bool) -> Non
     print(f"{name}: {len(strings)} cases, vocab {n}")
 
 
+def write_strip_cases(lines: list[str]) -> None:
+    """llama3-mini with lstrip/rstrip set on two added tokens (the C++ test makes
+    the same edit): HF's ids for strings with whitespace around those tokens."""
+    data = json.loads((OUT / "llama3-mini" / "tokenizer.json").read_text())
+    for t in data["added_tokens"]:
+        if t["content"] == "<|eot_id|>":
+            t["lstrip"] = True
+        if t["content"] == "<|end_of_text|>":
+            t["rstrip"] = True
+        if t["content"] == "<|start_header_id|>":
+            t["lstrip"] = t["rstrip"] = True
+    tok = Tokenizer.from_str(json.dumps(data))
+    rng = random.Random(5)
+    ws = [" ", "  ", "\n", "\t", "\u3000", "\u00a0", "", " \n "]
+    toks = ["<|eot_id|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>"]
+    with open(OUT / "strip.cases.jsonl", "w", encoding="utf-8") as f:
+        for _ in range(400):
+            parts = []
+            for _ in range(rng.randint(1, 6)):
+                parts += [rng.choice(ws), rng.choice(toks + ["word", "x y", "é"]), rng.choice(ws)]
+            text = "".join(parts)
+            rec = {"text": text, "ids": tok.encode(text, add_special_tokens=False).ids}
+            f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def write_nfc_cases() -> None:
+    """Random strings rich in combining marks, Hangul and singletons with
+    Python's unicodedata NFC (the Unicode version of gen_unicode_tables.py)."""
+    rng = random.Random(11)
+    pools = ["aeiouAEOnszSZ", "".join(map(chr, range(0x300, 0x370))),
+             "\u0591\u05b0\u05b4\u05bc\u05c1\u093c\u094d\u3099\u309a\u0e38\u0e48\u0f71\u0f72",
+             "".join(map(chr, range(0x1100, 0x1113))) + "".join(map(chr, range(0x1161, 0x1176)))
+             + "".join(map(chr, range(0x11a8, 0x11c3))),
+             "\uac00\uac01\ud7a3\ub098\u212b\u2126\u0958\u0344\u0f73\u1e9b\u00e9\u00c5\u1ea5",
+             "\u30ab\u30cf\u304b\u0627\u0653\u0654\u0648\u09c7\u09be\u0b47\u0b3e\u1025\u102e"]
+    with open(OUT / "nfc.jsonl", "w", encoding="utf-8") as f:
+        for _ in range(3000):
+            text = "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 10)))
+            nfc = unicodedata.normalize("NFC", text)
+            f.write(json.dumps({"text": text, "nfc": nfc}, ensure_ascii=False,
+                               separators=(",", ":")) + "\n")
+
+
 def specials_of(tok: Tokenizer) -> list[str]:
     return [t.content for _, t in sorted(tok.get_added_tokens_decoder().items())]
 
@@ -434,6 +477,8 @@ def main() -> None:
         tok = Tokenizer.from_file(str(OUT / name / "tokenizer.json"))
         write_cases(tok, name, make_strings(seed, lines, specials_of(tok)), nfc)
 
+    write_strip_cases(lines)
+    write_nfc_cases()
     template = None
     if not args.skip_smollm2:
         tok, template = smollm2_tokenizer()

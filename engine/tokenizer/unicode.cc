@@ -77,14 +77,52 @@ char32_t Compose(char32_t a, char32_t b) {
   return it != std::end(kCompose) && it->first == a && it->second == b ? it->composite : 0;
 }
 
+// Code points whose NFC quick-check value is not Yes: they never appear in
+// NFC (singletons, exclusions) or may combine with what precedes them.
+class QuickCheck {
+ public:
+  QuickCheck() : not_yes_(0x110000) {
+    for (const ComposeEntry& e : kCompose) not_yes_[e.second] = true;
+    std::vector<bool> composite(0x110000);
+    for (const ComposeEntry& e : kCompose) composite[e.composite] = true;
+    for (const DecompEntry& e : kDecomp) {
+      if (!composite[e.cp]) not_yes_[e.cp] = true;
+    }
+    for (char32_t c = kVBase; c < kVBase + kVCount; ++c) not_yes_[c] = true;
+    for (char32_t c = kTBase + 1; c < kTBase + kTCount; ++c) not_yes_[c] = true;
+  }
+  bool NotYes(char32_t c) const { return not_yes_[c]; }
+
+ private:
+  std::vector<bool> not_yes_;
+};
+
+// True when `text` is certainly NFC already (the common case), so the full
+// algorithm can be skipped.
+bool IsNfcQuick(std::string_view text) {
+  static const QuickCheck* qc = new QuickCheck();
+  int last_ccc = 0;
+  for (size_t i = 0; i < text.size();) {
+    if (static_cast<unsigned char>(text[i]) < 0x80) {
+      last_ccc = 0;
+      ++i;
+      continue;
+    }
+    char32_t c = 0;
+    const size_t n = DecodeUtf8(text, i, &c);
+    if (n == 0) return false;
+    const int ccc = Ccc(c);
+    if ((ccc != 0 && last_ccc > ccc) || qc->NotYes(c)) return false;
+    last_ccc = ccc;
+    i += n;
+  }
+  return true;
+}
+
 }  // namespace
 
 std::string NormalizeNfc(std::string_view text) {
-  // ASCII is always NFC; most text takes this path.
-  if (std::all_of(text.begin(), text.end(),
-                  [](char ch) { return static_cast<unsigned char>(ch) < 0x80; })) {
-    return std::string(text);
-  }
+  if (IsNfcQuick(text)) return std::string(text);
   std::vector<char32_t> cps;
   cps.reserve(text.size());
   for (size_t i = 0; i < text.size();) {

@@ -6,10 +6,15 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/tokenizer/chat_template.h"
+#include "engine/tokenizer/unicode.h"
 #include "test_util.h"
 
 namespace leank {
@@ -291,6 +296,83 @@ TEST(TokenizerTest, MergeFormatsAndSplitBehaviors) {
     ASSERT_TRUE(ids.ok());
     EXPECT_EQ(*ids, b.ids) << b.behavior;
   }
+}
+
+}  // namespace
+}  // namespace leank
+
+namespace leank {
+namespace {
+
+// lstrip/rstrip on added tokens: llama3-mini with the same edits the fixture
+// script made before asking HF for the ids.
+TEST(TokenizerTest, AddedTokenLstripRstripMatchHf) {
+  std::ifstream in(TokenizerData() / "llama3-mini" / "tokenizer.json");
+  nlohmann::json data = nlohmann::json::parse(in);
+  for (auto& t : data["added_tokens"]) {
+    if (t["content"] == "<|eot_id|>") t["lstrip"] = true;
+    if (t["content"] == "<|end_of_text|>") t["rstrip"] = true;
+    if (t["content"] == "<|start_header_id|>") t["lstrip"] = t["rstrip"] = true;
+  }
+  auto tok = Tokenizer::FromJson(data.dump());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const auto cases = ReadJsonl(TokenizerData() / "strip.cases.jsonl");
+  ASSERT_GE(cases.size(), 100u);
+  for (const auto& c : cases) {
+    auto ids = (*tok)->Encode(c["text"].get<std::string>(), false);
+    ASSERT_TRUE(ids.ok());
+    EXPECT_EQ(*ids, c["ids"].get<std::vector<int32_t>>()) << c["text"].dump();
+  }
+}
+
+TEST(TokenizerTest, NfcMatchesPythonUnicodedata) {
+  const auto cases = ReadJsonl(TokenizerData() / "nfc.jsonl");
+  ASSERT_GE(cases.size(), 1000u);
+  for (const auto& c : cases) {
+    EXPECT_EQ(tokenizer_internal::NormalizeNfc(c["text"].get<std::string>()),
+              c["nfc"].get<std::string>())
+        << c["text"].dump();
+  }
+}
+
+}  // namespace
+}  // namespace leank
+
+namespace leank {
+namespace {
+
+// Encode is const and shared by request threads: results do not depend on
+// other threads filling the word cache at the same time.
+TEST(TokenizerTest, ConcurrentEncodeIsConsistent) {
+  auto tok = Tokenizer::Load(TokenizerData() / "qwen2-mini" / "tokenizer.json");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const auto cases = ReadJsonl(TokenizerData() / "qwen2-mini.cases.jsonl");
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < cases.size() + t; ++i) {
+        const auto& c = cases[i % cases.size()];
+        auto ids = (*tok)->Encode(c["text"].get<std::string>(), false);
+        if (!ids.ok() || *ids != c["ids"].get<std::vector<int32_t>>()) ++mismatches;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
+// The converted SmolLM2 folder's tokenizer_config.json (when present).
+TEST(ChatTemplateTest, ConvertedSmolLm2Config) {
+  const auto path = testing::SmolLm2Dir() / "tokenizer_config.json";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " missing";
+  auto tmpl = ChatTemplate::Load(path);
+  ASSERT_TRUE(tmpl.ok()) << tmpl.status();
+  EXPECT_EQ(tmpl->family(), ChatTemplate::Family::kChatML);
+  const ChatMessage msgs[] = {{"user", "Hi"}};
+  EXPECT_EQ(*tmpl->Render(msgs),
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+            "Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
 }
 
 }  // namespace
