@@ -56,6 +56,9 @@ void LeankServiceImpl::Attach(EngineLoop* loop, const ModelInfo& info,
   limits_.vocab_size = info.vocab_size;
   limits_.max_model_len = info.max_model_len;
   limits_.has_chat_template = loop->engine().chat_template() != nullptr;
+  if (!limits_.has_chat_template) {
+    limits_.no_chat_template_reason = std::string(loop->engine().chat_template_status().message());
+  }
   served_model_name_ = served_model_name.empty() ? info.model : std::move(served_model_name);
   loop_.store(loop);  // publishes the fields above
 }

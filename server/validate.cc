@@ -85,9 +85,6 @@ absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& id
 absl::Status ValidateMessages(const v1::ChatMessages& messages, const ModelLimits& limits,
                               const char* field) {
   if (messages.messages().empty()) return Bad(field, "empty");
-  if (!limits.has_chat_template) {
-    return Bad(field, "the model has no known chat template; send text or token_ids");
-  }
   for (int i = 0; i < messages.messages_size(); ++i) {
     const v1::ChatMessage& m = messages.messages(i);
     const std::string prefix = absl::StrCat(field, "[", i, "]");
@@ -96,6 +93,10 @@ absl::Status ValidateMessages(const v1::ChatMessages& messages, const ModelLimit
                  absl::StrCat("unknown role '", m.role(), "' (system, user or assistant)"));
     }
     if (!IsValidUtf8(m.content())) return Bad(absl::StrCat(prefix, ".content"), "not valid UTF-8");
+  }
+  if (!limits.has_chat_template) {
+    return Bad(field, absl::StrCat("the model has no usable chat template (",
+                                   limits.no_chat_template_reason, "); send text or token_ids"));
   }
   return absl::OkStatus();
 }

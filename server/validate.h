@@ -5,6 +5,7 @@
 // the model-dependent checks when the request is enqueued (belt and braces).
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -19,6 +20,7 @@ struct ModelLimits {
   int vocab_size = 0;
   int max_model_len = 0;
   bool has_chat_template = false;
+  std::string no_chat_template_reason;  // when !has_chat_template
 };
 
 inline constexpr int kMaxStopStrings = 16;

@@ -1,0 +1,29 @@
+// leank-fake-server: the real server (flags, gRPC, HTTP, engine loop, drain) over the
+// FakeEngine, so the e2e suite runs in seconds with no model. LEANK_FAKE_STEP_US sets
+// the fake step time (default 2000 us).
+#include <cstdlib>
+#include <iostream>
+
+#include "server/config.h"
+#include "server/server.h"
+#include "tests/e2e/fake_engine.h"
+
+int main(int argc, char** argv) {
+  absl::StatusOr<leank::server::ServerConfig> config = leank::server::ParseConfig(argc, argv);
+  if (!config.ok()) {
+    if (absl::IsCancelled(config.status())) return 0;
+    std::cerr << config.status().message() << "\n";
+    return 2;
+  }
+  if (config->model.empty()) config->model = "fake";
+  if (absl::Status s = leank::server::CheckConfig(*config); !s.ok()) {
+    std::cerr << s.message() << "\n";
+    return 2;
+  }
+  leank::server::SetUpLogging(config->log_level);
+  leank::testing::FakeEngineOptions fake;
+  if (const char* us = std::getenv("LEANK_FAKE_STEP_US")) fake.step_us = std::atoi(us);
+  return leank::server::RunServer(*config, [fake](const leank::EngineOptions& o) {
+    return leank::testing::CreateFakeEngine(o, fake);
+  });
+}

@@ -1,0 +1,503 @@
+// End-to-end: real server processes on loopback ports, driven over gRPC and HTTP.
+// Each test runs twice: on leank-fake-server (the whole server over a FakeEngine,
+// seconds) and on leank-server with SmolLM2 on the CPU backend (skipped when the
+// converted model is not under .cache/models; LEANK_E2E_MODEL overrides the path).
+
+#include <signal.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/e2e/e2e_util.h"
+
+namespace leank::e2e {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using HealthStatus = grpc::health::v1::HealthCheckResponse;
+
+struct Flavor {
+  std::string name;
+  std::string binary;
+  std::vector<std::string> args;
+  int short_tokens;     // generations compared token for token
+  int long_tokens;      // a stream that lasts a few seconds
+  std::string tiny_kv;  // --kv-cache-memory that forces preemption
+  seconds start_timeout;
+};
+
+std::string SmolLm2Dir() {
+  if (const char* p = std::getenv("LEANK_E2E_MODEL")) return p;
+  return std::string(LEANK_SOURCE_DIR) + "/.cache/models/smollm2-135m-instruct";
+}
+
+Flavor MakeFlavor(const std::string& name) {
+  if (name == "fake") {
+    // KV: 10 blocks of 16 tokens (the fake counts 1 KiB per token).
+    return {"fake", LEANK_FAKE_SERVER_BIN, {"--model=fake"}, 24, 1500, "163840", seconds(30)};
+  }
+  // SmolLM2-135M, fp32 KV: 30 layers x 3 kv heads x 64 x 2 x 4 B = 46080 B per token.
+  // 6 blocks of 16 tokens: two or three of the test's requests at a time.
+  return {"smollm2",
+          LEANK_SERVER_BIN,
+          {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2", "--max-model-len=512"},
+          8,
+          96,
+          std::to_string(6 * 16 * 46080),
+          seconds(300)};
+}
+
+std::string LogPath(const std::string& tag) {
+  return (std::filesystem::temp_directory_path() /
+          ("leank-e2e-" + tag + "-" + std::to_string(getpid()) + ".log"))
+      .string();
+}
+
+v1::GenerateRequest Greedy(const std::string& text, int max_tokens) {
+  v1::GenerateRequest req;
+  req.set_text(text);
+  req.set_max_tokens(max_tokens);
+  req.set_temperature(0);
+  req.set_ignore_eos(true);
+  return req;
+}
+
+std::string Prompt(int i) {
+  static const char* kTopics[] = {"the sea",  "a small robot", "winter", "bread",
+                                  "the moon", "a library",     "trains", "music"};
+  return "Write one sentence about " + std::string(kTopics[i % 8]) + " number " +
+         std::to_string(i) + ".";
+}
+
+// Polls `pred` every 20 ms for at most `timeout`.
+bool Eventually(const std::function<bool()>& pred, milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  return pred();
+}
+
+v1::ServerState State(ServerProcess& server) {
+  auto stub = server.Stub();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(5));
+  v1::ServerState st;
+  EXPECT_TRUE(stub->GetServerState(&ctx, v1::GetServerStateRequest(), &st).ok());
+  return st;
+}
+
+bool Idle(ServerProcess& server) {
+  const v1::ServerState st = State(server);
+  return st.running() == 0 && st.waiting() == 0 && st.pending() == 0 && st.kv_usage() == 0.0;
+}
+
+class ServerE2E : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    flavor_ = MakeFlavor(GetParam());
+    if (flavor_.name == "smollm2" &&
+        !std::filesystem::exists(SmolLm2Dir() + "/model.safetensors")) {
+      GTEST_SKIP() << "no converted SmolLM2 at " << SmolLm2Dir();
+    }
+  }
+
+  // The shared server of a flavor, started on first use.
+  ServerProcess& Shared() {
+    auto& slot = shared_[flavor_.name];
+    if (!slot || !slot->Alive()) {
+      slot = StartServer("shared", {});
+    }
+    return *slot;
+  }
+
+  std::unique_ptr<ServerProcess> StartServer(const std::string& tag,
+                                             std::vector<std::string> extra) {
+    std::vector<std::string> args = flavor_.args;
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto server = ServerProcess::Start(flavor_.binary, args, LogPath(flavor_.name + "-" + tag));
+    const bool up = server->WaitServing(flavor_.start_timeout);
+    EXPECT_TRUE(up) << "server did not become SERVING; log:\n" << server->Log();
+    return up ? std::move(server) : nullptr;
+  }
+
+  static void TearDownTestSuite() { shared_.clear(); }
+
+  Flavor flavor_;
+  static std::map<std::string, std::unique_ptr<ServerProcess>> shared_;
+};
+
+std::map<std::string, std::unique_ptr<ServerProcess>> ServerE2E::shared_;
+
+TEST_P(ServerE2E, ConcurrentStreamsMatchSequentialRuns) {
+  ServerProcess& server = Shared();
+  auto stub = server.Stub();
+  constexpr int kClients = 32;
+  std::vector<StreamResult> sequential(kClients), concurrent(kClients);
+  for (int i = 0; i < kClients; ++i) {
+    sequential[i] = Generate(*stub, Greedy(Prompt(i), flavor_.short_tokens));
+    ASSERT_TRUE(sequential[i].status.ok()) << sequential[i].status.error_message();
+  }
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      auto own = server.Stub();
+      concurrent[i] = Generate(*own, Greedy(Prompt(i), flavor_.short_tokens));
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(concurrent[i].status.ok()) << i << ": " << concurrent[i].status.error_message();
+    EXPECT_EQ(concurrent[i].token_ids, sequential[i].token_ids) << "client " << i;
+    EXPECT_EQ(concurrent[i].text, sequential[i].text) << "client " << i;
+    EXPECT_EQ(static_cast<int>(concurrent[i].token_ids.size()), flavor_.short_tokens);
+    EXPECT_EQ(concurrent[i].finish_reason, v1::FINISH_REASON_LENGTH);
+    const v1::GenerateResponse& last = concurrent[i].chunks.back();
+    EXPECT_EQ(last.usage().completion_tokens(), flavor_.short_tokens);
+    EXPECT_GT(last.usage().prompt_tokens(), 0);
+    EXPECT_GT(last.timings().time_to_first_token_s(), 0);
+  }
+  EXPECT_TRUE(Eventually([&] { return Idle(server); }, milliseconds(5000)));
+}
+
+TEST_P(ServerE2E, ClientDisconnectFreesBlocks) {
+  ServerProcess& server = Shared();
+  ASSERT_TRUE(Eventually([&] { return Idle(server); }, milliseconds(10000)));
+  const std::string before = HttpGet(server.http_port(), "/metrics");
+  const double aborts_before =
+      MetricValue(before, "leank:request_success_total", "finished_reason=\"abort\"").value_or(-1);
+  ASSERT_GE(aborts_before, 0);
+
+  auto stub = server.Stub();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(120));
+  auto reader = stub->Generate(&ctx, Greedy(Prompt(1), flavor_.long_tokens));
+  v1::GenerateResponse chunk;
+  int chunks = 0;
+  while (chunks < 3 && reader->Read(&chunk)) ++chunks;
+  ASSERT_EQ(chunks, 3);
+  const v1::ServerState busy = State(server);
+  EXPECT_EQ(busy.running(), 1);
+  EXPECT_GT(busy.kv_usage(), 0.0);
+  ctx.TryCancel();
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  EXPECT_TRUE(Eventually([&] { return Idle(server); }, milliseconds(5000)))
+      << State(server).DebugString();
+  const std::string after = HttpGet(server.http_port(), "/metrics");
+  EXPECT_EQ(MetricValue(after, "leank:num_requests_running"), 0.0);
+  EXPECT_EQ(MetricValue(after, "leank:kv_cache_usage_perc"), 0.0);
+  EXPECT_EQ(MetricValue(after, "leank:request_success_total", "finished_reason=\"abort\""),
+            aborts_before + 1);
+}
+
+TEST_P(ServerE2E, DeadlineExceededAbortsAndFreesBlocks) {
+  ServerProcess& server = Shared();
+  auto stub = server.Stub();
+  StreamResult r = Generate(*stub, Greedy(Prompt(2), flavor_.long_tokens), milliseconds(400));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(Eventually([&] { return Idle(server); }, milliseconds(5000)))
+      << State(server).DebugString();
+  // The server still serves.
+  StreamResult ok = Generate(*stub, Greedy(Prompt(3), 4));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+}
+
+TEST_P(ServerE2E, PreemptionUnderTinyKvBudgetKeepsOutputs) {
+  ServerProcess& reference = Shared();
+  auto tiny = StartServer("tiny-kv", {"--kv-cache-memory=" + flavor_.tiny_kv});
+  ASSERT_NE(tiny, nullptr);
+  {
+    auto stub = tiny->Stub();
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    EXPECT_LE(info.kv_capacity_tokens(), 160);
+  }
+  constexpr int kRequests = 8;
+  const int tokens = flavor_.short_tokens * 2;
+  std::vector<StreamResult> expected(kRequests), got(kRequests);
+  auto ref_stub = reference.Stub();
+  for (int i = 0; i < kRequests; ++i) {
+    expected[i] = Generate(*ref_stub, Greedy(Prompt(i), tokens));
+    ASSERT_TRUE(expected[i].status.ok()) << expected[i].status.error_message();
+  }
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = tiny->Stub();
+      got[i] = Generate(*stub, Greedy(Prompt(i), tokens));
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(got[i].status.ok()) << i << ": " << got[i].status.error_message();
+    EXPECT_EQ(got[i].token_ids, expected[i].token_ids) << "request " << i;
+    EXPECT_EQ(got[i].text, expected[i].text) << "request " << i;
+  }
+  const v1::ServerState st = State(*tiny);
+  EXPECT_GT(st.num_preemptions(), 0);
+  const std::string metrics = HttpGet(tiny->http_port(), "/metrics");
+  EXPECT_GT(MetricValue(metrics, "leank:num_preemptions_total").value_or(0), 0);
+  EXPECT_TRUE(Eventually([&] { return Idle(*tiny); }, milliseconds(5000)));
+}
+
+struct InvalidCase {
+  std::string field;
+  std::function<void(v1::GenerateRequest*)> mutate;
+};
+
+TEST_P(ServerE2E, EveryInvalidFieldIsNamed) {
+  ServerProcess& server = Shared();
+  auto stub = server.Stub();
+  const float nan = std::nanf("");
+  const std::vector<InvalidCase> cases = {
+      {"input", [](auto* r) { r->clear_text(); }},
+      {"text", [](auto* r) { r->set_text(""); }},
+      {"messages", [](auto* r) { r->mutable_messages(); }},
+      {"messages[0].role",
+       [](auto* r) {
+         auto* m = r->mutable_messages()->add_messages();
+         m->set_role("wizard");
+         m->set_content("hi");
+       }},
+      {"token_ids", [](auto* r) { r->mutable_token_ids(); }},
+      {"token_ids[1]",
+       [](auto* r) {
+         r->mutable_token_ids()->add_ids(1);
+         r->mutable_token_ids()->add_ids(1 << 30);
+       }},
+      {"token_ids[0]", [](auto* r) { r->mutable_token_ids()->add_ids(-1); }},
+      {"max_tokens", [](auto* r) { r->set_max_tokens(0); }},
+      {"max_tokens", [](auto* r) { r->set_max_tokens(-5); }},
+      {"max_tokens", [](auto* r) { r->set_max_tokens(1 << 30); }},
+      {"min_tokens", [](auto* r) { r->set_min_tokens(-1); }},
+      {"min_tokens", [](auto* r) { r->set_min_tokens(r->max_tokens() + 1); }},
+      {"temperature", [nan](auto* r) { r->set_temperature(nan); }},
+      {"temperature", [](auto* r) { r->set_temperature(-0.5f); }},
+      {"top_k", [](auto* r) { r->set_top_k(-1); }},
+      {"top_p", [](auto* r) { r->set_top_p(0.0f); }},
+      {"top_p", [](auto* r) { r->set_top_p(1.5f); }},
+      {"top_p", [nan](auto* r) { r->set_top_p(nan); }},
+      {"min_p", [](auto* r) { r->set_min_p(-0.1f); }},
+      {"min_p", [](auto* r) { r->set_min_p(1.1f); }},
+      {"repetition_penalty", [](auto* r) { r->set_repetition_penalty(0.0f); }},
+      {"repetition_penalty", [](auto* r) { r->set_repetition_penalty(100.0f); }},
+      {"presence_penalty", [](auto* r) { r->set_presence_penalty(2.5f); }},
+      {"frequency_penalty", [](auto* r) { r->set_frequency_penalty(-3.0f); }},
+      {"frequency_penalty", [nan](auto* r) { r->set_frequency_penalty(nan); }},
+      {"stop",
+       [](auto* r) {
+         for (int i = 0; i < 17; ++i) r->add_stop("s" + std::to_string(i));
+       }},
+      {"stop[1]",
+       [](auto* r) {
+         r->add_stop("ok");
+         r->add_stop(std::string(300, 'x'));
+       }},
+      {"stop[0]", [](auto* r) { r->add_stop(""); }},
+      {"stop_token_ids[0]", [](auto* r) { r->add_stop_token_ids(1 << 30); }},
+      {"stop_token_ids",
+       [](auto* r) {
+         for (int i = 0; i < 65; ++i) r->add_stop_token_ids(1);
+       }},
+      {"logprobs", [](auto* r) { r->set_logprobs(21); }},
+      {"logprobs", [](auto* r) { r->set_logprobs(-1); }},
+      {"request_id", [](auto* r) { r->set_request_id(std::string(200, 'r')); }},
+  };
+  for (const InvalidCase& c : cases) {
+    v1::GenerateRequest req = Greedy("Hello there", 4);
+    c.mutate(&req);
+    StreamResult r = Generate(*stub, req, milliseconds(10000));
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << c.field << ": " << r.status.error_message();
+    EXPECT_EQ(r.status.error_message().rfind(c.field + ":", 0), 0u)
+        << "message should start with '" << c.field << ":', got: " << r.status.error_message();
+    EXPECT_TRUE(r.chunks.empty());
+  }
+  // A prompt longer than the context.
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    v1::GenerateRequest req = Greedy("x", 4);
+    req.clear_text();
+    for (int i = 0; i < info.max_model_len() + 1; ++i) req.mutable_token_ids()->add_ids(65);
+    StreamResult r = Generate(*stub, req, milliseconds(10000));
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(r.status.error_message().rfind("input:", 0), 0u) << r.status.error_message();
+  }
+  // The server keeps serving, and counted the rejections.
+  StreamResult ok = Generate(*stub, Greedy("Hello there", 4));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.token_ids.size(), 4u);
+  const std::string metrics = HttpGet(server.http_port(), "/metrics");
+  EXPECT_GE(
+      MetricValue(metrics, "leank:request_rejected_total", "code=\"invalid_argument\"").value_or(0),
+      static_cast<double>(cases.size()));
+}
+
+TEST_P(ServerE2E, TokenizeDetokenizeModelInfoAndEndpoints) {
+  ServerProcess& server = Shared();
+  auto stub = server.Stub();
+  v1::TokenizeResponse tok;
+  {
+    grpc::ClientContext ctx;
+    v1::TokenizeRequest req;
+    req.set_text("Hello world");
+    req.set_add_special_tokens(false);
+    ASSERT_TRUE(stub->Tokenize(&ctx, req, &tok).ok());
+    EXPECT_GT(tok.token_ids_size(), 0);
+    EXPECT_EQ(tok.token_ids_size(), tok.tokens_size());
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::DetokenizeRequest req;
+    *req.mutable_token_ids() = tok.token_ids();
+    v1::DetokenizeResponse resp;
+    ASSERT_TRUE(stub->Detokenize(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.text(), "Hello world");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::DetokenizeRequest req;
+    req.add_token_ids(-3);
+    v1::DetokenizeResponse resp;
+    grpc::Status s = stub->Detokenize(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(s.error_message().rfind("token_ids[0]:", 0), 0u) << s.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    EXPECT_GT(info.max_model_len(), 0);
+    EXPECT_GT(info.vocab_size(), 0);
+    EXPECT_GT(info.kv_capacity_tokens(), 0);
+    EXPECT_EQ(info.block_size(), 16);
+    EXPECT_FALSE(info.model().empty());
+  }
+  // Logprobs and stop strings travel through.
+  {
+    v1::GenerateRequest req = Greedy("Hello there", 6);
+    req.set_logprobs(3);
+    StreamResult r = Generate(*stub, req);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    int lp = 0;
+    for (const auto& c : r.chunks) {
+      lp += c.logprobs_size();
+      for (const auto& l : c.logprobs()) EXPECT_EQ(l.top_size(), 3);
+    }
+    EXPECT_EQ(lp, 6);
+  }
+  EXPECT_EQ(server.Health(), HealthStatus::SERVING);
+  EXPECT_EQ(server.Health("leank.v1.LeankService"), HealthStatus::SERVING);
+  int code = 0;
+  HttpGet(server.http_port(), "/healthz", &code);
+  EXPECT_EQ(code, 200);
+  HttpGet(server.http_port(), "/readyz", &code);
+  EXPECT_EQ(code, 200);
+  const std::string metrics = HttpGet(server.http_port(), "/metrics", &code);
+  EXPECT_EQ(code, 200);
+  for (const char* name :
+       {"leank:num_requests_running", "leank:num_requests_waiting", "leank:kv_cache_usage_perc",
+        "leank:time_to_first_token_seconds_count", "leank:inter_token_latency_seconds_count",
+        "leank:e2e_request_latency_seconds_count", "leank:time_per_output_token_seconds_count",
+        "leank:prompt_tokens_total", "leank:generation_tokens_total",
+        "leank:num_preemptions_total"}) {
+    EXPECT_TRUE(MetricValue(metrics, name).has_value()) << name;
+  }
+  EXPECT_GT(MetricValue(metrics, "leank:generation_tokens_total").value_or(0), 0);
+  EXPECT_GT(
+      MetricValue(metrics, "leank:request_success_total", "finished_reason=\"length\"").value_or(0),
+      0);
+}
+
+TEST_P(ServerE2E, SigtermDrainsInFlightAndRefusesNewCalls) {
+  auto server = StartServer("drain", {"--drain-timeout=60"});
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(server->Health(), HealthStatus::SERVING);
+  constexpr int kStreams = 2;
+  std::vector<StreamResult> results(kStreams);
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = server->Stub();
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + seconds(300));
+      auto reader = stub->Generate(&ctx, Greedy(Prompt(i), flavor_.long_tokens));
+      v1::GenerateResponse chunk;
+      while (reader->Read(&chunk)) {
+        if (results[i].chunks.empty()) ++started;
+        results[i].token_ids.insert(results[i].token_ids.end(), chunk.token_ids().begin(),
+                                    chunk.token_ids().end());
+        results[i].chunks.push_back(chunk);
+        if (chunk.finish_reason()) results[i].finish_reason = chunk.finish_reason();
+      }
+      results[i].status = reader->Finish();
+    });
+  }
+  ASSERT_TRUE(Eventually([&] { return started.load() == kStreams; }, milliseconds(60000)));
+  server->Signal(SIGTERM);
+  EXPECT_TRUE(Eventually([&] { return server->Health() == HealthStatus::NOT_SERVING; },
+                         milliseconds(5000)));
+  {
+    auto stub = server->Stub();
+    StreamResult refused = Generate(*stub, Greedy("Hello", 4), milliseconds(5000));
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << refused.status.error_message();
+    int code = 0;
+    HttpGet(server->http_port(), "/readyz", &code);
+    EXPECT_EQ(code, 503);
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    EXPECT_TRUE(results[i].status.ok()) << results[i].status.error_message();
+    EXPECT_EQ(static_cast<int>(results[i].token_ids.size()), flavor_.long_tokens);
+    EXPECT_EQ(results[i].finish_reason, v1::FINISH_REASON_LENGTH);
+  }
+  const std::optional<int> code = server->WaitExit(seconds(30));
+  EXPECT_EQ(code, 0) << server->Log();
+}
+
+TEST_P(ServerE2E, PythonClientGeneratesAndChecksHealth) {
+  ServerProcess& server = Shared();
+  const std::string client = std::string(LEANK_SOURCE_DIR) + "/tools/python_client/leank_client.py";
+  // Debian's python3-grpcio lives in /usr/bin/python3; fall back to the PATH's.
+  std::string python;
+  for (const char* candidate : {"/usr/bin/python3", "python3"}) {
+    const std::string probe = std::string(candidate) + " -c 'import grpc' >/dev/null 2>&1";
+    if (std::system(probe.c_str()) == 0) {
+      python = candidate;
+      break;
+    }
+  }
+  if (python.empty()) GTEST_SKIP() << "no python3 with grpcio (apt-get install python3-grpcio)";
+  const std::string out_path = LogPath(flavor_.name + "-python");
+  const std::string cmd = "timeout 120 " + python + " " + client + " --target " + server.target() +
+                          " selftest --text 'Hello there' --max-tokens 4 > " + out_path + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream in(out_path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_EQ(rc, 0) << ss.str();
+  EXPECT_NE(ss.str().find("health: SERVING"), std::string::npos) << ss.str();
+  EXPECT_NE(ss.str().find("finish_reason: FINISH_REASON_LENGTH"), std::string::npos) << ss.str();
+  EXPECT_NE(ss.str().find("completion_tokens: 4"), std::string::npos) << ss.str();
+}
+
+INSTANTIATE_TEST_SUITE_P(Flavors, ServerE2E, ::testing::Values("fake", "smollm2"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace leank::e2e
