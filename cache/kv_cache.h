@@ -67,8 +67,8 @@ class CacheLayout {
   std::optional<Mask> mask_;
   std::vector<int64_t> pruned_block_elems_;   // [layer]
   std::vector<int64_t> k_offset_, v_offset_;  // [layer * heads + head]
-  std::vector<int64_t>
-      pruned_layer_prefix_;  // [layer]: sum of pruned_block_elems of earlier layers
+  // [layer]: sum of pruned_block_elems of the earlier layers.
+  std::vector<int64_t> pruned_layer_prefix_;
 };
 
 struct PoolSizes {
@@ -77,7 +77,8 @@ struct PoolSizes {
 };
 
 // Splits `budget_bytes` between full and pruned blocks so that sequences of
-// `target_context` tokens use both kinds in proportion (dense: all full).
+// `target_context` tokens use both kinds in proportion (dense: all full). The exact
+// formula is in cache/README.md ("Budget").
 PoolSizes SplitBudget(const CacheLayout& layout, int64_t budget_bytes, int64_t target_context);
 
 using SeqId = int64_t;
