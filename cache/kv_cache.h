@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -140,9 +141,11 @@ class KvCacheManager {
   // Releases every block of `seq` (returned to the free lists at EndStep). Unknown
   // sequences are ignored. Preemption = Free now, Append from token 0 later (recompute).
   void Free(SeqId seq);
-  // Releases every block of `seq` at once. Only for a sequence that takes no part in
-  // the step being planned (the scheduler preempting it before the backend runs):
-  // its blocks were last read in a finished step, so they may be handed out now.
+  // Releases every block of `seq` at once. Meant for a sequence that takes no part in
+  // the step being planned (the scheduler preempting it before the backend runs): its
+  // blocks were last read in a finished step, so they may be handed out now. If `seq`
+  // was appended during the current step, this falls back to Free (deferred), so a
+  // block of an issued AppendPlan is never reused within its step.
   void Release(SeqId seq);
   // Ends a step: blocks freed or compacted during it become allocatable.
   void EndStep();
@@ -177,6 +180,7 @@ class KvCacheManager {
   std::vector<int32_t> free_full_, free_pruned_;
   std::vector<int32_t> pending_full_, pending_pruned_;
   std::unordered_map<SeqId, SeqBlocks> seqs_;
+  std::unordered_set<SeqId> appended_this_step_;  // guards Release
 };
 
 // Owns a sequence's cache blocks: Free() on destruction. Move-only. The manager must

@@ -91,6 +91,7 @@ absl::StatusOr<AppendPlan> KvCacheManager::Append(SeqId seq, int64_t num_new_tok
   }
   s.num_tokens += num_new_tokens;
   s.middle_tokens = plan.middle_after;
+  appended_this_step_.insert(seq);
   return plan;
 }
 
@@ -104,6 +105,10 @@ void KvCacheManager::Free(SeqId seq) {
 }
 
 void KvCacheManager::Release(SeqId seq) {
+  if (appended_this_step_.contains(seq)) {
+    Free(seq);
+    return;
+  }
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
   const SeqBlocks& s = it->second;
@@ -117,6 +122,7 @@ void KvCacheManager::EndStep() {
   free_pruned_.insert(free_pruned_.end(), pending_pruned_.begin(), pending_pruned_.end());
   pending_full_.clear();
   pending_pruned_.clear();
+  appended_this_step_.clear();
 }
 
 SequenceLease KvCacheManager::Lease(SeqId seq) { return SequenceLease(this, seq); }

@@ -147,6 +147,29 @@ TEST(KvCacheManagerTest, FreeIsDeferredToEndStep) {
   EXPECT_TRUE(m.Validate().ok());
 }
 
+// Release (preemption while planning a step) frees at once, unless the sequence was
+// appended in the current step: then it is deferred like Free.
+TEST(KvCacheManagerTest, ReleaseIsImmediateOnlyForSequencesNotInTheStep) {
+  const CacheLayout layout = MakeLayout(false);
+  KvCacheManager m(layout, {10, 4});
+  ASSERT_TRUE(m.Append(1, 64).ok());  // 4 full
+  m.EndStep();
+  m.Release(1);  // not appended in this step: blocks are free now
+  EXPECT_FALSE(m.Contains(1));
+  EXPECT_EQ(m.free_full_blocks(), 10);
+  EXPECT_EQ(m.pending_full_blocks(), 0);
+  ASSERT_TRUE(m.Append(2, 160).ok());  // needs all 10 full blocks, in the same step
+  EXPECT_TRUE(m.Validate().ok());
+  m.Release(2);  // appended in this step: deferred
+  EXPECT_EQ(m.free_full_blocks(), 0);
+  EXPECT_GT(m.pending_full_blocks(), 0);
+  m.Release(99);  // unknown: ignored
+  m.EndStep();
+  EXPECT_EQ(m.free_full_blocks(), 10);
+  EXPECT_EQ(m.free_pruned_blocks(), 4);
+  EXPECT_TRUE(m.Validate().ok());
+}
+
 TEST(KvCacheManagerTest, LeaseFreesOnDestructionAndSupportsPreemption) {
   const CacheLayout layout = MakeLayout(false);
   KvCacheManager m(layout, {30, 30});
@@ -263,7 +286,11 @@ TEST(KvCacheManagerTest, RandomOperationsKeepAccountingExact) {
       } else if (r < 80 && !tokens.empty()) {
         auto it = tokens.begin();
         std::advance(it, std::uniform_int_distribution<size_t>(0, tokens.size() - 1)(rng));
-        m.Free(it->first);
+        if (r % 2 == 0) {
+          m.Free(it->first);
+        } else {
+          m.Release(it->first);  // immediate unless appended in this step
+        }
         tokens.erase(it);
         ++frees;
       } else {
