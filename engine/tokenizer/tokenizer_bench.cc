@@ -1,4 +1,5 @@
-// Encode throughput: leank_tokenizer_bench TOKENIZER_JSON TEXT_FILE [REPEATS]
+// Encode throughput: leank_tokenizer_bench TOKENIZER_JSON TEXT_FILE [REPEATS [IDS_OUT]]
+// IDS_OUT receives the ids (add_special_tokens=true), one per line, to diff with HF.
 // Prints MB/s for a cold pass (empty word cache) and warm passes, and decode speed.
 
 #include <chrono>
@@ -45,6 +46,13 @@ int main(int argc, char** argv) {
       std::printf("decode: %.1f MB/s, round trip %s\n", back.size() / 1e6 / ds,
                   back == text ? "exact" : "DIFFERS (normalizer?)");
     }
+  }
+  if (argc > 4) {
+    auto ids = (*tok)->Encode(text, true);
+    std::FILE* f = std::fopen(argv[4], "w");
+    if (f == nullptr || !ids.ok()) return 1;
+    for (int32_t id : *ids) std::fprintf(f, "%d\n", id);
+    std::fclose(f);
   }
   return 0;
 }

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <map>
 #include <vector>
 
@@ -88,6 +89,39 @@ TEST(ChatTemplateTest, Errors) {
   EXPECT_NE(r.status().message().find("'tool'"), std::string::npos) << r.status();
   EXPECT_EQ(t->Render(std::span<const ChatMessage>()).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace leank
+
+namespace leank {
+namespace {
+
+// Llama-3.2-style templates call strftime_now: transformers renders today's date.
+TEST(ChatTemplateTest, StrftimeNowTemplatesUseTodaysDate) {
+  nlohmann::json config;
+  config["bos_token"] = "<|begin_of_text|>";
+  config["chat_template"] =
+      "{{- bos_token }}{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+      "{%- set date_string = strftime_now(\"%d %b %Y\") %}{%- else %}"
+      "{%- set date_string = \"26 Jul 2024\" %}{%- endif %}{%- endif %}"
+      "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}"
+      "{{- \"Cutting Knowledge Date: December 2023\\n\" }}"
+      "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}";
+  auto t = ChatTemplate::FromTokenizerConfigJson(config.dump());
+  ASSERT_TRUE(t.ok()) << t.status();
+  char today[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  std::strftime(today, sizeof(today), "%d %b %Y", &tm);
+  EXPECT_EQ(t->date_string(), today);
+  const ChatMessage msgs[] = {{"system", "  Be brief. "}, {"user", "Hi"}};
+  EXPECT_EQ(*t->Render(msgs, false),
+            std::string("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                        "Cutting Knowledge Date: December 2023\nToday Date: ") +
+                today +
+                "\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
 }
 
 }  // namespace
