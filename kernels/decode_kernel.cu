@@ -20,7 +20,11 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 3;
+#ifndef LEANK_DECODE_STAGES
+#define LEANK_DECODE_STAGES 3
+#endif
+constexpr int kStages = LEANK_DECODE_STAGES;
+constexpr int kMinBlocks = kStages <= 2 ? 3 : 2;  // CTAs per SM the shared memory allows
 constexpr int kPad = 8;  // bf16 elements of row padding: row strides of an odd number of
                          // 16-byte units keep ldmatrix free of bank conflicts
 
@@ -35,7 +39,7 @@ struct DecodeSmem {
 };
 
 template <int D>
-__global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const DecodeParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using Smem = DecodeSmem<D>;
   __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -61,47 +65,48 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeParams p
     }
   }
 
-  // Where region token `tok` lives.
+  // Row `slot` of block `blk` of this region starts at base + blk * blk_stride +
+  // slot * row_stride (K: row_stride = kdim, V: D): one formula for both regions.
   const int32_t* table =
       pruned ? p.pruned_idx + p.pruned_ptr[item.seq] : p.full_idx + p.full_ptr[item.seq];
   const int log2b = p.log2_block;
-  const int64_t kv_stride = int64_t(B) * D;  // one head's [B][D] tile in a full block
-  const int koff = pruned ? p.k_off[kvh] : 0, voff = pruned ? p.v_off[kvh] : 0;
+  const int64_t blk_stride = pruned ? p.pruned_block_elems : int64_t(2) * H * B * D;
+  const __nv_bfloat16* kbase =
+      pruned ? p.pruned + p.k_off[kvh] : p.full + int64_t(kvh) * B * D;
+  const __nv_bfloat16* vbase =
+      pruned ? p.pruned + p.v_off[kvh] : p.full + int64_t(H + kvh) * B * D;
 
   const int tok_begin = item.tok_begin, tok_end = item.tok_end;
   const int num_tiles = (tok_end - tok_begin + kTileTokens - 1) / kTileTokens;
-  const int kchunks = kdim / 8;  // 16-byte chunks per K row
+  // Each thread copies one 16-byte column of every k_step-th K row (and likewise V):
+  // the divisions happen once per CTA, not per chunk.
+  const int kchunks = kdim / 8;
+  const int k_step = kThreads / kchunks, k_col = tid % kchunks, k_row = tid / kchunks;
+  constexpr int kVChunks = D / 8, kVStep = kThreads / kVChunks;
+  const int v_col = tid % kVChunks, v_row = tid / kVChunks;
 
   auto load_tile = [&](int tile, int stage) {
     __nv_bfloat16* ks = stages + stage * Smem::kStageElems;
     __nv_bfloat16* vs = ks + kTileTokens * Smem::kRow;
     const int t0 = tok_begin + tile * kTileTokens;
-    for (int i = tid; i < kTileTokens * kchunks; i += kThreads) {
-      const int r = i / kchunks, c = i - r * kchunks;
-      const int tok = t0 + r;
-      const bool valid = tok < tok_end;
-      const __nv_bfloat16* src = p.full;
-      if (valid) {
-        const int64_t blk = table[tok >> log2b];
-        const int slot = tok & (B - 1);
-        src = pruned ? p.pruned + blk * p.pruned_block_elems + koff + slot * kdim + c * 8
-                     : p.full + (blk * 2 * H + kvh) * kv_stride + slot * D + c * 8;
+    if (k_row < k_step) {
+      for (int r = k_row; r < kTileTokens; r += k_step) {
+        const int tok = t0 + r;
+        const bool valid = tok < tok_end;
+        const __nv_bfloat16* src = p.full;
+        if (valid)
+          src = kbase + table[tok >> log2b] * blk_stride + (tok & (B - 1)) * kdim + k_col * 8;
+        CpAsync16(ks + r * kstride + k_col * 8, src, valid);
       }
-      CpAsync16(ks + r * kstride + c * 8, src, valid);
     }
-    constexpr int vchunks = D / 8;
-    for (int i = tid; i < kTileTokens * vchunks; i += kThreads) {
-      const int r = i / vchunks, c = i % vchunks;
+#pragma unroll
+    for (int j = 0; j < kTileTokens / kVStep; ++j) {
+      const int r = v_row + j * kVStep;
       const int tok = t0 + r;
-      const bool valid = tok < tok_end;
+      const bool valid = tok < tok_end;  // rows past the end are zero-filled: P = 0 there
       const __nv_bfloat16* src = p.full;
-      if (valid) {
-        const int64_t blk = table[tok >> log2b];
-        const int slot = tok & (B - 1);
-        src = pruned ? p.pruned + blk * p.pruned_block_elems + voff + slot * D + c * 8
-                     : p.full + (blk * 2 * H + H + kvh) * kv_stride + slot * D + c * 8;
-      }
-      CpAsync16(vs + r * Smem::kRow + c * 8, src, valid);
+      if (valid) src = vbase + table[tok >> log2b] * blk_stride + (tok & (B - 1)) * D + v_col * 8;
+      CpAsync16(vs + r * Smem::kRow + v_col * 8, src, valid);
     }
   };
 
@@ -161,7 +166,7 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeParams p
       }
     }
     // Online softmax over the two rows this thread holds (g4 and g4 + 8).
-    float p_row[2][4];
+    float p_row[2][4], alphas[2];
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
       float v[4];
@@ -176,19 +181,25 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeParams p
       float mx = QuadMax(fmaxf(fmaxf(v[0], v[1]), fmaxf(v[2], v[3])));
       const float m_new = fmaxf(m_run[ri], mx);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(m_run[ri] - m_use);
+      const float alpha = FastExp2(m_run[ri] - m_use);
       float sum = 0.f;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        p_row[ri][j] = exp2f(v[j] - m_use);
+        p_row[ri][j] = FastExp2(v[j] - m_use);
         sum += p_row[ri][j];
       }
       l_run[ri] = l_run[ri] * alpha + sum;
       m_run[ri] = m_new;
+      alphas[ri] = alpha;
+    }
+    // The running max rarely moves after the first tiles: skip the rescale then.
+    if (__any_sync(0xffffffffu, alphas[0] != 1.f || alphas[1] != 1.f)) {
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) {
-        o[i][ri * 2] *= alpha;
-        o[i][ri * 2 + 1] *= alpha;
+        o[i][0] *= alphas[0];
+        o[i][1] *= alphas[0];
+        o[i][2] *= alphas[1];
+        o[i][3] *= alphas[1];
       }
     }
     // P as the A fragment (k = the 16 tokens).
@@ -250,24 +261,53 @@ __global__ void __launch_bounds__(kThreads, 2) DecodeKernel(const DecodeParams p
 }
 
 // out[seq][kvh * G + g][:] = log-sum-exp weighted sum of the slots of (seq, kvh).
+// CTA = (seq, kv head, g); D threads. Slot weights go through shared memory once.
+constexpr int kMergeMaxSlots = 2 * kMaxSplit;
+
 template <int D>
-__global__ void __launch_bounds__(128) MergeKernel(const DecodeParams p) {
-  const int sh = blockIdx.x;  // seq * H + kvh
+__global__ void __launch_bounds__(D) MergeKernel(const DecodeParams p) {
+  __shared__ float w_s[kMergeMaxSlots];
+  __shared__ float red[D / 32];
   const int G = p.group;
-  const int begin = p.merge_ptr[sh], end = p.merge_ptr[sh + 1];
-  for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-    const int g = i / D, d = i - g * D;
-    float m = -INFINITY;
-    for (int s = begin; s < end; ++s) m = fmaxf(m, p.partial_lse[s * G + g]);
-    float acc = 0.f, l = 0.f;
-    for (int s = begin; s < end; ++s) {
-      const float lse = p.partial_lse[s * G + g];
-      const float w = lse == -INFINITY ? 0.f : exp2f(lse - m);
-      l += w;
-      acc += w * p.partial_o[(size_t(s) * G + g) * D + d];
-    }
-    p.out[(size_t(sh) * G + g) * D + d] = __float2bfloat16(l > 0.f ? acc / l : 0.f);
+  const int sh = blockIdx.x / G, g = blockIdx.x - sh * G;  // sh = seq * H + kvh
+  const int begin = p.merge_ptr[sh], n = p.merge_ptr[sh + 1] - begin;
+  const int d = threadIdx.x, lane = d & 31, warp = d >> 5;
+  __nv_bfloat16* out = p.out + (size_t(sh) * G + g) * D + d;
+  if (n == 1) {  // one slot: already normalized
+    *out = __float2bfloat16(p.partial_o[(size_t(begin) * G + g) * D + d]);
+    return;
   }
+  float m = -INFINITY;
+  for (int s = d; s < n; s += D) m = fmaxf(m, w_s[s] = p.partial_lse[(begin + s) * G + g]);
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane == 0) red[warp] = m;
+  __syncthreads();
+  m = red[0];
+#pragma unroll
+  for (int w = 1; w < D / 32; ++w) m = fmaxf(m, red[w]);
+  __syncthreads();
+  float l = 0.f;
+  for (int s = d; s < n; s += D) {
+    const float lse = w_s[s];
+    const float w = lse == -INFINITY ? 0.f : exp2f(lse - m);
+    w_s[s] = w;
+    l += w;
+  }
+  for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+  if (lane == 0) red[warp] = l;
+  __syncthreads();
+  l = 0.f;
+#pragma unroll
+  for (int w = 0; w < D / 32; ++w) l += red[w];
+  const float* po = p.partial_o + (size_t(begin) * G + g) * D + d;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  int s = 0;
+  for (; s + 4 <= n; s += 4) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[j] += w_s[s + j] * po[size_t(s + j) * G * D];
+  }
+  for (; s < n; ++s) acc[0] += w_s[s] * po[size_t(s) * G * D];
+  *out = __float2bfloat16(l > 0.f ? (acc[0] + acc[1] + acc[2] + acc[3]) / l : 0.f);
 }
 
 template <int D>
@@ -281,7 +321,7 @@ void Launch(const DecodeParams& p, int num_items, int num_seqs, cudaStream_t str
   }
   if (num_items > 0) DecodeKernel<D><<<num_items, kThreads, smem, stream>>>(p);
   LEANK_CUDA_CHECK(cudaGetLastError());
-  MergeKernel<D><<<num_seqs * p.num_kv_heads, 128, 0, stream>>>(p);
+  MergeKernel<D><<<num_seqs * p.num_kv_heads * p.group, D, 0, stream>>>(p);
   LEANK_CUDA_CHECK(cudaGetLastError());
 }
 

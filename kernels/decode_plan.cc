@@ -67,7 +67,15 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
 
   // Work lists: every (seq, kv head, region) segment cut into token ranges of about
   // total_bytes / target_ctas bytes, whole 64-token tiles, largest first.
-  const int ctas = target_ctas > 0 ? target_ctas : num_sms_ * 4;
+  // CTAs per layer: one resident wave (2 per SM) for small batches, where per-CTA latency
+  // dominates; up to 4 waves for large ones, so that uneven segments balance out
+  // (measured on H100: docs/benchmarks.md).
+  int64_t total_all = 0;
+  for (int s = 0; s < S; ++s) total_all += int64_t(seq_tokens[2 * s]) * H * 4 * D;
+  const int resident = num_sms_ * 2;
+  const int ctas = target_ctas > 0 ? target_ctas
+                                   : static_cast<int>(std::clamp<int64_t>(
+                                         total_all / (int64_t(2) << 20), resident, 4 * resident));
   std::vector<DecodeItem> items;
   std::vector<int32_t> merge_ptr;
   layer_items_.assign(L, 0);
@@ -99,7 +107,7 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
     for (size_t i = 0; i < segs.size(); ++i) {
       const Seg& g = segs[i];
       if (g.region == detail::kRegionFull) merge_ptr.push_back(slot);  // first seg of (s, h)
-      const int max_split = CeilDiv(g.tokens, kTileTokens);
+      const int max_split = std::min(detail::kMaxSplit, CeilDiv(g.tokens, kTileTokens));
       const int split = std::clamp(
           static_cast<int>(std::lround(double(g.tokens * g.bytes_per_token) / target)), 1, max_split);
       const int chunk = CeilDiv(CeilDiv(g.tokens, split), kTileTokens) * kTileTokens;

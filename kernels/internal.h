@@ -24,6 +24,8 @@ constexpr int kRegionFull = 0;    // sink + recent tokens, full K/V blocks
 constexpr int kRegionPruned = 1;  // middle tokens, pruned blocks
 constexpr int kTileTokens = 64;   // tokens per pipeline stage of the decode kernel
 constexpr int kMaxGroup = 16;     // query heads per kv head handled by one mma row tile
+constexpr int kMaxSplit = 512;    // CTAs per region of one (sequence, kv head): the merge
+                                  // kernel holds 2 * kMaxSplit slot weights in shared memory
 
 // One CTA of the decode kernel: a token range of one region of one (sequence, kv head).
 struct DecodeItem {

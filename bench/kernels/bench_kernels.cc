@@ -51,6 +51,8 @@ struct Options {
   int iters = 50;
   int warmup = 5;
   int block_size = 16;
+  int ctas = 0;
+  bool shuffle = true;  // shuffled block tables (a fragmented pool) or in order  // the plan's target CTA count per layer (0: its default)
   std::string git_commit = "unknown";
 };
 
@@ -113,8 +115,10 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
   std::vector<int32_t> fperm(size_t(batch) * nfull), pperm(size_t(batch) * npruned);
   for (size_t i = 0; i < fperm.size(); ++i) fperm[i] = static_cast<int32_t>(i);
   for (size_t i = 0; i < pperm.size(); ++i) pperm[i] = static_cast<int32_t>(i);
-  std::shuffle(fperm.begin(), fperm.end(), rng);
-  std::shuffle(pperm.begin(), pperm.end(), rng);
+  if (o.shuffle) {
+    std::shuffle(fperm.begin(), fperm.end(), rng);
+    std::shuffle(pperm.begin(), pperm.end(), rng);
+  }
   std::vector<SeqView> views;
   for (int s = 0; s < batch; ++s)
     views.push_back({context, std::span<const int32_t>(fperm).subspan(size_t(s) * nfull, nfull),
@@ -129,7 +133,7 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
   CK(cudaStreamCreate(&stream));
   DecodeAttention attn(meta);
   const auto t0 = std::chrono::steady_clock::now();
-  auto st = attn.Plan(views, stream);
+  auto st = attn.Plan(views, stream, o.ctas);
   const auto t1 = std::chrono::steady_clock::now();
   if (!st.ok()) {
     std::fprintf(stderr, "plan: %s\n", std::string(st.message()).c_str());
@@ -196,11 +200,13 @@ int Main(int argc, char** argv) {
     else if (arg("--contexts")) o.contexts = ParseList(argv[++i]);
     else if (arg("--iters")) o.iters = std::stoi(argv[++i]);
     else if (arg("--block")) o.block_size = std::stoi(argv[++i]);
+    else if (arg("--ctas")) o.ctas = std::stoi(argv[++i]);
+    else if (arg("--shuffle")) o.shuffle = std::stoi(argv[++i]) != 0;
     else if (arg("--git-commit")) o.git_commit = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 4096,...] "
-                   "[--iters N] [--block 16] [--git-commit SHA]\n", argv[0]);
+                   "[--iters N] [--block 16] [--ctas N] [--shuffle 0|1] [--git-commit SHA]\n", argv[0]);
       return 2;
     }
   }
@@ -237,6 +243,8 @@ int Main(int argc, char** argv) {
                            {"plan_us_all_layers", r.plan_us},
                            {"ctas_per_layer", r.items},
                            {"block_size", o.block_size},
+                           {"target_ctas", o.ctas},
+                           {"block_tables", o.shuffle ? "shuffled" : "in order"},
                            {"layers", 32},
                            {"sink", 128},
                            {"recent", 768},
