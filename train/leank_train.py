@@ -1,0 +1,206 @@
+"""CLI: two-stage LeanK mask training, resumable, exporting project-format masks.
+
+  python3 -m train.leank_train --config train/configs/smollm2.json [--set stage1.steps=50 ...]
+
+Outputs in out_dir: train_log.jsonl (one JSON line per logged step), stage1.ckpt.pt /
+stage2-sNN.ckpt.pt (resume points), alpha_stage1.safetensors, alpha_stage2-sNN.safetensors,
+masks-sNN.safetensors (project format), plots (PNG, when matplotlib is installed).
+Rerunning the same command resumes: finished stages are loaded, unfinished ones continue from
+their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from train import st_io
+from train.data import Generator, load_samples
+from train.masks import binarize, kept_counts, save_mask
+from train.model import LlamaModel
+from train.trainer import MiddleConfig, StageConfig, run_stage, validate
+
+
+def load_config(path, overrides=()) -> dict:
+    text = Path(path).read_text()
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml  # optional
+        cfg = yaml.safe_load(text)
+    else:
+        cfg = json.loads(text)
+    for o in overrides:  # "a.b=value" (value parsed as JSON when possible)
+        key, val = o.split("=", 1)
+        try:
+            val = json.loads(val)
+        except json.JSONDecodeError:
+            pass
+        d = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = val
+    return cfg
+
+
+def _dc(cls, d: dict):
+    names = {f.name for f in fields(cls)}
+    bad = set(d) - names
+    if bad:
+        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(bad)}")
+    return cls(**d)
+
+
+def sparsity_tag(s: float) -> str:
+    return f"s{int(round(s * 100)):02d}"
+
+
+def resolve(base: Path, p: str) -> Path:
+    q = Path(os.path.expandvars(p))
+    return q if q.is_absolute() else base / q
+
+
+def load_data(cfg: dict, root: Path):
+    d = cfg["data"]
+    if "file" in d:
+        return load_samples(resolve(root, d["file"]))
+    g = d["generate"]
+    from train.data import hf_encoder
+    gen = Generator(hf_encoder(resolve(root, cfg["model"])), g["haystack"], g.get("keys", "train"),
+                    g.get("template", "chatml"))
+    return gen.dataset(g["n"], g.get("seed", 1), g["min_len"], g["max_len"], g["tasks"])
+
+
+class Run:
+    def __init__(self, cfg: dict, root: Path):
+        self.cfg, self.root = cfg, root
+        self.out = resolve(root, cfg["out_dir"])
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.out / "train_log.jsonl"
+
+    def log(self, rec: dict) -> None:
+        rec = {k: v for k, v in rec.items() if v is not None}
+        rec["time"] = round(time.time(), 1)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def save_alpha(self, alpha: torch.Tensor, name: str, meta: dict) -> None:
+        st_io.save({"alpha": alpha.detach().float().cpu().numpy()}, self.out / name,
+                   {k: str(v) for k, v in meta.items()})
+
+    def load_alpha(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(st_io.load(self.out / name)["alpha"])
+
+    def stage(self, model, data, alpha, scfg: StageConfig, mid: MiddleConfig, *, stage: int,
+              tag: str, regs, sparsities=None, align: int = 16) -> torch.Tensor:
+        done, ckpt = f"alpha_{tag}.safetensors", self.out / f"{tag}.ckpt.pt"
+        if (self.out / done).exists():
+            print(f"{tag}: finished earlier, loading {done}")
+            return self.load_alpha(done).to(alpha.device)
+        start, opt_state = 0, None
+        if ckpt.exists():
+            st = torch.load(str(ckpt), map_location=alpha.device)
+            start, opt_state, alpha = st["step"], st["opt"], st["alpha"].to(alpha.device)
+            print(f"{tag}: resuming at step {start}")
+            self.log({"event": "resume", "tag": tag, "step": start})
+
+        def checkpoint(step, a, opt):
+            torch.save({"step": step, "alpha": a.cpu(), "opt": opt}, str(ckpt) + ".tmp")
+            os.replace(str(ckpt) + ".tmp", ckpt)
+
+        alpha = run_stage(model, data, alpha, scfg, mid, stage=stage, regs=regs,
+                          sparsities=sparsities, align=align,
+                          seed=self.cfg.get("seed", 0) + stage, start_step=start,
+                          opt_state=opt_state, log=self.log, checkpoint=checkpoint, desc=tag)
+        self.save_alpha(alpha, done, {"stage": stage, "regs": json.dumps(list(regs)),
+                                      "sparsities": json.dumps(list(sparsities or []))})
+        if ckpt.exists():
+            ckpt.unlink()
+        return alpha
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="LeanK two-stage mask trainer")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", action="append", default=[], help="override, e.g. stage1.steps=10")
+    ap.add_argument("--root", default=".", help="paths in the config are relative to this")
+    a = ap.parse_args(argv)
+    cfg = load_config(a.config, a.set)
+    root = Path(a.root)
+    torch.manual_seed(cfg.get("seed", 0))
+    dev = cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    if cfg.get("tf32", False) and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model = LlamaModel.load_hf(resolve(root, cfg["model"]), dtype=dtype, device=dev)
+    data = load_data(cfg, root)
+    mid = _dc(MiddleConfig, cfg.get("middle", {}))
+    s1 = _dc(StageConfig, cfg.get("stage1", {}))
+    s2cfg = dict(cfg.get("stage2", {}))
+    targets = s2cfg.pop("targets", [0.7])
+    align = s2cfg.pop("align", 16)
+    s2 = _dc(StageConfig, {"lr": 0.01, "reg": 0.0, **s2cfg})
+    exp = cfg.get("export", {})
+    run = Run(cfg, root)
+    run.log({"event": "start", "config": cfg, "device": dev, "torch": torch.__version__,
+             "samples": len(data)})
+    mc = model.cfg
+    regs = s1.reg if isinstance(s1.reg, list) else [s1.reg]
+    shape = (mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim)
+    alpha1 = run.stage(model, data, torch.ones(len(regs), *shape, device=dev), s1, mid,
+                       stage=1, tag="stage1", regs=regs)
+    val = load_samples(resolve(root, cfg["data"]["val"])) if "val" in cfg["data"] else []
+    val = val[: cfg.get("val_n", len(val))]
+    best = 0
+    if val:
+        # Pick the stage-1 run (reg) whose binarised masks fit dense best on held-out samples;
+        # the "before stage 2" numbers also show what stage 2 adds.
+        for r in range(len(regs)):
+            hard = [binarize(alpha1[r], t, align) for t in targets]
+            v = validate(model, val, mid, hard)
+            run.log({"event": "val_stage1", "run": r, "reg": regs[r],
+                     "val_mse": dict(zip(map(str, targets), v)), "mean": sum(v) / len(v)})
+            print(f"stage1 run {r} reg {regs[r]}: val mse {v}")
+            if r == 0 or sum(v) < best_v:
+                best, best_v = r, sum(v)
+        run.log({"event": "select", "run": best, "reg": regs[best]})
+    a1 = alpha1[best]
+    alpha2 = run.stage(model, data, a1[None].repeat(len(targets), 1, 1, 1), s2, mid, stage=2,
+                       tag="stage2", regs=[s2.reg] * len(targets), sparsities=targets,
+                       align=align)
+    finals = [binarize(alpha2[i].cpu(), t, align) for i, t in enumerate(targets)]
+    if val:
+        v = validate(model, val, mid, [k.to(dev) for k in finals])
+        run.log({"event": "val_stage2", "val_mse": dict(zip(map(str, targets), v))})
+        print(f"stage2 val mse {v}")
+    for t, kept in zip(targets, finals):
+        path = run.out / f"masks-{sparsity_tag(t)}.safetensors"
+        save_mask(kept, path, sink=exp.get("sink", 128), recent=exp.get("recent", 768),
+                  align=align, target_sparsity=t, model=exp.get("model", mc.name))
+        counts = kept_counts(kept)
+        run.log({"event": "export", "file": path.name, "target_sparsity": t,
+                 "sparsity": 1.0 - float(kept.mean()),
+                 "kept_count_hist": {str(int(c)): int((counts == c).sum())
+                                     for c in torch.unique(counts)}})
+        print(f"wrote {path}: sparsity {1.0 - float(kept.mean()):.4f}")
+        try:
+            from train.plots import plot_mask
+            plot_mask(a1.cpu(), kept, run.out / f"plot-{sparsity_tag(t)}.png",
+                      title=f"{exp.get('model', mc.name)} LeanK {int(round(t * 100))}%")
+        except ImportError as e:  # matplotlib missing
+            print(f"no plots: {e}")
+    try:
+        from train.plots import plot_alpha_channels
+        plot_alpha_channels(a1.cpu(), run.out / "plot-alpha-stage1.png",
+                            title=f"stage-1 factors (reg {regs[best]})")
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

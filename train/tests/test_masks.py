@@ -1,0 +1,145 @@
+"""Stage-2 binarisation (exact ratio, alignment), file round trips, LeanK import."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from train import st_io
+from train.masks import (binarize, head_counts, import_leank, import_leank_to_file,
+                         kept_counts, load_mask, magnitude_mask, random_mask, save_mask,
+                         target_total)
+from train.trainer import ste_mask
+
+
+@pytest.mark.parametrize("shape", [(30, 3, 64), (4, 2, 32), (32, 8, 128)])
+@pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.7, 0.33, 0.0, 1.0])
+@pytest.mark.parametrize("align", [16, 32])
+def test_stage2_exact_ratio_and_alignment(shape, sparsity, align):
+    if shape[2] % align:
+        pytest.skip("head_dim not a multiple of align")
+    g = torch.Generator().manual_seed(hash((shape, sparsity, align)) % 1000)
+    alpha = torch.rand(shape, generator=g) ** 3  # skewed, like trained factors
+    n = alpha.numel()
+    kept = binarize(alpha, sparsity, align)
+    counts = kept_counts(kept)
+    assert set(kept.unique().tolist()) <= {0.0, 1.0}
+    assert torch.all(counts % align == 0)
+    # "Exactly": the total is the multiple of align nearest to (1 - s) * N ...
+    assert int(kept.sum()) == target_total(n, sparsity, align)
+    assert abs((1 - kept.mean().item()) - sparsity) <= align / (2 * n) + 1e-9
+    # ... each head keeps its own top channels ...
+    for li in range(shape[0]):
+        for hi in range(shape[1]):
+            c = int(counts[li, hi])
+            if 0 < c < shape[2]:
+                assert alpha[li, hi][kept[li, hi] == 1].min() >= alpha[li, hi][kept[li, hi] == 0].max()
+    # ... and each head's count is its share of the global top-k, rounded to align.
+    k = int(round((1 - sparsity) * n))
+    thr = torch.sort(alpha.flatten(), descending=True).values[k - 1] if k else float("inf")
+    share = (alpha >= thr).sum(-1)
+    assert torch.all((counts - share).abs() <= align)
+
+
+def test_exact_when_divisible():
+    alpha = torch.rand(30, 3, 64, generator=torch.Generator().manual_seed(1))
+    for s in (0.5, 0.75, 0.25):  # (1 - s) * 5760 is a multiple of 16
+        assert 1 - binarize(alpha, s, 16).mean().item() == pytest.approx(s, abs=0)
+
+
+def test_ste_forward_is_hard_backward_is_identity():
+    alpha = torch.rand(3, 2, 32, generator=torch.Generator().manual_seed(2)).requires_grad_()
+    m, hard, skip = ste_mask(alpha, 0.6, 16)
+    assert torch.equal(m.detach(), hard)
+    assert torch.equal(skip, hard.sum(-1) == 0)
+    (m * torch.arange(32.0)).sum().backward()
+    assert torch.equal(alpha.grad, torch.arange(32.0).expand(3, 2, 32))
+
+
+def test_project_format_roundtrip(tmp_path):
+    alpha = torch.rand(6, 3, 64, generator=torch.Generator().manual_seed(3))
+    kept = binarize(alpha, 0.7, 16)
+    p = tmp_path / "m.safetensors"
+    save_mask(kept, p, sink=128, recent=768, align=16, target_sparsity=0.7, model="tiny")
+    back, meta = load_mask(p)
+    assert back.dtype == np.uint8 and back.shape == (6, 3, 64)
+    assert np.array_equal(back, kept.numpy().astype(np.uint8))
+    assert meta == {"format": "leank-mask/1", "sink": "128", "recent": "768", "align": "16",
+                    "target_sparsity": "0.7", "model": "tiny"}
+    info = st_io.tensor_info(p)
+    assert info == {"leank.kept": ("U8", [6, 3, 64])}
+
+
+def test_fallback_writer_matches_safetensors(tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    t = {"leank.kept": (np.arange(96) % 2).astype(np.uint8).reshape(2, 3, 16),
+         "alpha": np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)}
+    st_io.save(t, tmp_path / "a.safetensors", {"format": "leank-mask/1", "x": "1"})
+    monkeypatch.setattr(st_io, "_st_save", None)
+    monkeypatch.setattr(st_io, "_st_load", None)
+    st_io.save(t, tmp_path / "b.safetensors", {"format": "leank-mask/1", "x": "1"})
+    # Same header (as JSON: the Rust writer's key order varies) and the same data bytes.
+    ha, oa = st_io._read_header(tmp_path / "a.safetensors")
+    hb, ob = st_io._read_header(tmp_path / "b.safetensors")
+    assert ha == hb
+    assert (tmp_path / "a.safetensors").read_bytes()[oa:] == \
+        (tmp_path / "b.safetensors").read_bytes()[ob:]
+    back = st_io.load(tmp_path / "b.safetensors")
+    assert all(np.array_equal(back[k], t[k]) for k in t)
+
+
+def test_bad_alignment_refused(tmp_path):
+    kept = np.zeros((2, 2, 32), np.uint8)
+    kept[0, 0, :5] = 1
+    with pytest.raises(ValueError, match="align"):
+        save_mask(kept, tmp_path / "x.safetensors", sink=128, recent=768, align=16,
+                  target_sparsity=0.5, model="x")
+
+
+def _fake_release(tmp_path):
+    g = torch.Generator().manual_seed(7)
+    counts = torch.randint(0, 5, (4, 2), generator=g) * 32
+    kept = random_mask(counts, 128, seed=1)
+    torch.save(kept.clone(), tmp_path / "m.pth")
+    j = {"format": "kept-channel index lists", "model": "fake", "num_layers": 4,
+         "num_kv_heads": 2, "head_dim": 128, "align": 32, "sink": 128, "recent": 768,
+         "kept": [[torch.nonzero(kept[l, h]).flatten().tolist() for h in range(2)]
+                  for l in range(4)]}
+    (tmp_path / "m.json").write_text(json.dumps(j))
+    return kept
+
+
+def test_import_leank_pth_and_json(tmp_path):
+    kept = _fake_release(tmp_path)
+    a, meta_a = import_leank(tmp_path / "m.pth")
+    b, meta_b = import_leank(tmp_path / "m.json")
+    assert np.array_equal(a, kept.numpy().astype(np.uint8)) and np.array_equal(a, b)
+    assert meta_a["align"] == "32" and meta_b["model"] == "fake"
+    out = import_leank_to_file(tmp_path / "m.pth", tmp_path / "m.safetensors")
+    back, meta = load_mask(tmp_path / "m.safetensors")
+    assert np.array_equal(back, out) and meta["format"] == "leank-mask/1"
+
+
+RELEASED = "/work/shared/leank-masks/llama3.1-8b-instruct.pth"
+
+
+@pytest.mark.skipif(not os.path.exists(RELEASED), reason="released masks not on this machine")
+def test_import_released_llama_mask():
+    kept, meta = import_leank(RELEASED)
+    counts = kept.sum(-1)
+    assert kept.shape == (32, 8, 128) and meta["align"] == "32"
+    assert {int(c): int((counts == c).sum()) for c in np.unique(counts)} == \
+        {0: 47, 32: 120, 64: 67, 96: 22}
+    j, _ = import_leank(RELEASED.replace(".pth", ".json"))
+    assert np.array_equal(kept, j)
+
+
+def test_baselines_have_requested_budget():
+    score = torch.rand(5, 3, 64, generator=torch.Generator().manual_seed(8)) + 0.01
+    mag = magnitude_mask(score, 0.6, 16)
+    assert int(mag.sum()) == target_total(score.numel(), 0.6, 16)
+    counts = head_counts(score, 0.6, 16)
+    rnd = random_mask(counts, 64, seed=3)
+    assert torch.equal(kept_counts(rnd), counts)
