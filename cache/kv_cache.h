@@ -78,9 +78,11 @@ struct PoolSizes {
 };
 
 // Splits `budget_bytes` between full and pruned blocks so that sequences of
-// `target_context` tokens use both kinds in proportion (dense: all full). The exact
-// formula is in cache/README.md ("Budget").
-PoolSizes SplitBudget(const CacheLayout& layout, int64_t budget_bytes, int64_t target_context);
+// `target_context` tokens use both kinds in proportion (dense: all full), after
+// reserving the full blocks a step of `step_tokens` prefill tokens needs while it is
+// written before compaction. The exact formula is in cache/README.md ("Budget").
+PoolSizes SplitBudget(const CacheLayout& layout, int64_t budget_bytes, int64_t target_context,
+                      int64_t step_tokens = 0);
 
 using SeqId = int64_t;
 

@@ -118,7 +118,8 @@ int64_t CacheLayout::pruned_block_bytes() const {
   return elems * options_.elem_bytes;
 }
 
-PoolSizes SplitBudget(const CacheLayout& layout, int64_t budget_bytes, int64_t target_context) {
+PoolSizes SplitBudget(const CacheLayout& layout, int64_t budget_bytes, int64_t target_context,
+                      int64_t step_tokens) {
   constexpr int64_t kMaxBlocks = std::numeric_limits<int32_t>::max();  // block ids are int32
   PoolSizes sizes;
   if (budget_bytes <= 0) return sizes;
@@ -132,6 +133,9 @@ PoolSizes SplitBudget(const CacheLayout& layout, int64_t budget_bytes, int64_t t
     sizes.num_full_blocks = std::min(budget_bytes / full_bytes, kMaxBlocks);
     return sizes;
   }
+  // A step's prefill tokens sit in full blocks until compaction at the end of the step.
+  const int64_t reserved_full = step_tokens > 0 ? (step_tokens + B - 1) / B + 1 : 0;
+  budget_bytes -= std::min(budget_bytes, reserved_full * full_bytes);
   const int64_t full_tokens = std::min<int64_t>(target, o.sink + o.recent + B - 1);
   const int64_t full_per_seq = (full_tokens + B - 1) / B + 1;
   const __int128 seq_bytes = static_cast<__int128>(full_per_seq) * full_bytes +
@@ -139,8 +143,9 @@ PoolSizes SplitBudget(const CacheLayout& layout, int64_t budget_bytes, int64_t t
   const int64_t num_pruned =
       static_cast<int64_t>(static_cast<__int128>(budget_bytes) * pruned_per_seq / seq_bytes);
   sizes.num_pruned_blocks = std::min(num_pruned, kMaxBlocks);
-  sizes.num_full_blocks =
-      std::min((budget_bytes - sizes.num_pruned_blocks * pruned_bytes) / full_bytes, kMaxBlocks);
+  sizes.num_full_blocks = std::min(
+      (budget_bytes - sizes.num_pruned_blocks * pruned_bytes) / full_bytes + reserved_full,
+      kMaxBlocks);
   return sizes;
 }
 

@@ -143,7 +143,7 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   }
   const int64_t budget = options.kv_cache_bytes > 0 ? options.kv_cache_bytes : kDefaultCpuKvBytes;
   const int64_t target = options.target_context > 0 ? options.target_context : max_model_len_;
-  const cache::PoolSizes sizes = cache::SplitBudget(*layout_, budget, target);
+  const cache::PoolSizes sizes = cache::SplitBudget(*layout_, budget, target, options.max_batched_tokens);
   auto backend = CreateCpuBackend(cfg, model_.weights, *layout_, sizes,
                                   CpuBackendOptions{options.num_threads});
   if (!backend.ok()) return backend.status();

@@ -27,6 +27,20 @@ void Scheduler::Preempt(SchedSeq* seq) {
   waiting_.insert(it, seq);
 }
 
+int64_t Scheduler::LargestFittingChunk(const SchedSeq* seq, int64_t chunk) const {
+  // CanAppend is monotone in the chunk size: binary search, at least 1.
+  int64_t lo = 1, hi = chunk;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (cache_->CanAppend(seq->id, mid)) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 Schedule Scheduler::Step() {
   Schedule out;
   int64_t budget = options_.max_batched_tokens;
@@ -34,11 +48,13 @@ Schedule Scheduler::Step() {
   // 1. Running sequences, oldest first.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     SchedSeq* seq = running_[i];
-    const int64_t chunk = std::min(seq->remaining(), budget);
+    int64_t chunk = std::min(seq->remaining(), budget);
     if (chunk <= 0) {
       ++i;
       continue;
     }
+    // A prefill chunk shrinks to what fits before anyone is preempted for it.
+    if (chunk > 1 && !cache_->CanAppend(seq->id, chunk)) chunk = LargestFittingChunk(seq, chunk);
     bool self_preempted = false;
     while (!cache_->CanAppend(seq->id, chunk)) {
       SchedSeq* victim = running_.back();
@@ -73,7 +89,8 @@ Schedule Scheduler::Step() {
     while (!waiting_.empty() && budget > 0 &&
            static_cast<int>(running_.size()) < options_.max_num_seqs) {
       SchedSeq* seq = waiting_.front();
-      const int64_t chunk = std::min(seq->remaining(), budget);
+      int64_t chunk = std::min(seq->remaining(), budget);
+      if (chunk > 1 && !cache_->CanAppend(seq->id, chunk)) chunk = LargestFittingChunk(seq, chunk);
       if (!cache_->CanAppend(seq->id, chunk)) {
         if (running_.empty() && out.seqs.empty()) {
           // Nothing else holds blocks: this request cannot fit at all.

@@ -62,6 +62,8 @@ class Scheduler {
 
  private:
   void Preempt(SchedSeq* seq);
+  // The largest n <= chunk with CanAppend(seq, n), or 1.
+  int64_t LargestFittingChunk(const SchedSeq* seq, int64_t chunk) const;
 
   SchedulerOptions options_;
   cache::KvCacheManager* cache_;

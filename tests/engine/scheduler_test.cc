@@ -119,10 +119,17 @@ TEST_F(SchedulerTest, PreemptsTheNewestWhenBlocksRunOutAndRecomputesLater) {
 TEST_F(SchedulerTest, ARequestLargerThanThePoolIsUnschedulable) {
   Make(2, {8, 256});
   SchedSeq* big = NewSeq(40);
+  // Its first chunk shrinks to the 32 tokens that fit; the rest never can.
   Schedule s = sched_->Step();
+  ASSERT_EQ(s.seqs.size(), 1u);
+  EXPECT_EQ(s.seqs[0].cache.num_new_tokens, 32);
+  Apply(s);
+  s = sched_->Step();
   ASSERT_EQ(s.unschedulable.size(), 1u);
   EXPECT_EQ(s.unschedulable[0], big);
-  EXPECT_EQ(sched_->num_waiting(), 0);
+  EXPECT_TRUE(s.seqs.empty());
+  EXPECT_EQ(sched_->num_waiting() + sched_->num_running(), 0);
+  EXPECT_EQ(cache_->free_full_blocks(), 2);
 }
 
 // Random workload: the invariants hold at every step and everything finishes.
