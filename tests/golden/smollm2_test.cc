@@ -83,6 +83,72 @@ TEST_F(SmolLM2Test, ChatTemplateAndTokenizerMatchTransformers) {
   }
 }
 
+// Bad requests are refused with InvalidArgument naming the field; the engine keeps serving.
+TEST_F(SmolLM2Test, BadRequestsAreRefusedByName) {
+  const std::vector<int32_t> ok_prompt = {1, 2, 3};
+  GenerationParams ok;
+  struct Case {
+    std::vector<int32_t> prompt;
+    GenerationParams params;
+    std::string field;
+  };
+  std::vector<Case> cases;
+  cases.push_back({{}, ok, "prompt is empty"});
+  cases.push_back({{1, 49152}, ok, "token_ids[1]"});
+  cases.push_back({{-1}, ok, "token_ids[0]"});
+  GenerationParams p = ok;
+  p.max_tokens = 8192;
+  cases.push_back({ok_prompt, p, "context length"});
+  p = ok;
+  p.max_tokens = 0;
+  cases.push_back({ok_prompt, p, "max_tokens"});
+  p = ok;
+  p.sampling.temperature = NAN;
+  cases.push_back({ok_prompt, p, "temperature"});
+  p = ok;
+  p.sampling.temperature = -1;
+  cases.push_back({ok_prompt, p, "temperature"});
+  p = ok;
+  p.sampling.top_p = 0;
+  cases.push_back({ok_prompt, p, "top_p"});
+  p = ok;
+  p.sampling.min_p = 1.5f;
+  cases.push_back({ok_prompt, p, "min_p"});
+  p = ok;
+  p.min_tokens = 300;
+  cases.push_back({ok_prompt, p, "min_tokens"});
+  p = ok;
+  p.stop = std::vector<std::string>(17, "x");
+  cases.push_back({ok_prompt, p, "stop"});
+  p = ok;
+  p.stop = {std::string(300, 'x')};
+  cases.push_back({ok_prompt, p, "stop[0]"});
+  p = ok;
+  p.stop_token_ids = {70000};
+  cases.push_back({ok_prompt, p, "stop_token_ids[0]"});
+  p = ok;
+  p.logprobs = 21;
+  cases.push_back({ok_prompt, p, "logprobs"});
+  RequestId id = 5000;
+  for (const Case& c : cases) {
+    absl::Status s = engine_->AddRequest(id++, c.prompt, c.params);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_NE(std::string(s.message()).find(c.field), std::string::npos)
+        << "message '" << s.message() << "' does not name " << c.field;
+  }
+  EXPECT_FALSE(engine_->HasWork());
+  // A prompt longer than the context.
+  std::vector<int32_t> long_prompt(9000, 28);
+  EXPECT_EQ(engine_->Validate(long_prompt, ok).code(), absl::StatusCode::kInvalidArgument);
+  // Invalid UTF-8 never reaches the engine: the tokenizer refuses it.
+  EXPECT_EQ(engine_->tokenizer().Encode("ok \xC3\x28 bad").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // And the engine still serves.
+  ok.max_tokens = 3;
+  ok.ignore_eos = true;
+  EXPECT_EQ(Generate(ok_prompt, ok).size(), 3u);
+}
+
 TEST_F(SmolLM2Test, Greedy32TokensMatchTransformers) {
   // All three prompts at once: also exercises batching.
   std::vector<std::vector<int32_t>> outputs((*expected_)["cases"].size());

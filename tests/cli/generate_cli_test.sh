@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# leank-generate: streams text, exit 0; bad usage/input exit 2 with a message naming it;
+# model errors exit 3. Skips (exit 0 with a note) when SmolLM2 is not converted.
+set -u
+GEN=$1
+ROOT=$2
+MODEL=${LEANK_CACHE_DIR:-$ROOT/.cache}/models/smollm2-135m-instruct
+if [ ! -f "$MODEL/model.safetensors" ]; then
+  echo "SKIP: $MODEL missing (run tools/convert_smollm2.py)"
+  exit 0
+fi
+fail=0
+expect() {  # expect NAME CODE PATTERN -- ARGS...
+  local name=$1 code=$2 pattern=$3
+  shift 4
+  local out
+  out=$("$GEN" "$@" 2>&1)
+  local rc=$?
+  if [ "$rc" -ne "$code" ] || ! grep -qiE -- "$pattern" <<<"$out"; then
+    echo "FAIL $name: exit $rc (want $code), output: $out"
+    fail=1
+  else
+    echo "ok   $name"
+  fi
+}
+expect greedy-chat 0 "Paris" -- --model "$MODEL" --chat "What is the capital of France?" --max-tokens 12
+expect raw-prompt-stats 0 "decode .* tok/s" -- --model "$MODEL" --prompt "One, two, three," \
+  --max-tokens 5 --stats --ignore-eos
+expect masked 0 "finish: length" -- --model "$MODEL" --prompt "Hello" --max-tokens 4 --ignore-eos \
+  --masks "$ROOT/tests/data/cache/smollm2-random50.leank.safetensors" --sink 32 --recent 64 --stats
+expect no-prompt 2 "--prompt TEXT or --chat" -- --model "$MODEL"
+expect empty-prompt 2 "prompt is empty" -- --model "$MODEL" --prompt ""
+expect invalid-utf8 2 "UTF-8" -- --model "$MODEL" --prompt $'bad \xC3\x28 text'
+expect too-long 2 "context length" -- --model "$MODEL" --prompt "hi" --max-tokens 9000
+expect bad-temperature 2 "temperature" -- --model "$MODEL" --prompt "hi" --temperature -1
+expect unknown-flag 2 "not expected" -- --model "$MODEL" --prompt "hi" --no-such-flag
+expect missing-model 3 "config.json" -- --model /nonexistent/model --prompt "hi"
+expect bad-mask 3 "shape|mask" -- --model "$MODEL" --prompt "hi" \
+  --masks "$ROOT/tests/data/cache/llama3.1-8b-instruct.leank.safetensors"
+exit $fail
