@@ -1,0 +1,115 @@
+#include "server/engine_loop.h"
+
+#include "gtest/gtest.h"
+#include "tests/e2e/fake_engine.h"
+
+namespace leank::server {
+namespace {
+
+using std::chrono::milliseconds;
+
+std::unique_ptr<Engine> Fake(int max_waiting = 1024, int step_us = 200) {
+  EngineOptions o;
+  o.max_waiting = max_waiting;
+  o.max_num_seqs = 4;
+  auto e = testing::CreateFakeEngine(o, {step_us});
+  EXPECT_TRUE(e.ok());
+  return *std::move(e);
+}
+
+GenerationParams Params(int max_tokens) {
+  GenerationParams p;
+  p.max_tokens = max_tokens;
+  p.sampling.temperature = 0;
+  p.ignore_eos = true;
+  return p;
+}
+
+// Reads the channel until it closes (bounded); returns all outputs.
+std::vector<RequestOutput> Drain(RequestChannel& ch, absl::Status* rejected = nullptr) {
+  std::vector<RequestOutput> all;
+  for (int i = 0; i < 2000; ++i) {
+    RequestChannel::Batch b = ch.Wait(milliseconds(10));
+    for (auto& o : b.outputs) all.push_back(std::move(o));
+    if (rejected) *rejected = b.rejected;
+    if (b.closed) return all;
+  }
+  ADD_FAILURE() << "channel never closed";
+  return all;
+}
+
+TEST(EngineLoop, StreamsOutputsUntilFinished) {
+  Metrics metrics;
+  EngineLoop loop(Fake(), 16, &metrics);
+  loop.Start();
+  auto ch = loop.Submit(1, "t1", {104, 105}, Params(5));
+  ASSERT_TRUE(ch.ok());
+  std::vector<RequestOutput> outs = Drain(**ch);
+  ASSERT_EQ(outs.size(), 5u);
+  EXPECT_TRUE(outs.back().finished);
+  EXPECT_EQ(outs.back().finish_reason, FinishReason::kLength);
+  // The loop publishes its counts right after the step that finished the request.
+  for (int i = 0; i < 200 && loop.InFlight() != 0; ++i)
+    std::this_thread::sleep_for(milliseconds(5));
+  EXPECT_EQ(loop.InFlight(), 0);
+  EXPECT_NE(metrics.Render().find("leank:generation_tokens_total 5\n"), std::string::npos);
+}
+
+TEST(EngineLoop, AbortEndsTheRequestAndFreesItsBlocks) {
+  Metrics metrics;
+  EngineLoop loop(Fake(1024, 1000), 16, &metrics);
+  loop.Start();
+  auto ch = loop.Submit(1, "t1", {104, 105}, Params(1000));
+  ASSERT_TRUE(ch.ok());
+  for (int i = 0; i < 500 && (*ch)->Wait(milliseconds(10)).outputs.empty(); ++i) {
+  }
+  loop.Abort(1);
+  std::vector<RequestOutput> outs = Drain(**ch);
+  ASSERT_FALSE(outs.empty());
+  EXPECT_EQ(outs.back().finish_reason, FinishReason::kAbort);
+  for (int i = 0; i < 200 && loop.state().engine.kv_usage > 0; ++i) {
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  EXPECT_EQ(loop.state().engine.kv_usage, 0.0);
+  EXPECT_EQ(loop.state().live, 0);
+}
+
+TEST(EngineLoop, EngineRefusalsArriveOnTheChannel) {
+  Metrics metrics;
+  EngineLoop loop(Fake(), 16, &metrics);
+  loop.Start();
+  auto ch = loop.Submit(1, "t1", {9999}, Params(5));  // outside the fake vocabulary
+  ASSERT_TRUE(ch.ok());
+  absl::Status rejected;
+  Drain(**ch, &rejected);
+  EXPECT_EQ(rejected.code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EngineLoop, BoundedInbox) {
+  Metrics metrics;
+  EngineLoop loop(Fake(), 2, &metrics);  // not started: everything stays in the inbox
+  EXPECT_TRUE(loop.Submit(1, "a", {1}, Params(1)).ok());
+  EXPECT_TRUE(loop.Submit(2, "b", {1}, Params(1)).ok());
+  EXPECT_EQ(loop.Submit(3, "c", {1}, Params(1)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST(EngineLoop, StopClosesEveryStream) {
+  Metrics metrics;
+  auto loop = std::make_unique<EngineLoop>(Fake(1024, 1000), 16, &metrics);
+  loop->Start();
+  auto ch = loop->Submit(1, "t1", {104}, Params(1000));
+  ASSERT_TRUE(ch.ok());
+  std::vector<RequestOutput> outs;
+  for (int i = 0; i < 500 && outs.empty(); ++i) outs = (*ch)->Wait(milliseconds(10)).outputs;
+  ASSERT_FALSE(outs.empty()) << "the request never started";
+  loop->Stop();
+  outs = Drain(**ch);
+  ASSERT_FALSE(outs.empty());
+  EXPECT_EQ(outs.back().finish_reason, FinishReason::kAbort);
+  EXPECT_EQ(loop->Submit(2, "t2", {104}, Params(1)).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace leank::server

@@ -1,0 +1,51 @@
+#include "server/metrics.h"
+
+#include "gtest/gtest.h"
+
+namespace leank::server {
+namespace {
+
+TEST(Histogram, RendersCumulativeBuckets) {
+  Histogram h({0.1, 1.0});
+  h.Observe(0.05);
+  h.Observe(0.5);
+  h.Observe(0.7);
+  h.Observe(3.0);
+  std::string out;
+  h.Render("x", &out);
+  EXPECT_NE(out.find("x_bucket{le=\"0.10000000000000001\"} 1\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_bucket{le=\"1\"} 3\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_bucket{le=\"+Inf\"} 4\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_count 4\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_sum 4.25"), std::string::npos) << out;
+}
+
+TEST(Metrics, VllmStyleNames) {
+  Metrics m;
+  EngineStats st;
+  st.running = 3;
+  st.waiting = 2;
+  st.kv_usage = 0.25;
+  st.num_preemptions = 7;
+  m.SetEngineState(st, /*pending=*/1, /*steps=*/10);
+  m.ObserveFirstToken(0.02);
+  m.ObserveFinished("stop", 1.0, 0.01, true);
+  m.AddPromptTokens(11);
+  m.AddGenerationTokens(5);
+  const std::string out = m.Render();
+  EXPECT_NE(out.find("leank:num_requests_running 3\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("leank:num_requests_waiting 3\n"), std::string::npos);
+  EXPECT_NE(out.find("leank:kv_cache_usage_perc 0.25\n"), std::string::npos);
+  EXPECT_NE(out.find("leank:num_preemptions_total 7\n"), std::string::npos);
+  EXPECT_NE(out.find("leank:prompt_tokens_total 11\n"), std::string::npos);
+  EXPECT_NE(out.find("leank:generation_tokens_total 5\n"), std::string::npos);
+  EXPECT_NE(out.find("leank:request_success_total{finished_reason=\"stop\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(out.find("leank:request_success_total{finished_reason=\"abort\"} 0\n"),
+            std::string::npos);
+  EXPECT_NE(out.find("leank:time_to_first_token_seconds_count 1\n"), std::string::npos);
+  EXPECT_NE(out.find("# TYPE leank:e2e_request_latency_seconds histogram\n"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace leank::server

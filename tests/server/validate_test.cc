@@ -1,0 +1,132 @@
+#include "server/validate.h"
+
+#include <cmath>
+
+#include "gtest/gtest.h"
+
+namespace leank::server {
+namespace {
+
+ModelLimits Limits() { return {.vocab_size = 100, .max_model_len = 64, .has_chat_template = true}; }
+
+v1::GenerateRequest Valid() {
+  v1::GenerateRequest r;
+  r.set_text("hello");
+  r.set_max_tokens(8);
+  return r;
+}
+
+void ExpectField(const v1::GenerateRequest& r, const std::string& field) {
+  absl::Status s = ValidateGenerateRequest(r, Limits());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
+  EXPECT_EQ(std::string(s.message()).rfind(field + ":", 0), 0u) << s.message();
+}
+
+TEST(ValidateGenerate, AcceptsAValidRequest) {
+  EXPECT_TRUE(ValidateGenerateRequest(Valid(), Limits()).ok());
+}
+
+TEST(ValidateGenerate, NamesEachBadField) {
+  v1::GenerateRequest r = Valid();
+  r.clear_text();
+  ExpectField(r, "input");
+  r = Valid();
+  r.set_text(std::string("a\xff", 2));
+  ExpectField(r, "text");
+  r = Valid();
+  r.mutable_messages()->add_messages()->set_role("robot");
+  ExpectField(r, "messages[0].role");
+  r = Valid();
+  r.mutable_token_ids()->add_ids(100);
+  ExpectField(r, "token_ids[0]");
+  r = Valid();
+  r.set_temperature(std::nanf(""));
+  ExpectField(r, "temperature");
+  r = Valid();
+  r.set_temperature(INFINITY);
+  ExpectField(r, "temperature");
+  r = Valid();
+  r.set_top_p(0);
+  ExpectField(r, "top_p");
+  r = Valid();
+  r.set_top_k(-2);
+  ExpectField(r, "top_k");
+  r = Valid();
+  r.set_min_p(2);
+  ExpectField(r, "min_p");
+  r = Valid();
+  r.set_presence_penalty(-2.5f);
+  ExpectField(r, "presence_penalty");
+  r = Valid();
+  r.set_max_tokens(64);
+  ExpectField(r, "max_tokens");
+  r = Valid();
+  r.set_min_tokens(9);
+  ExpectField(r, "min_tokens");
+  r = Valid();
+  r.add_stop(std::string(257, 'a'));
+  ExpectField(r, "stop[0]");
+  r = Valid();
+  r.add_stop("ok");
+  r.add_stop(std::string("\xc3", 1));
+  ExpectField(r, "stop[1]");
+  r = Valid();
+  r.set_logprobs(21);
+  ExpectField(r, "logprobs");
+}
+
+TEST(ValidateGenerate, MessagesNeedAChatTemplate) {
+  v1::GenerateRequest r = Valid();
+  auto* m = r.mutable_messages()->add_messages();
+  m->set_role("user");
+  m->set_content("hi");
+  ModelLimits l = Limits();
+  EXPECT_TRUE(ValidateGenerateRequest(r, l).ok());
+  l.has_chat_template = false;
+  l.no_chat_template_reason = "unknown template";
+  absl::Status s = ValidateGenerateRequest(r, l);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("unknown template"), absl::string_view::npos);
+}
+
+TEST(ToGenerationParams, FillsDefaultsAndChecksTheContext) {
+  v1::GenerateRequest r;
+  r.set_text("x");
+  absl::StatusOr<GenerationParams> p = ToGenerationParams(r, 10, Limits());
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->max_tokens, 54);  // min(256, 64 - 10)
+  EXPECT_EQ(p->sampling.temperature, 1.0f);
+  EXPECT_EQ(p->logprobs, -1);
+  EXPECT_FALSE(p->sampling.has_seed);
+
+  r.set_max_tokens(50);
+  r.set_temperature(0);
+  r.set_seed(42);
+  r.set_logprobs(0);
+  r.add_stop("END");
+  p = ToGenerationParams(r, 14, Limits());
+  ASSERT_TRUE(p.ok());
+  EXPECT_TRUE(p->sampling.greedy());
+  EXPECT_TRUE(p->sampling.has_seed);
+  EXPECT_EQ(p->sampling.seed, 42u);
+  EXPECT_EQ(p->logprobs, 0);
+  EXPECT_EQ(p->stop, std::vector<std::string>{"END"});
+
+  p = ToGenerationParams(r, 15, Limits());  // 15 + 50 > 64
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(std::string(p.status().message()).rfind("max_tokens:", 0), 0u);
+  p = ToGenerationParams(r, 64, Limits());
+  EXPECT_EQ(std::string(p.status().message()).rfind("input:", 0), 0u);
+}
+
+TEST(ValidateDetokenize, ChecksTheVocabulary) {
+  v1::DetokenizeRequest r;
+  r.add_token_ids(5);
+  EXPECT_TRUE(ValidateDetokenizeRequest(r, Limits()).ok());
+  r.add_token_ids(100);
+  EXPECT_EQ(std::string(ValidateDetokenizeRequest(r, Limits()).message()).rfind("token_ids[1]:", 0),
+            0u);
+}
+
+}  // namespace
+}  // namespace leank::server
