@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
                   masks.empty() ? "false" : "true", batch, prompt_tokens, decode_tokens,
                   batch * prompt_tokens / prefill_s, decode_tps, threads);
     records += buf;
-    std::printf("batch %d: prefill %.1f tok/s, decode %.2f tok/s\n", batch,
+    std::fprintf(stderr, "batch %d: prefill %.1f tok/s, decode %.2f tok/s\n", batch,
                 batch * prompt_tokens / prefill_s, decode_tps);
   }
   records += "]\n";
