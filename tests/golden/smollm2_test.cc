@@ -232,7 +232,7 @@ class SmolLM2LeanKTest : public ::testing::Test {
 
   static std::vector<std::vector<int32_t>> Prompts(const Engine& e) {
     std::string a = "Here is a list of facts about the solar system. ", b;
-    for (int i = 0; i < 20; ++i) a += "The planet number " + std::to_string(i) + " is far away. ";
+    for (int i = 0; i < 50; ++i) a += "The planet number " + std::to_string(i) + " is far away. ";
     b = "Summarise in one line: the quick brown fox jumps over the lazy dog. ";
     return {*e.tokenizer().Encode(a + "Which planet is number 7?"), *e.tokenizer().Encode(b)};
   }
@@ -261,6 +261,7 @@ TEST_F(SmolLM2LeanKTest, RandomHalfMaskIsIndependentOfChunkingAndBatching) {
   ASSERT_TRUE(big_chunks && small_chunks);
   EXPECT_GT(big_chunks->info().k_sparsity, 0.45);
   const auto prompts = Prompts(*big_chunks);
+  const int64_t total_full = small_chunks->stats().free_full_blocks;
   EngineStats peak;
   peak.free_full_blocks = peak.free_pruned_blocks = INT64_MAX;
   const auto together = Run(*big_chunks, prompts, 40);
@@ -268,9 +269,17 @@ TEST_F(SmolLM2LeanKTest, RandomHalfMaskIsIndependentOfChunkingAndBatching) {
   EXPECT_EQ(together, chunked);
   // Alone, one at a time: the same tokens.
   EXPECT_EQ(Run(*big_chunks, {prompts[0]}, 40)[0], together[0]);
-  // The middle really went to pruned blocks.
+  // The middle really went to pruned blocks, and the long prompt was never held at
+  // full size: per sequence at most sink + recent + one block, plus the step's chunk
+  // (48 tokens) before its compaction.
   const int64_t total_pruned = small_chunks->stats().free_pruned_blocks;
   EXPECT_LT(peak.free_pruned_blocks, total_pruned);
+  const int64_t peak_full = total_full - peak.free_full_blocks;
+  const int64_t bound = 2 * ((32 + 64 + 16) / 16) + (48 / 16 + 1);
+  EXPECT_LE(peak_full, bound);
+  int64_t full_size_blocks = 0;  // what the two sequences would take at full size
+  for (const auto& p : prompts) full_size_blocks += (p.size() + 40 + 15) / 16;
+  EXPECT_LT(2 * bound, full_size_blocks);  // the bound is a real limit
 }
 
 }  // namespace
