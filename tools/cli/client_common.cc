@@ -1,0 +1,113 @@
+#include "tools/cli/client_common.h"
+
+#include <chrono>
+
+namespace leank::client {
+
+void AddSamplingFlags(CLI::App* app, SamplingFlags* f, const std::string& group) {
+  f->max_tokens_opt = app->add_option("--max-tokens", f->max_tokens,
+                                      "Tokens to generate at most (server default: 256)")
+                          ->group(group);
+  app->add_option("--min-tokens", f->min_tokens, "EOS and stops are ignored before this many")
+      ->group(group);
+  f->temperature_opt =
+      app->add_option("--temperature", f->temperature, "0 = greedy (server default: 1)")
+          ->group(group);
+  app->add_option("--top-k", f->top_k, "0 = off")->group(group);
+  f->top_p_opt = app->add_option("--top-p", f->top_p, "(0, 1]")->group(group);
+  app->add_option("--min-p", f->min_p, "[0, 1]")->group(group);
+  f->repetition_penalty_opt =
+      app->add_option("--repetition-penalty", f->repetition_penalty, "(0, 10]")->group(group);
+  app->add_option("--presence-penalty", f->presence_penalty, "[-2, 2]")->group(group);
+  app->add_option("--frequency-penalty", f->frequency_penalty, "[-2, 2]")->group(group);
+  f->seed_opt = app->add_option("--seed", f->seed, "Per-request RNG seed")->group(group);
+  app->add_option("--stop", f->stop, "Stop string (repeatable)")->group(group)->take_all();
+  app->add_option("--stop-token-id", f->stop_token_ids, "Stop token id (repeatable)")
+      ->group(group)
+      ->take_all();
+  app->add_flag("--ignore-eos", f->ignore_eos, "Keep generating past end-of-sequence")
+      ->group(group);
+  app->add_flag("--include-stop-str", f->include_stop_str_in_output,
+                "Keep the matched stop string in the output")
+      ->group(group);
+  f->logprobs_opt =
+      app->add_option("--logprobs", f->logprobs, "Chosen token's logprob plus the top N (0..20)")
+          ->group(group);
+}
+
+void ApplySampling(const SamplingFlags& f, v1::GenerateRequest* req) {
+  auto given = [](const CLI::Option* o) { return o != nullptr && o->count() > 0; };
+  if (given(f.max_tokens_opt)) req->set_max_tokens(f.max_tokens);
+  req->set_min_tokens(f.min_tokens);
+  if (given(f.temperature_opt)) req->set_temperature(f.temperature);
+  req->set_top_k(f.top_k);
+  if (given(f.top_p_opt)) req->set_top_p(f.top_p);
+  req->set_min_p(f.min_p);
+  if (given(f.repetition_penalty_opt)) req->set_repetition_penalty(f.repetition_penalty);
+  req->set_presence_penalty(f.presence_penalty);
+  req->set_frequency_penalty(f.frequency_penalty);
+  if (given(f.seed_opt)) req->set_seed(f.seed);
+  for (const std::string& s : f.stop) req->add_stop(s);
+  for (int32_t id : f.stop_token_ids) req->add_stop_token_ids(id);
+  req->set_ignore_eos(f.ignore_eos);
+  req->set_include_stop_str_in_output(f.include_stop_str_in_output);
+  if (given(f.logprobs_opt)) req->set_logprobs(f.logprobs);
+}
+
+std::string StatusCodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      break;
+  }
+  return "CODE_" + std::to_string(static_cast<int>(code));
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+std::chrono::system_clock::time_point DeadlineIn(double seconds) {
+  if (seconds <= 0) seconds = 86400;
+  return std::chrono::system_clock::now() +
+         std::chrono::duration_cast<std::chrono::system_clock::duration>(
+             std::chrono::duration<double>(seconds));
+}
+
+}  // namespace leank::client

@@ -1,0 +1,70 @@
+#pragma once
+// Pieces shared by leank-cli and leank-bench: the channel, sampling flags -> a
+// GenerateRequest, gRPC status code names, and the exit-code convention.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "grpcpp/grpcpp.h"
+#include "leank/v1/leank.grpc.pb.h"
+
+namespace leank::client {
+
+// Exit codes of both tools.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitUsage = 2;        // bad flags or arguments
+inline constexpr int kExitServerError = 3;  // the server answered with a non-OK status
+
+inline constexpr char kDefaultServer[] = "localhost:50051";
+
+// Every sampling/stopping field of GenerateRequest. The optional proto fields are only
+// set when their flag was given, so the server's defaults apply otherwise.
+struct SamplingFlags {
+  int max_tokens = 0;
+  int min_tokens = 0;
+  float temperature = 1.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  bool include_stop_str_in_output = false;
+  int logprobs = 0;
+
+  // Set by AddSamplingFlags: whether an optional field was given.
+  CLI::Option* max_tokens_opt = nullptr;
+  CLI::Option* temperature_opt = nullptr;
+  CLI::Option* top_p_opt = nullptr;
+  CLI::Option* repetition_penalty_opt = nullptr;
+  CLI::Option* seed_opt = nullptr;
+  CLI::Option* logprobs_opt = nullptr;
+};
+
+// Adds --max-tokens, --min-tokens, --temperature, --top-k, --top-p, --min-p,
+// --repetition-penalty, --presence-penalty, --frequency-penalty, --seed, --stop,
+// --stop-token-id, --ignore-eos, --include-stop-str, --logprobs to `app`.
+// Ranges are left to the server (it names the field at fault); CLI11 only checks types.
+void AddSamplingFlags(CLI::App* app, SamplingFlags* flags, const std::string& group = "Sampling");
+
+// Copies the given flags into `req` (leaves the input oneof alone).
+void ApplySampling(const SamplingFlags& flags, v1::GenerateRequest* req);
+
+// "UNAVAILABLE", "INVALID_ARGUMENT", ... (the canonical upper-case names).
+std::string StatusCodeName(grpc::StatusCode code);
+
+// Insecure channel to `target` ("host:port"). Messages up to 64 MiB (long prompts
+// as token ids).
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
+
+// A deadline `seconds` from now (<= 0: effectively none, one day).
+std::chrono::system_clock::time_point DeadlineIn(double seconds);
+
+}  // namespace leank::client
