@@ -117,6 +117,8 @@ class Progress:
 
     def __post_init__(self):
         try:
+            if not sys.stderr.isatty():
+                raise ImportError("no terminal: plain progress lines")
             from tqdm import tqdm
             self.bar = tqdm(total=self.total, initial=self.start, desc=self.desc,
                             dynamic_ncols=True, file=sys.stderr)

@@ -99,10 +99,10 @@ def test_cli_end_to_end_and_resume(tmp_path, capsys):
     from train import leank_train
     model = LlamaModel.random(tiny_config(), seed=3, std=0.15)
     model.save_hf(tmp_path / "model")
-    save_samples(random_samples(6), tmp_path / "train.npz")
+    save_samples(random_samples(6), tmp_path / "train.npz.xz")
     save_samples(random_samples(3, seed=1), tmp_path / "val.npz")
     cfg = {"model": "model", "out_dir": "out", "device": "cpu",
-           "data": {"file": "train.npz", "val": "val.npz"}, "middle": vars(MID),
+           "data": {"file": "train.npz.xz", "val": "val.npz"}, "middle": vars(MID),
            "stage1": {"steps": 4, "lr": 0.05, "reg": [0.01, 0.1], "log_every": 1,
                       "ckpt_every": 2},
            "stage2": {"steps": 3, "targets": [0.5, 0.75], "align": 16, "log_every": 1},

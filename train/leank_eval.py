@@ -1,0 +1,202 @@
+"""Evaluation: dense vs LeanK masks vs baselines, in PyTorch with the server's semantics.
+
+  python3 -m train.leank_eval --config train/configs/smollm2-eval.json
+
+Every method runs the whole sequence (prompt and answer, teacher-forced) with the middle-key
+rule of cache/README.md for EVERY query (also the prompt's: the server prunes prefill too):
+middle keys for query i are S <= j < S + M(i + 1), M(n) = B * max(0, floor((n - S - W) / B)),
+q.k over kept channels only, and heads keeping 0 channels skip middle keys and values.
+
+Metrics
+  accuracy   a sample is right when the greedy (argmax) token equals the answer token at every
+             answer position, teacher-forced: the same as "greedy decoding starts with the answer"
+  kl / top1  on plain held-out text: mean KL(dense || method) of next-token distributions and
+             the share of positions whose argmax agrees with dense, over positions whose query
+             has middle keys (i + 1 >= S + W + B); also on the answer positions of the tasks
+Methods: dense; for each sparsity s: leank-s (trained), magnitude-s (ThinK-like static channel
+scores on calibration text, same global rule), random-s (random channels, LeanK's per-head
+counts). Samples are visited round-robin over (task, length) so that a time budget cuts every
+cell evenly; the JSON says how many samples each cell has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from train.attention import MiddleSpec
+from train.data import Sample, load_samples
+from train.leank_train import load_config, resolve, sparsity_tag
+from train.masks import binarize, kept_counts, load_mask, magnitude_mask, random_mask
+from train.model import LlamaModel
+
+
+def channel_scores(model: LlamaModel, texts: List[Sample]) -> torch.Tensor:
+    """ThinK-like score [L, H, D]: RMS of post-RoPE q (over the kv head's query heads and
+    positions) times RMS of k, per channel."""
+    mc = model.cfg
+    g = mc.num_attention_heads // mc.num_key_value_heads
+    q2 = torch.zeros(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, dtype=torch.float64)
+    k2 = torch.zeros_like(q2)
+    n = [0]
+
+    def obs(li, q, k):
+        q2[li] += q.double().pow(2).reshape(mc.num_key_value_heads, g, -1, mc.head_dim).mean(
+            (1, 2)).cpu()
+        k2[li] += k.double().pow(2).mean(1).cpu()
+
+    dev = model.embed_tokens.weight.device
+    with torch.no_grad():
+        for s in texts:
+            model(torch.tensor(s.prompt, device=dev), observer=obs)
+    return (q2.sqrt() * k2.sqrt()).float()
+
+
+class Evaluator:
+    def __init__(self, model: LlamaModel, sink: int, recent: int, block: int):
+        self.model, self.sink, self.recent, self.block = model, sink, recent, block
+        self.dev = model.embed_tokens.weight.device
+
+    def spec(self, kept: Optional[torch.Tensor]) -> Optional[MiddleSpec]:
+        if kept is None:
+            return None
+        return MiddleSpec.from_mask(kept.to(self.dev), self.sink, self.recent, self.block)
+
+    def hidden(self, ids: List[int], kept) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(torch.tensor(ids, device=self.dev), spec=self.spec(kept))
+
+    def logprobs(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.model.logits(h).float(), -1)
+
+    def first_middle_pos(self) -> int:
+        return self.sink + self.recent + self.block - 1
+
+
+def compare(lp_ref: torch.Tensor, lp: torch.Tensor):
+    """(sum KL(ref || lp), number of argmax agreements) over rows."""
+    kl = (lp_ref.exp() * (lp_ref - lp)).sum(-1)
+    return float(kl.sum()), int((lp_ref.argmax(-1) == lp.argmax(-1)).sum())
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="LeanK evaluation")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--root", default=".")
+    a = ap.parse_args(argv)
+    cfg = load_config(a.config, a.set)
+    root = Path(a.root)
+    dev = cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.get("tf32", False) and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model = LlamaModel.load_hf(resolve(root, cfg["model"]), device=dev,
+                               dtype=getattr(torch, cfg.get("dtype", "float32")))
+    mid = cfg.get("middle", {"sink": 128, "recent": 768, "block": 16})
+    ev = Evaluator(model, mid["sink"], mid["recent"], mid["block"])
+    align = cfg.get("align", 16)
+    t_start = time.time()
+
+    # ---- methods ----
+    methods: Dict[str, Optional[torch.Tensor]] = {"dense": None}
+    calib = load_samples(resolve(root, cfg["calib"])) if "calib" in cfg else []
+    scores = channel_scores(model, calib) if calib else None
+    for s in cfg["sparsities"]:
+        tag = sparsity_tag(s)
+        kept, meta = load_mask(resolve(root, cfg["leank_masks"].format(tag=tag)))
+        kept = torch.from_numpy(kept).float()
+        methods[f"leank-{tag}"] = kept
+        if scores is not None:
+            methods[f"magnitude-{tag}"] = magnitude_mask(scores, s, align)
+        methods[f"random-{tag}"] = random_mask(kept_counts(kept), kept.shape[-1],
+                                               seed=cfg.get("seed", 0) + int(100 * s))
+    for name, path in cfg.get("extra_masks", {}).items():
+        methods[name] = torch.from_numpy(load_mask(resolve(root, path))[0]).float()
+    info = {n: (None if k is None else {"sparsity": 1 - float(k.mean()),
+                                        "zero_heads": int((kept_counts(k) == 0).sum())})
+            for n, k in methods.items()}
+    print(json.dumps(info))
+
+    budget = cfg.get("time_budget_s", 1e9)
+    results = {"config": cfg, "methods": info, "tasks": {}, "fidelity": {},
+               "semantics": "server (cache/README.md); prefill pruned too"}
+
+    # ---- fidelity on plain text ----
+    fid = defaultdict(lambda: defaultdict(lambda: [0.0, 0, 0]))  # [method][len] = kl, agree, n
+    texts = []
+    for f in cfg.get("fidelity", []):
+        texts += load_samples(resolve(root, f))
+    p0 = ev.first_middle_pos()
+    for s in texts:
+        if time.time() - t_start > budget * cfg.get("fidelity_share", 0.25):
+            break
+        L = len(s.prompt)
+        h_ref = ev.hidden(s.prompt, None)[p0:]
+        for name, kept in methods.items():
+            if kept is None:
+                continue
+            h = ev.hidden(s.prompt, kept)[p0:]
+            acc = fid[name][L]
+            for c in range(0, h.shape[0], 1024):
+                kl, agree = compare(ev.logprobs(h_ref[c:c + 1024]), ev.logprobs(h[c:c + 1024]))
+                acc[0] += kl
+                acc[1] += agree
+                acc[2] += min(1024, h.shape[0] - c)
+    for name, byl in fid.items():
+        results["fidelity"][name] = {
+            str(L): {"kl": v[0] / v[2], "top1": v[1] / v[2], "positions": v[2]}
+            for L, v in sorted(byl.items())}
+    print(f"fidelity done in {time.time() - t_start:.0f}s", flush=True)
+
+    # ---- tasks ----
+    cells = defaultdict(list)  # (task, length) -> samples
+    for f in cfg.get("tasks", []):
+        for s in load_samples(resolve(root, f)):
+            L = len(s.prompt) + len(s.answer)
+            cells[(s.task, L)].append(s)
+    keys = sorted(cells)
+    order = [(k, i) for i in range(max(len(v) for v in cells.values()) if cells else 0)
+             for k in keys if i < len(cells[k])]
+    acc = defaultdict(lambda: defaultdict(lambda: [0, 0, 0.0, 0, 0]))  # right, n, kl, agree, pos
+    for (k, i) in order:
+        if time.time() - t_start > budget:
+            print("time budget reached")
+            break
+        s = cells[k][i]
+        ids = s.prompt + s.answer
+        P, A = len(s.prompt), len(s.answer)
+        gold = torch.tensor(s.answer, device=ev.dev)
+        lp_ref = None
+        for name, kept in methods.items():
+            lp = ev.logprobs(ev.hidden(ids, kept)[P - 1:P + A - 1])
+            c = acc[name][k]
+            c[0] += int(bool(torch.all(lp.argmax(-1) == gold)))
+            c[1] += 1
+            if kept is None:
+                lp_ref = lp
+            else:
+                kl, agree = compare(lp_ref, lp)
+                c[2] += kl
+                c[3] += agree
+                c[4] += A
+    for name, byk in acc.items():
+        results["tasks"][name] = {f"{t}@{L}": {"acc": v[0] / v[1], "n": v[1],
+                                              "answer_kl": v[2] / v[4] if v[4] else 0.0,
+                                              "answer_top1": v[3] / v[4] if v[4] else 1.0}
+                                  for (t, L), v in sorted(byk.items())}
+    results["elapsed_s"] = time.time() - t_start
+    out = resolve(root, cfg["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {out} in {results['elapsed_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
