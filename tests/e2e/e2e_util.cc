@@ -71,7 +71,14 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& binary,
     _exit(127);
   }
   p->pid_ = pid;
-  p->channel_ = grpc::CreateChannel(p->target(), grpc::InsecureChannelCredentials());
+  // The server is not listening yet: retry the connection fast instead of gRPC's
+  // default 1 s+ exponential backoff.
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
+  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 50);
+  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
+  p->channel_ =
+      grpc::CreateCustomChannel(p->target(), grpc::InsecureChannelCredentials(), channel_args);
   return p;
 }
 
@@ -98,8 +105,29 @@ std::optional<grpc::health::v1::HealthCheckResponse::ServingStatus> ServerProces
   return resp.status();
 }
 
+namespace {
+
+bool PortAccepts(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+}  // namespace
+
 bool ServerProcess::WaitServing(std::chrono::seconds timeout) {
   const auto until = std::chrono::steady_clock::now() + timeout;
+  // Until the port listens, poll with plain TCP: a gRPC channel that failed to
+  // connect backs off for seconds before it tries again.
+  while (!PortAccepts(grpc_port_)) {
+    if (!Alive() || std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   while (std::chrono::steady_clock::now() < until) {
     if (!Alive()) return false;
     if (Health() == grpc::health::v1::HealthCheckResponse::SERVING) return true;

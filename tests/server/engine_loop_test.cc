@@ -63,6 +63,9 @@ TEST(EngineLoop, AbortEndsTheRequestAndFreesItsBlocks) {
   ASSERT_TRUE(ch.ok());
   for (int i = 0; i < 500 && (*ch)->Wait(milliseconds(10)).outputs.empty(); ++i) {
   }
+  // The loop applies aborts before its next Step(): the request ends, and its blocks
+  // are free, at most one step after the one running now.
+  const int64_t steps_at_abort = loop.state().steps;
   loop.Abort(1);
   std::vector<RequestOutput> outs = Drain(**ch);
   ASSERT_FALSE(outs.empty());
@@ -72,6 +75,7 @@ TEST(EngineLoop, AbortEndsTheRequestAndFreesItsBlocks) {
   }
   EXPECT_EQ(loop.state().engine.kv_usage, 0.0);
   EXPECT_EQ(loop.state().live, 0);
+  EXPECT_LE(loop.state().steps, steps_at_abort + 2);
 }
 
 TEST(EngineLoop, EngineRefusalsArriveOnTheChannel) {
