@@ -14,6 +14,9 @@
 #include "engine/core/scheduler.h"
 #include "engine/core/stop_checker.h"
 #include "engine/cpu/cpu_backend.h"
+#ifdef LEANK_HAVE_CUDA
+#include "engine/cuda/cuda_backend.h"
+#endif
 #include "engine/model/weights.h"
 #include "spdlog/spdlog.h"
 
@@ -122,7 +125,7 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   lo.num_kv_heads = cfg.num_kv_heads;
   lo.head_dim = cfg.head_dim;
   lo.block_size = options.block_size;
-  lo.elem_bytes = 4;
+  lo.elem_bytes = options.backend == "cuda" ? 2 : 4;  // bf16 cache on the GPU
   if (!options.mask_path.empty()) {
     auto m = cache::LoadMask(options.mask_path,
                              {cfg.num_layers, cfg.num_kv_heads, cfg.head_dim});
@@ -137,15 +140,43 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   if (!layout.ok()) return layout.status();
   layout_ = std::make_unique<cache::CacheLayout>(*std::move(layout));
 
-  if (options.backend != "cpu") {
-    return absl::UnimplementedError(absl::StrCat("backend '", options.backend,
-                                                 "' is not available in this build (have: cpu)"));
-  }
-  const int64_t budget = options.kv_cache_bytes > 0 ? options.kv_cache_bytes : kDefaultCpuKvBytes;
   const int64_t target = options.target_context > 0 ? options.target_context : max_model_len_;
-  const cache::PoolSizes sizes = cache::SplitBudget(*layout_, budget, target, options.max_batched_tokens);
-  auto backend = CreateCpuBackend(cfg, model_.weights, *layout_, sizes,
-                                  CpuBackendOptions{options.num_threads});
+  int64_t budget = options.kv_cache_bytes > 0 ? options.kv_cache_bytes : kDefaultCpuKvBytes;
+  cache::PoolSizes sizes;
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      absl::UnimplementedError(absl::StrCat("backend '", options.backend,
+                                            "' is not available in this build (have: cpu",
+#ifdef LEANK_HAVE_CUDA
+                                            ", cuda",
+#endif
+                                            ")"));
+  if (options.backend == "cpu") {
+    sizes = cache::SplitBudget(*layout_, budget, target, options.max_batched_tokens);
+    backend = CreateCpuBackend(cfg, model_.weights, *layout_, sizes,
+                               CpuBackendOptions{options.num_threads});
+  }
+#ifdef LEANK_HAVE_CUDA
+  if (options.backend == "cuda") {
+    CudaBackendOptions co;
+    co.max_batched_tokens = options.max_batched_tokens;
+    co.max_num_seqs = options.max_num_seqs;
+    if (options.kv_cache_bytes <= 0) {
+      // Default: 90% of what the weights and activations leave free.
+      auto free_bytes = CudaFreeMemory(co.device);
+      if (!free_bytes.ok()) return free_bytes.status();
+      const int64_t fixed = CudaWeightBytes(cfg) +
+                            CudaActivationBytes(cfg, co.max_batched_tokens, co.max_num_seqs);
+      budget = static_cast<int64_t>(0.9 * static_cast<double>(*free_bytes - fixed));
+      if (budget <= 0) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the model does not fit on the GPU: weights + activations need ", fixed,
+            " bytes, ", *free_bytes, " are free"));
+      }
+    }
+    sizes = cache::SplitBudget(*layout_, budget, target, options.max_batched_tokens);
+    backend = CreateCudaBackend(cfg, model_.weights, *layout_, sizes, co);
+  }
+#endif
   if (!backend.ok()) return backend.status();
   backend_ = *std::move(backend);
   cache_ = std::make_unique<cache::KvCacheManager>(*layout_, sizes);
@@ -160,7 +191,7 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   info_.model = cfg.name;
   info_.architecture = cfg.architecture;
   info_.max_model_len = max_model_len_;
-  info_.dtype = "float32";
+  info_.dtype = backend_->name() == "cuda" ? "bfloat16" : "float32";
   info_.backend = backend_->name();
   info_.masked = mask.has_value();
   info_.k_sparsity = mask ? 1.0 - mask->KeptFraction() : 0.0;

@@ -1,0 +1,458 @@
+#include "engine/cuda/cuda_backend.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/cpu/ops.h"
+#include "engine/cuda/device_buffer.h"
+#include "engine/cuda/weights_upload.h"
+#include "kernels/attention.h"
+#include "kernels/model/ops.h"
+
+namespace leank {
+namespace {
+
+using cuda::DeviceBuffer;
+using cuda::PinnedBuffer;
+using kernels::model::bf16;
+namespace km = kernels::model;
+
+constexpr size_t kAlign = 256;
+constexpr int64_t kGemmWorkspaceBytes = int64_t{32} << 20;
+constexpr int64_t kPlanSlackBytes = int64_t{16} << 20;  // step tables, attention plans
+
+size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Per-row activation bytes (see ActivationBuffers).
+int64_t RowBytes(const ModelConfig& c) {
+  const int64_t hidden = c.hidden_size, qkv = c.q_size() + 2 * c.kv_size();
+  return 4 * hidden + 2 * hidden + 4 * qkv + 2 * 2 * c.q_size() + 2 * 2 * c.intermediate_size +
+         2 * c.intermediate_size;
+}
+int64_t LogitRowBytes(const ModelConfig& c) {
+  return 4 * int64_t{c.vocab_size} + 2 * c.hidden_size;
+}
+
+}  // namespace
+
+int64_t CudaWeightBytes(const ModelConfig& c) { return cuda::PackedWeightBytes(c); }
+
+int64_t CudaActivationBytes(const ModelConfig& c, int max_batched_tokens, int max_num_seqs) {
+  return RowBytes(c) * std::max(1, max_batched_tokens) +
+         LogitRowBytes(c) * std::max(1, max_num_seqs) + kGemmWorkspaceBytes + kPlanSlackBytes;
+}
+
+int64_t CudaKvBytes(const cache::CacheLayout& layout, cache::PoolSizes sizes) {
+  const int last = layout.options().num_layers - 1;
+  const int64_t full =
+      int64_t{layout.options().num_layers} * sizes.num_full_blocks * layout.full_block_elems();
+  const int64_t pruned = layout.dense() || sizes.num_pruned_blocks == 0
+                             ? 0
+                             : layout.pruned_layer_base(last, sizes.num_pruned_blocks) +
+                                   sizes.num_pruned_blocks * layout.pruned_block_elems(last);
+  return 2 * (full + pruned);
+}
+
+absl::StatusOr<int64_t> CudaFreeMemory(int device) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count <= device) {
+    cudaGetLastError();
+    return absl::UnavailableError(absl::StrCat("no CUDA device ", device, " (", count, " devices; ",
+                                               e == cudaSuccess ? "ok" : cudaGetErrorString(e),
+                                               ")"));
+  }
+  if ((e = cudaSetDevice(device)) != cudaSuccess) {
+    return absl::UnavailableError(
+        absl::StrCat("cudaSetDevice(", device, "): ", cudaGetErrorString(e)));
+  }
+  size_t free_bytes = 0, total = 0;
+  if ((e = cudaMemGetInfo(&free_bytes, &total)) != cudaSuccess) {
+    return absl::UnavailableError(absl::StrCat("cudaMemGetInfo: ", cudaGetErrorString(e)));
+  }
+  return static_cast<int64_t>(free_bytes);
+}
+
+namespace {
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const ModelConfig& config, const cache::CacheLayout& layout, cache::PoolSizes sizes,
+              const CudaBackendOptions& options)
+      : config_(config), layout_(layout), sizes_(sizes), options_(options) {}
+  ~CudaBackend() override {
+    decode_.reset();
+    meta_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  absl::Status Init(const ModelWeights& weights);
+
+  std::string name() const override { return "cuda"; }
+  const ModelConfig& config() const override { return config_; }
+  const cache::CacheLayout& layout() const override { return layout_; }
+  cache::PoolSizes pool_sizes() const override { return sizes_; }
+  absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
+
+ private:
+  absl::Status EnsureRows(int64_t rows, int64_t logit_rows);
+  const bf16* FullLayer(int l) const {
+    return kv_full_.as<bf16>() + int64_t{l} * sizes_.num_full_blocks * layout_.full_block_elems();
+  }
+  bf16* FullLayerMut(int l) { return const_cast<bf16*>(FullLayer(l)); }
+  bf16* PrunedLayer(int l) {
+    if (layout_.dense() || sizes_.num_pruned_blocks == 0) return kv_pruned_.as<bf16>();
+    return kv_pruned_.as<bf16>() + layout_.pruned_layer_base(l, sizes_.num_pruned_blocks);
+  }
+  int64_t PrunedBlockElems(int l) const {
+    return layout_.dense() ? 0 : layout_.pruned_block_elems(l);
+  }
+
+  ModelConfig config_;
+  const cache::CacheLayout& layout_;
+  cache::PoolSizes sizes_;
+  CudaBackendOptions options_;
+  cudaStream_t stream_ = nullptr;
+
+  cuda::PackedWeights weights_;
+  DeviceBuffer inv_freq_;
+  DeviceBuffer kv_full_, kv_pruned_;
+  // Channel metadata for the generic kernels: kept, k_off, v_off [L][H] int32, channels
+  // [L][H][D] uint8.
+  DeviceBuffer meta_buf_;
+  km::CacheMetaView meta_view_;
+  // Fast kernels (head_dim 64/128), absent when the shape has no instantiation.
+  std::optional<kernels::DeviceMeta> meta_;
+  std::unique_ptr<kernels::DecodeAttention> decode_;
+  km::Gemm gemm_;
+
+  // Activations for `rows_cap_` rows and `logit_cap_` logit rows.
+  int64_t rows_cap_ = 0, logit_cap_ = 0;
+  DeviceBuffer x_, h_, qkv_, q_, attn_, gu_, act_, logits_, final_h_;
+  // Step tables: one upload per step.
+  PinnedBuffer staging_, logits_host_;
+  DeviceBuffer step_buf_;
+};
+
+absl::Status CudaBackend::Init(const ModelWeights& weights) {
+  const ModelConfig& c = config_;
+  LEANK_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  if (auto s = weights_.Upload(c, weights, stream_); !s.ok()) return s;
+
+  std::vector<float> inv_freq = cpu::Rope(c).inv_freq();
+  if (auto s = inv_freq_.Allocate(inv_freq.size() * 4, "rope table"); !s.ok()) return s;
+  LEANK_CUDA_OK(cudaMemcpy(inv_freq_.as<float>(), inv_freq.data(), inv_freq.size() * 4,
+                           cudaMemcpyHostToDevice));
+
+  // KV pools. Poisoned with NaN bits in debug spirit? No: zeros are never read (every
+  // read slot is written first), and a memset costs seconds on 60 GB pools.
+  const int64_t kv_bytes = CudaKvBytes(layout_, sizes_);
+  const int64_t full_bytes =
+      2 * int64_t{c.num_layers} * sizes_.num_full_blocks * layout_.full_block_elems();
+  if (auto s = kv_full_.Allocate(full_bytes, "the full KV blocks"); !s.ok()) return s;
+  if (auto s = kv_pruned_.Allocate(kv_bytes - full_bytes, "the pruned KV blocks"); !s.ok())
+    return s;
+
+  // Channel metadata (generic kernels).
+  const int L = c.num_layers, H = c.num_kv_heads, D = c.head_dim;
+  std::vector<int32_t> ints(3 * L * H, 0);
+  std::vector<uint8_t> chans(size_t(L) * H * D, 0);
+  std::vector<std::vector<std::vector<int>>> kept_channels;
+  if (!layout_.dense()) kept_channels.assign(L, std::vector<std::vector<int>>(H));
+  for (int l = 0; l < L; ++l) {
+    for (int h = 0; h < H; ++h) {
+      ints[l * H + h] = layout_.kept(l, h);
+      ints[L * H + l * H + h] = layout_.dense() ? 0 : layout_.pruned_k_offset(l, h);
+      ints[2 * L * H + l * H + h] = layout_.dense() ? 0 : layout_.pruned_v_offset(l, h);
+      if (layout_.dense()) continue;
+      const std::vector<int>& ch = layout_.mask()->KeptChannels(l, h);
+      kept_channels[l][h] = ch;
+      for (size_t i = 0; i < ch.size(); ++i) chans[(size_t(l) * H + h) * D + i] = ch[i];
+    }
+  }
+  if (auto s = meta_buf_.Allocate(ints.size() * 4 + chans.size(), "cache metadata"); !s.ok())
+    return s;
+  LEANK_CUDA_OK(
+      cudaMemcpy(meta_buf_.as<char>(), ints.data(), ints.size() * 4, cudaMemcpyHostToDevice));
+  LEANK_CUDA_OK(cudaMemcpy(meta_buf_.as<char>() + ints.size() * 4, chans.data(), chans.size(),
+                           cudaMemcpyHostToDevice));
+  meta_view_.kept = meta_buf_.as<int32_t>();
+  meta_view_.k_off = meta_buf_.as<int32_t>() + L * H;
+  meta_view_.v_off = meta_buf_.as<int32_t>() + 2 * L * H;
+  meta_view_.channels = reinterpret_cast<const uint8_t*>(meta_buf_.as<char>() + ints.size() * 4);
+  meta_view_.num_kv_heads = H;
+  meta_view_.head_dim = D;
+  meta_view_.block_size = layout_.block_size();
+  meta_view_.sink = layout_.options().sink;
+  meta_view_.recent = layout_.options().recent;
+  meta_view_.dense = layout_.dense();
+
+  if (!options_.force_generic_attention) {
+    kernels::AttentionShape shape{L,
+                                  H,
+                                  c.num_heads,
+                                  D,
+                                  layout_.block_size(),
+                                  layout_.options().sink,
+                                  layout_.options().recent};
+    auto meta = kernels::DeviceMeta::Create(shape, kept_channels);
+    if (meta.ok()) {
+      for (int l = 0; l < L && !layout_.dense(); ++l) {
+        if (meta->pruned_block_elems(l) != layout_.pruned_block_elems(l)) {
+          return absl::InternalError(
+              absl::StrCat("kernels::DeviceMeta and cache::CacheLayout "
+                           "disagree on pruned block size of layer ",
+                           l));
+        }
+      }
+      meta_.emplace(*std::move(meta));
+      decode_ = std::make_unique<kernels::DecodeAttention>(*meta_);
+    }
+  }
+  if (auto s = EnsureRows(options_.max_batched_tokens, options_.max_num_seqs); !s.ok()) return s;
+  LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::EnsureRows(int64_t rows, int64_t logit_rows) {
+  const ModelConfig& c = config_;
+  if (rows > rows_cap_) {
+    LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+    const int64_t hidden = c.hidden_size, qkv = c.q_size() + 2 * c.kv_size();
+    for (auto [buf, bytes, what] :
+         {std::tuple{&x_, 4 * hidden, "residual"}, std::tuple{&h_, 2 * hidden, "normed"},
+          std::tuple{&qkv_, 4 * qkv, "qkv"}, std::tuple{&q_, int64_t{2} * c.q_size(), "q"},
+          std::tuple{&attn_, int64_t{2} * c.q_size(), "attention output"},
+          std::tuple{&gu_, int64_t{4} * c.intermediate_size, "gate/up"},
+          std::tuple{&act_, int64_t{2} * c.intermediate_size, "mlp activation"}}) {
+      if (auto s = buf->Allocate(AlignUp(bytes * rows), what); !s.ok()) return s;
+    }
+    rows_cap_ = rows;
+  }
+  if (logit_rows > logit_cap_) {
+    LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+    if (auto s = logits_.Allocate(AlignUp(int64_t{4} * c.vocab_size * logit_rows), "logits");
+        !s.ok())
+      return s;
+    if (auto s = final_h_.Allocate(AlignUp(int64_t{2} * c.hidden_size * logit_rows), "final norm");
+        !s.ok())
+      return s;
+    logits_host_.Reserve(int64_t{4} * c.vocab_size * logit_rows);
+    logit_cap_ = logit_rows;
+  }
+  return absl::OkStatus();
+}
+
+// Appends `n` int32 values to `words` at a 16-byte boundary; returns the offset (words).
+size_t AppendWords(std::vector<int32_t>& words, const int32_t* data, size_t n) {
+  const size_t off = (words.size() + 3) & ~size_t{3};
+  words.resize(off + n);
+  if (n) std::memcpy(words.data() + off, data, n * 4);
+  return off;
+}
+
+absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
+  const ModelConfig& c = config_;
+  const int64_t vocab = c.vocab_size, hidden = c.hidden_size;
+  const int nseq = static_cast<int>(plan.seqs.size());
+  // Row order: decode sequences (one new token) first when the fast decode kernel runs,
+  // so their q rows are contiguous; the model is row-independent outside attention.
+  std::vector<int> order;
+  int num_decode = 0;
+  for (int i = 0; i < nseq; ++i) {
+    const SeqWork& s = plan.seqs[i];
+    if (s.cache.num_new_tokens != static_cast<int64_t>(s.tokens.size())) {
+      return absl::InternalError(absl::StrCat("plan for sequence ", s.cache.seq, " has ",
+                                              s.tokens.size(), " tokens but reserves ",
+                                              s.cache.num_new_tokens));
+    }
+    if (s.tokens.empty() && s.want_logits) {
+      return absl::InternalError(
+          absl::StrCat("sequence ", s.cache.seq, " wants logits but has no new token"));
+    }
+    for (int32_t t : s.tokens) {
+      if (t < 0 || t >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", t, " outside vocabulary"));
+      }
+    }
+    if (decode_ && s.tokens.size() == 1) {
+      order.push_back(i);
+      ++num_decode;
+    }
+  }
+  for (int i = 0; i < nseq; ++i) {
+    if (!(decode_ && plan.seqs[i].tokens.size() == 1)) order.push_back(i);
+  }
+
+  // Host tables in row order.
+  std::vector<int32_t> tokens, row_seq, full_idx, pruned_idx, jobs, logit_rows;
+  std::vector<km::StepSeq> seqs(nseq);
+  std::vector<int> row_begin(nseq);
+  int32_t rows = 0;
+  for (int k = 0; k < nseq; ++k) {
+    const int i = order[k];
+    const SeqWork& s = plan.seqs[i];
+    const cache::AppendPlan& cp = s.cache;
+    km::StepSeq& ss = seqs[k];
+    ss.start_pos = static_cast<int32_t>(cp.start_pos);
+    ss.num_new = static_cast<int32_t>(s.tokens.size());
+    ss.middle_before = static_cast<int32_t>(cp.middle_before);
+    ss.row_begin = rows;
+    ss.full_begin = static_cast<int32_t>(full_idx.size());
+    ss.pruned_begin = static_cast<int32_t>(pruned_idx.size());
+    row_begin[i] = rows;
+    full_idx.insert(full_idx.end(), cp.full_blocks.begin(), cp.full_blocks.end());
+    pruned_idx.insert(pruned_idx.end(), cp.pruned_blocks.begin(), cp.pruned_blocks.end());
+    tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
+    row_seq.insert(row_seq.end(), s.tokens.size(), k);
+    rows += ss.num_new;
+    const int S = layout_.options().sink, B = layout_.block_size();
+    for (int j = 0; j < cp.num_compactions(); ++j) {
+      jobs.push_back(cp.full_blocks[S / B + j]);
+      jobs.push_back(cp.pruned_blocks[cp.middle_before / B + j]);
+    }
+  }
+  for (int i = 0; i < nseq; ++i) {
+    if (plan.seqs[i].want_logits) {
+      logit_rows.push_back(row_begin[i] + static_cast<int32_t>(plan.seqs[i].tokens.size()) - 1);
+    }
+  }
+  const int num_logits = static_cast<int>(logit_rows.size());
+  out->vocab = vocab;
+  out->logits.clear();
+  if (rows == 0) return absl::OkStatus();
+  if (auto s = EnsureRows(rows, std::max(1, num_logits)); !s.ok()) return s;
+
+  std::vector<int32_t> words;
+  const size_t o_tokens = AppendWords(words, tokens.data(), tokens.size());
+  const size_t o_row_seq = AppendWords(words, row_seq.data(), row_seq.size());
+  const size_t o_seqs = AppendWords(words, reinterpret_cast<const int32_t*>(seqs.data()),
+                                    seqs.size() * sizeof(km::StepSeq) / 4);
+  const size_t o_full = AppendWords(words, full_idx.data(), full_idx.size());
+  const size_t o_pruned = AppendWords(words, pruned_idx.data(), pruned_idx.size());
+  const size_t o_jobs = AppendWords(words, jobs.data(), jobs.size());
+  const size_t o_logit = AppendWords(words, logit_rows.data(), logit_rows.size());
+  const size_t bytes = words.size() * 4;
+  if (bytes > step_buf_.bytes()) {
+    LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+    if (auto s = step_buf_.Allocate(AlignUp(bytes * 2), "step tables"); !s.ok()) return s;
+  }
+  staging_.Reserve(bytes);
+  std::memcpy(staging_.as<int32_t>(), words.data(), bytes);
+  LEANK_CUDA_OK(cudaMemcpyAsync(step_buf_.as<int32_t>(), staging_.as<int32_t>(), bytes,
+                                cudaMemcpyHostToDevice, stream_));
+  const int32_t* d = step_buf_.as<int32_t>();
+  km::StepTables tables{reinterpret_cast<const km::StepSeq*>(d + o_seqs), d + o_row_seq, d + o_full,
+                        d + o_pruned};
+  const int num_jobs = static_cast<int>(jobs.size() / 2);
+
+  if (num_decode > 0) {
+    std::vector<std::vector<int32_t>> full_after(num_decode);
+    std::vector<kernels::SeqView> views(num_decode);
+    for (int k = 0; k < num_decode; ++k) {
+      const cache::AppendPlan& cp = plan.seqs[order[k]].cache;
+      full_after[k] = kernels::DecodeFullBlocksAfterCompaction(meta_->shape(), cp.full_blocks,
+                                                               cp.num_compactions());
+      views[k] = {cp.start_pos + 1, full_after[k], cp.pruned_blocks};
+    }
+    if (auto s = decode_->Plan(views, stream_); !s.ok()) {
+      return absl::InternalError(absl::StrCat("decode plan: ", s.message()));
+    }
+  }
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const int qkv_n = c.q_size() + 2 * c.kv_size(), inter = c.intermediate_size;
+  float* x = x_.as<float>();
+  bf16* h = h_.as<bf16>();
+  km::Embedding(d + o_tokens, rows, weights_.embed, c.hidden_size, x, stream_);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const cuda::PackedLayer& w = weights_.layers[l];
+    km::RmsNorm(x, nullptr, rows, c.hidden_size, w.input_norm, eps, h, stream_);
+    gemm_.RunF32(h, w.qkv, qkv_.as<float>(), rows, qkv_n, c.hidden_size, 0.0f, stream_);
+    km::QkvRopeWrite(qkv_.as<float>(), w.qkv_bias, inv_freq_.as<float>(), rows, c.num_heads,
+                     meta_view_, tables, q_.as<bf16>(), FullLayerMut(l), stream_);
+    if (num_jobs > 0) {
+      if (meta_) {
+        kernels::LaunchCompact(*meta_, l, l + 1, kv_full_.as<bf16>(), sizes_.num_full_blocks,
+                               kv_pruned_.as<bf16>(), sizes_.num_pruned_blocks,
+                               reinterpret_cast<const kernels::CompactJob*>(d + o_jobs), num_jobs,
+                               stream_);
+      } else {
+        km::GenericCompact(d + o_jobs, num_jobs, l, meta_view_, FullLayer(l), PrunedLayer(l),
+                           PrunedBlockElems(l), stream_);
+      }
+    }
+    if (num_decode > 0) {
+      decode_->Run(l, q_.as<bf16>(), FullLayer(l), PrunedLayer(l), scale, attn_.as<bf16>(),
+                   stream_);
+    }
+    const int decode_rows = num_decode;  // one row each
+    km::GenericAttention(q_.as<bf16>(), decode_rows, rows - decode_rows, c.num_heads, l, meta_view_,
+                         tables, FullLayer(l), PrunedLayer(l), PrunedBlockElems(l), scale,
+                         attn_.as<bf16>(), stream_);
+    gemm_.RunF32(attn_.as<bf16>(), w.o, x, rows, c.hidden_size, c.q_size(), 1.0f, stream_);
+    km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_);
+    gemm_.RunBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size, stream_);
+    km::SiluMul(gu_.as<bf16>(), rows, inter, act_.as<bf16>(), stream_);
+    gemm_.RunF32(act_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f, stream_);
+  }
+  if (num_logits > 0) {
+    km::RmsNorm(x, d + o_logit, num_logits, c.hidden_size, weights_.final_norm, eps,
+                final_h_.as<bf16>(), stream_);
+    gemm_.RunF32(final_h_.as<bf16>(), weights_.lm_head, logits_.as<float>(), num_logits,
+                 static_cast<int>(vocab), c.hidden_size, 0.0f, stream_);
+    LEANK_CUDA_OK(cudaMemcpyAsync(logits_host_.as<float>(), logits_.as<float>(),
+                                  size_t(num_logits) * vocab * 4, cudaMemcpyDeviceToHost, stream_));
+  }
+  cudaError_t e = cudaStreamSynchronize(stream_);
+  if (e != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("CUDA step failed: ", cudaGetErrorString(e)));
+  }
+  out->logits.assign(logits_host_.as<float>(), logits_host_.as<float>() + num_logits * vocab);
+  (void)hidden;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelConfig& config,
+                                                           const ModelWeights& weights,
+                                                           const cache::CacheLayout& layout,
+                                                           cache::PoolSizes sizes,
+                                                           const CudaBackendOptions& options) {
+  if (layout.options().elem_bytes != 2) {
+    return absl::InvalidArgumentError("the CUDA backend stores its cache in bf16 (elem_bytes 2)");
+  }
+  if (config.head_dim % 2 != 0 || config.head_dim > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA backend: head_dim ", config.head_dim, " (even, <= 256)"));
+  }
+  auto free_bytes = CudaFreeMemory(options.device);
+  if (!free_bytes.ok()) return free_bytes.status();
+  const int64_t w = CudaWeightBytes(config),
+                a = CudaActivationBytes(config, options.max_batched_tokens, options.max_num_seqs),
+                kv = CudaKvBytes(layout, sizes);
+  if (w + a + kv > *free_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the model does not fit on GPU ", options.device, ": weights ", w,
+        " B (bf16) + activations ", a, " B (", options.max_batched_tokens, " tokens, ",
+        options.max_num_seqs, " logit rows) + KV cache ", kv, " B (", sizes.num_full_blocks,
+        " full + ", sizes.num_pruned_blocks, " pruned blocks) = ", w + a + kv, " B > ", *free_bytes,
+        " B free; lower --kv-cache-memory or max batched tokens"));
+  }
+  auto backend = std::make_unique<CudaBackend>(config, layout, sizes, options);
+  if (auto s = backend->Init(weights); !s.ok()) return s;
+  return backend;
+}
+
+}  // namespace leank

@@ -1,0 +1,51 @@
+#pragma once
+// The CUDA backend: the whole model on one GPU, bf16 weights (converted once at load
+// from bf16/f16/f32), fp32 residual stream, cuBLASLt GEMMs (fused QKV and gate/up), the
+// LeanK paged KV cache in device memory (bf16, cache/README.md), compaction each step,
+// decode through kernels::DecodeAttention, prefill chunks through the generic paged
+// attention of kernels/model (kernels::PrefillAttention once it is built). Computes the
+// same function as the CPU reference (engine/cpu) at bf16 precision.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "cache/kv_cache.h"
+#include "engine/core/backend.h"
+#include "engine/model/weights.h"
+
+namespace leank {
+
+struct CudaBackendOptions {
+  int device = 0;
+  // Rows (tokens) of the largest step: activation buffers are sized for it up front
+  // (they grow if a larger step comes).
+  int max_batched_tokens = 512;
+  // Largest number of sequences asking for logits in one step (logit buffers).
+  int max_num_seqs = 64;
+  // Tests: run every attention through the generic kernel even where the fast
+  // kernels (head_dim 64/128) apply.
+  bool force_generic_attention = false;
+};
+
+// Device memory the backend needs besides the KV pool (weights as bf16, activations
+// for `max_batched_tokens` rows and `max_num_seqs` logit rows, cuBLASLt workspace).
+int64_t CudaWeightBytes(const ModelConfig& config);
+int64_t CudaActivationBytes(const ModelConfig& config, int max_batched_tokens, int max_num_seqs);
+// Bytes of the KV pools for `sizes` (bf16 layout).
+int64_t CudaKvBytes(const cache::CacheLayout& layout, cache::PoolSizes sizes);
+// Free device memory now (cudaMemGetInfo), Unavailable with the CUDA error when there
+// is no usable GPU.
+absl::StatusOr<int64_t> CudaFreeMemory(int device = 0);
+
+// Preflight then allocation: if weights + activations + KV pool exceed the free device
+// memory, ResourceExhausted with every number, before anything is allocated.
+// `layout` must outlive the backend and use elem_bytes = 2.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelConfig& config,
+                                                           const ModelWeights& weights,
+                                                           const cache::CacheLayout& layout,
+                                                           cache::PoolSizes sizes,
+                                                           const CudaBackendOptions& options);
+
+}  // namespace leank
