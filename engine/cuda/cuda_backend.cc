@@ -95,7 +95,13 @@ class CudaBackend final : public Backend {
     if (stream_) cudaStreamDestroy(stream_);
   }
 
-  absl::Status Init(const ModelWeights& weights);
+  absl::Status Init(std::shared_ptr<const cuda::PackedWeights> weights);
+  // Whole pools, for FillCudaCacheRandom.
+  void FillRandom(uint64_t seed) {
+    km::FillRandomBf16(kv_full_.as<bf16>(), kv_full_.bytes() / 2, seed, stream_);
+    km::FillRandomBf16(kv_pruned_.as<bf16>(), kv_pruned_.bytes() / 2, seed + 1, stream_);
+    LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+  }
 
   std::string name() const override { return "cuda"; }
   const ModelConfig& config() const override { return config_; }
@@ -123,7 +129,7 @@ class CudaBackend final : public Backend {
   CudaBackendOptions options_;
   cudaStream_t stream_ = nullptr;
 
-  cuda::PackedWeights weights_;
+  std::shared_ptr<const cuda::PackedWeights> weights_;
   DeviceBuffer inv_freq_;
   DeviceBuffer kv_full_, kv_pruned_;
   // Channel metadata for the generic kernels: kept, k_off, v_off [L][H] int32, channels
@@ -133,6 +139,9 @@ class CudaBackend final : public Backend {
   // Fast kernels (head_dim 64/128), absent when the shape has no instantiation.
   std::optional<kernels::DeviceMeta> meta_;
   std::unique_ptr<kernels::DecodeAttention> decode_;
+#ifdef LEANK_HAVE_PREFILL_KERNEL
+  std::unique_ptr<kernels::PrefillAttention> prefill_;
+#endif
   km::Gemm gemm_;
 
   // Activations for `rows_cap_` rows and `logit_cap_` logit rows.
@@ -143,10 +152,10 @@ class CudaBackend final : public Backend {
   DeviceBuffer step_buf_;
 };
 
-absl::Status CudaBackend::Init(const ModelWeights& weights) {
+absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weights) {
   const ModelConfig& c = config_;
   LEANK_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  if (auto s = weights_.Upload(c, weights, stream_); !s.ok()) return s;
+  weights_ = std::move(weights);
 
   std::vector<float> inv_freq = cpu::Rope(c).inv_freq();
   if (auto s = inv_freq_.Allocate(inv_freq.size() * 4, "rope table"); !s.ok()) return s;
@@ -216,6 +225,9 @@ absl::Status CudaBackend::Init(const ModelWeights& weights) {
       }
       meta_.emplace(*std::move(meta));
       decode_ = std::make_unique<kernels::DecodeAttention>(*meta_);
+#ifdef LEANK_HAVE_PREFILL_KERNEL
+      prefill_ = std::make_unique<kernels::PrefillAttention>(*meta_);
+#endif
     }
   }
   if (auto s = EnsureRows(options_.max_batched_tokens, options_.max_num_seqs); !s.ok()) return s;
@@ -369,14 +381,29 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     }
   }
 
+  bool prefill_fast = false;
+#ifdef LEANK_HAVE_PREFILL_KERNEL
+  if (prefill_ && num_decode < nseq) {
+    std::vector<kernels::PrefillSeq> pseqs;
+    for (int k = num_decode; k < nseq; ++k) {
+      const cache::AppendPlan& cp = plan.seqs[order[k]].cache;
+      pseqs.push_back({cp.start_pos, cp.num_new_tokens, cp.full_blocks, cp.pruned_blocks});
+    }
+    if (auto s = prefill_->Plan(pseqs, stream_); !s.ok()) {
+      return absl::InternalError(absl::StrCat("prefill plan: ", s.message()));
+    }
+    prefill_fast = true;
+  }
+#endif
+
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const float eps = static_cast<float>(c.rms_norm_eps);
   const int qkv_n = c.q_size() + 2 * c.kv_size(), inter = c.intermediate_size;
   float* x = x_.as<float>();
   bf16* h = h_.as<bf16>();
-  km::Embedding(d + o_tokens, rows, weights_.embed, c.hidden_size, x, stream_);
+  km::Embedding(d + o_tokens, rows, weights_->embed, c.hidden_size, x, stream_);
   for (int l = 0; l < c.num_layers; ++l) {
-    const cuda::PackedLayer& w = weights_.layers[l];
+    const cuda::PackedLayer& w = weights_->layers[l];
     km::RmsNorm(x, nullptr, rows, c.hidden_size, w.input_norm, eps, h, stream_);
     gemm_.RunF32(h, w.qkv, qkv_.as<float>(), rows, qkv_n, c.hidden_size, 0.0f, stream_);
     km::QkvRopeWrite(qkv_.as<float>(), w.qkv_bias, inv_freq_.as<float>(), rows, c.num_heads,
@@ -397,9 +424,17 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
                    stream_);
     }
     const int decode_rows = num_decode;  // one row each
-    km::GenericAttention(q_.as<bf16>(), decode_rows, rows - decode_rows, c.num_heads, l, meta_view_,
-                         tables, FullLayer(l), PrunedLayer(l), PrunedBlockElems(l), scale,
-                         attn_.as<bf16>(), stream_);
+    const int64_t q_row = int64_t{c.num_heads} * c.head_dim;
+    if (prefill_fast) {
+#ifdef LEANK_HAVE_PREFILL_KERNEL
+      prefill_->Run(l, q_.as<bf16>() + decode_rows * q_row, FullLayer(l), PrunedLayer(l), scale,
+                    attn_.as<bf16>() + decode_rows * q_row, stream_);
+#endif
+    } else {
+      km::GenericAttention(q_.as<bf16>(), decode_rows, rows - decode_rows, c.num_heads, l,
+                           meta_view_, tables, FullLayer(l), PrunedLayer(l), PrunedBlockElems(l),
+                           scale, attn_.as<bf16>(), stream_);
+    }
     gemm_.RunF32(attn_.as<bf16>(), w.o, x, rows, c.hidden_size, c.q_size(), 1.0f, stream_);
     km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_);
     gemm_.RunBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size, stream_);
@@ -407,9 +442,9 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     gemm_.RunF32(act_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f, stream_);
   }
   if (num_logits > 0) {
-    km::RmsNorm(x, d + o_logit, num_logits, c.hidden_size, weights_.final_norm, eps,
+    km::RmsNorm(x, d + o_logit, num_logits, c.hidden_size, weights_->final_norm, eps,
                 final_h_.as<bf16>(), stream_);
-    gemm_.RunF32(final_h_.as<bf16>(), weights_.lm_head, logits_.as<float>(), num_logits,
+    gemm_.RunF32(final_h_.as<bf16>(), weights_->lm_head, logits_.as<float>(), num_logits,
                  static_cast<int>(vocab), c.hidden_size, 0.0f, stream_);
     LEANK_CUDA_OK(cudaMemcpyAsync(logits_host_.as<float>(), logits_.as<float>(),
                                   size_t(num_logits) * vocab * 4, cudaMemcpyDeviceToHost, stream_));
@@ -423,13 +458,9 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelConfig& config,
-                                                           const ModelWeights& weights,
-                                                           const cache::CacheLayout& layout,
-                                                           cache::PoolSizes sizes,
-                                                           const CudaBackendOptions& options) {
+absl::Status CheckAndPreflight(const ModelConfig& config, const cache::CacheLayout& layout,
+                               cache::PoolSizes sizes, const CudaBackendOptions& options,
+                               int64_t weight_bytes) {
   if (layout.options().elem_bytes != 2) {
     return absl::InvalidArgumentError("the CUDA backend stores its cache in bf16 (elem_bytes 2)");
   }
@@ -439,7 +470,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelConfig& co
   }
   auto free_bytes = CudaFreeMemory(options.device);
   if (!free_bytes.ok()) return free_bytes.status();
-  const int64_t w = CudaWeightBytes(config),
+  const int64_t w = weight_bytes,
                 a = CudaActivationBytes(config, options.max_batched_tokens, options.max_num_seqs),
                 kv = CudaKvBytes(layout, sizes);
   if (w + a + kv > *free_bytes) {
@@ -450,9 +481,78 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelConfig& co
         " full + ", sizes.num_pruned_blocks, " pruned blocks) = ", w + a + kv, " B > ", *free_bytes,
         " B free; lower --kv-cache-memory or max batched tokens"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const cuda::PackedWeights>> UploadCudaWeights(
+    const ModelConfig& config, const ModelWeights& weights, int device) {
+  auto free_bytes = CudaFreeMemory(device);
+  if (!free_bytes.ok()) return free_bytes.status();
+  const int64_t w = CudaWeightBytes(config);
+  if (w > *free_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("the weights need ", w, " B as bf16, GPU ",
+                                                     device, " has ", *free_bytes, " B free"));
+  }
+  auto packed = std::make_shared<cuda::PackedWeights>();
+  if (auto s = packed->Upload(config, weights, nullptr); !s.ok()) return s;
+  return std::shared_ptr<const cuda::PackedWeights>(std::move(packed));
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
+    const ModelConfig& config, std::shared_ptr<const cuda::PackedWeights> weights,
+    const cache::CacheLayout& layout, cache::PoolSizes sizes, const CudaBackendOptions& options) {
+  if (auto s = CheckAndPreflight(config, layout, sizes, options, 0); !s.ok()) return s;
   auto backend = std::make_unique<CudaBackend>(config, layout, sizes, options);
-  if (auto s = backend->Init(weights); !s.ok()) return s;
+  if (auto s = backend->Init(std::move(weights)); !s.ok()) return s;
   return backend;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelConfig& config,
+                                                           const ModelWeights& weights,
+                                                           const cache::CacheLayout& layout,
+                                                           cache::PoolSizes sizes,
+                                                           const CudaBackendOptions& options) {
+  if (auto s = CheckAndPreflight(config, layout, sizes, options, CudaWeightBytes(config)); !s.ok())
+    return s;
+  auto packed = std::make_shared<cuda::PackedWeights>();
+  if (auto s = packed->Upload(config, weights, nullptr); !s.ok()) return s;
+  auto backend = std::make_unique<CudaBackend>(config, layout, sizes, options);
+  if (auto s = backend->Init(std::move(packed)); !s.ok()) return s;
+  return backend;
+}
+
+absl::Status FillCudaCacheRandom(Backend* backend, uint64_t seed) {
+  auto* b = dynamic_cast<CudaBackend*>(backend);
+  if (!b) return absl::InvalidArgumentError("FillCudaCacheRandom: not a CUDA backend");
+  b->FillRandom(seed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> MeasureCudaReadBandwidth(int64_t bytes, int device) {
+  if (auto f = CudaFreeMemory(device); !f.ok()) return f.status();
+  DeviceBuffer buf, sink;
+  if (auto s = buf.Allocate(bytes, "bandwidth probe"); !s.ok()) return s;
+  if (auto s = sink.Allocate(4096, "bandwidth probe"); !s.ok()) return s;
+  km::FillRandomBf16(buf.as<bf16>(), bytes / 2, 1, nullptr);
+  cudaEvent_t e0, e1;
+  LEANK_CUDA_OK(cudaEventCreate(&e0));
+  LEANK_CUDA_OK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int i = 0; i < 12; ++i) {
+    LEANK_CUDA_OK(cudaEventRecord(e0));
+    km::ReadProbe(buf.as<char>(), bytes, sink.as<float>(), nullptr);
+    LEANK_CUDA_OK(cudaEventRecord(e1));
+    LEANK_CUDA_OK(cudaEventSynchronize(e1));
+    float t = 0;
+    LEANK_CUDA_OK(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= 2) ms.push_back(t);  // two warm-up runs
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(ms.begin(), ms.end());
+  return double(bytes) / (ms[ms.size() / 2] * 1e-3);
 }
 
 }  // namespace leank

@@ -48,4 +48,24 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const ModelConfig& co
                                                            cache::PoolSizes sizes,
                                                            const CudaBackendOptions& options);
 
+// Weights already on the device, shared by several backends (benchmarks compare cache
+// layouts without uploading 16 GB again). Opaque outside engine/cuda.
+namespace cuda {
+struct PackedWeights;
+}
+absl::StatusOr<std::shared_ptr<const cuda::PackedWeights>> UploadCudaWeights(
+    const ModelConfig& config, const ModelWeights& weights, int device = 0);
+// As above, over uploaded weights (the preflight counts no weight bytes).
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
+    const ModelConfig& config, std::shared_ptr<const cuda::PackedWeights> weights,
+    const cache::CacheLayout& layout, cache::PoolSizes sizes, const CudaBackendOptions& options);
+
+// Benchmarks: fills the whole KV pool of a CUDA backend with random bf16 values in
+// [-1, 1) so decode can be timed over sequences that were allocated (KvCacheManager)
+// but never prefilled: decode reads the same bytes whatever they hold.
+absl::Status FillCudaCacheRandom(Backend* backend, uint64_t seed);
+// Read bandwidth of the device in bytes/s (a read-only pass over `bytes` bytes, median of
+// several runs): the denominator of the weight-bandwidth bound of decode.
+absl::StatusOr<double> MeasureCudaReadBandwidth(int64_t bytes, int device = 0);
+
 }  // namespace leank

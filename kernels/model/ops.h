@@ -12,6 +12,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <tuple>
@@ -92,6 +93,13 @@ void GenericCompact(const int32_t* jobs, int num_jobs, int layer, const CacheMet
 // out[r] = argmax_v logits[r][v] (lowest index on ties, NaN never wins).
 // logits: [rows][vocab] fp32, out: [rows] int32.
 void Argmax(const float* logits, int rows, int vocab, int32_t* out, cudaStream_t stream);
+
+// Fills data[0, n) with random bf16 values in [-1, 1) (a hash of seed and index).
+void FillRandomBf16(bf16* data, size_t n, uint64_t seed, cudaStream_t stream);
+
+// Reads `bytes` bytes (16-byte vectors, a multiple of 16) and writes a checksum to
+// *sink, so the reads cannot be elided: a read-bandwidth probe.
+void ReadProbe(const char* data, size_t bytes, float* sink, cudaStream_t stream);
 
 // y[rows][n] = x[rows][k] . w[n][k]^T (+ beta * y), bf16 inputs, fp32 accumulation.
 // y is fp32 or bf16 (beta must be 0 for bf16). Algorithms are cached per shape.
