@@ -28,9 +28,9 @@ struct Flavor {
   std::string name;
   std::string binary;
   std::vector<std::string> args;
-  int short_tokens;     // generations compared token for token
-  int long_tokens;      // a stream that lasts a few seconds
-  std::string tiny_kv;  // --kv-cache-memory that forces preemption
+  int short_tokens;                  // generations compared token for token
+  int long_tokens;                   // a stream that lasts a few seconds
+  std::vector<std::string> tiny_kv;  // flags of a KV pool small enough to force preemption
   seconds start_timeout;
 };
 
@@ -42,7 +42,22 @@ std::string SmolLm2Dir() {
 Flavor MakeFlavor(const std::string& name) {
   if (name == "fake") {
     // KV: 10 blocks of 16 tokens (the fake counts 1 KiB per token).
-    return {"fake", LEANK_FAKE_SERVER_BIN, {"--model=fake"}, 24, 1500, "163840", seconds(30)};
+    return {"fake", LEANK_FAKE_SERVER_BIN,        {"--model=fake"}, 24,
+            1500,   {"--kv-cache-memory=163840"}, seconds(30)};
+  }
+  if (name == "smollm2_leank") {
+    // LeanK layout: a random 50% K mask, sink 16 + recent 16, so generations of 40+
+    // tokens compact blocks into the pruned pool. 8 MB at a 128-token target: 127 tokens.
+    return {"smollm2_leank",
+            LEANK_SERVER_BIN,
+            {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2", "--max-model-len=512",
+             "--masks=" + std::string(LEANK_TEST_DATA_DIR) +
+                 "/cache/smollm2-random50.leank.safetensors",
+             "--sink=16", "--recent=16", "--max-batched-tokens=32"},
+            40,
+            96,
+            {"--kv-cache-memory=8000000", "--target-context=128"},
+            seconds(300)};
   }
   // SmolLM2-135M, fp32 KV: 30 layers x 3 kv heads x 64 x 2 x 4 B = 46080 B per token.
   // 6 blocks of 16 tokens: two or three of the test's requests at a time.
@@ -51,7 +66,7 @@ Flavor MakeFlavor(const std::string& name) {
           {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2", "--max-model-len=512"},
           8,
           96,
-          std::to_string(6 * 16 * 46080),
+          {"--kv-cache-memory=" + std::to_string(6 * 16 * 46080)},
           seconds(300)};
 }
 
@@ -105,8 +120,7 @@ class ServerE2E : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     flavor_ = MakeFlavor(GetParam());
-    if (flavor_.name == "smollm2" &&
-        !std::filesystem::exists(SmolLm2Dir() + "/model.safetensors")) {
+    if (flavor_.name != "fake" && !std::filesystem::exists(SmolLm2Dir() + "/model.safetensors")) {
       GTEST_SKIP() << "no converted SmolLM2 at " << SmolLm2Dir();
     }
   }
@@ -214,7 +228,7 @@ TEST_P(ServerE2E, DeadlineExceededAbortsAndFreesBlocks) {
 
 TEST_P(ServerE2E, PreemptionUnderTinyKvBudgetKeepsOutputs) {
   ServerProcess& reference = Shared();
-  auto tiny = StartServer("tiny-kv", {"--kv-cache-memory=" + flavor_.tiny_kv});
+  auto tiny = StartServer("tiny-kv", flavor_.tiny_kv);
   ASSERT_NE(tiny, nullptr);
   {
     auto stub = tiny->Stub();
@@ -385,6 +399,14 @@ TEST_P(ServerE2E, TokenizeDetokenizeModelInfoAndEndpoints) {
     EXPECT_GT(info.kv_capacity_tokens(), 0);
     EXPECT_EQ(info.block_size(), 16);
     EXPECT_FALSE(info.model().empty());
+    if (flavor_.name == "smollm2_leank") {
+      EXPECT_TRUE(info.masked());
+      EXPECT_NEAR(info.k_sparsity(), 0.5, 0.05);
+      EXPECT_EQ(info.sink(), 16);
+      EXPECT_EQ(info.recent(), 16);
+    } else {
+      EXPECT_FALSE(info.masked());
+    }
   }
   // Logprobs and stop strings travel through.
   {
@@ -496,7 +518,7 @@ TEST_P(ServerE2E, PythonClientGeneratesAndChecksHealth) {
   EXPECT_NE(ss.str().find("completion_tokens: 4"), std::string::npos) << ss.str();
 }
 
-INSTANTIATE_TEST_SUITE_P(Flavors, ServerE2E, ::testing::Values("fake", "smollm2"),
+INSTANTIATE_TEST_SUITE_P(Flavors, ServerE2E, ::testing::Values("fake", "smollm2", "smollm2_leank"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace
