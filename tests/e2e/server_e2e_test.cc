@@ -518,6 +518,73 @@ TEST_P(ServerE2E, PythonClientGeneratesAndChecksHealth) {
   EXPECT_NE(ss.str().find("completion_tokens: 4"), std::string::npos) << ss.str();
 }
 
+TEST_P(ServerE2E, StopStringsChatMessagesAndSeeds) {
+  ServerProcess& server = Shared();
+  auto stub = server.Stub();
+  // Stop string: cut a greedy output at a piece of itself.
+  StreamResult full = Generate(*stub, Greedy(Prompt(5), flavor_.short_tokens * 2));
+  ASSERT_TRUE(full.status.ok()) << full.status.error_message();
+  ASSERT_GE(full.text.size(), 6u);
+  const std::string stop = full.text.substr(full.text.size() / 2, 3);
+  const std::string expected = full.text.substr(0, full.text.find(stop));
+  v1::GenerateRequest req = Greedy(Prompt(5), flavor_.short_tokens * 2);
+  req.add_stop(stop);
+  StreamResult cut = Generate(*stub, req);
+  ASSERT_TRUE(cut.status.ok()) << cut.status.error_message();
+  EXPECT_EQ(cut.finish_reason, v1::FINISH_REASON_STOP);
+  EXPECT_EQ(cut.text, expected) << "stop '" << stop << "' in '" << full.text << "'";
+  req.set_include_stop_str_in_output(true);
+  StreamResult kept = Generate(*stub, req);
+  EXPECT_EQ(kept.text, expected + stop);
+
+  // Chat messages through the model's template.
+  v1::GenerateRequest chat;
+  auto* m = chat.mutable_messages()->add_messages();
+  m->set_role("user");
+  m->set_content("Say hello.");
+  chat.set_max_tokens(4);
+  chat.set_temperature(0);
+  StreamResult c = Generate(*stub, chat);
+  EXPECT_TRUE(c.status.ok()) << c.status.error_message();
+  EXPECT_FALSE(c.token_ids.empty());
+
+  // Sampling with a seed is reproducible.
+  v1::GenerateRequest sampled = Greedy(Prompt(6), flavor_.short_tokens);
+  sampled.set_temperature(0.9f);
+  sampled.set_top_p(0.95f);
+  sampled.set_seed(1234);
+  StreamResult a = Generate(*stub, sampled);
+  StreamResult b = Generate(*stub, sampled);
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  EXPECT_EQ(a.token_ids, b.token_ids);
+}
+
+TEST_P(ServerE2E, FullQueueIsResourceExhausted) {
+  if (flavor_.name != "fake") GTEST_SKIP() << "engine-independent; the fake flavor covers it";
+  auto server = StartServer("queue", {"--max-num-seqs=1", "--max-waiting=2"});
+  ASSERT_NE(server, nullptr);
+  constexpr int kClients = 8;
+  std::vector<StreamResult> results(kClients);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = server->Stub();
+      results[i] = Generate(*stub, Greedy(Prompt(i), 300));
+    });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0, exhausted = 0;
+  for (const StreamResult& r : results) {
+    ok += r.status.ok();
+    exhausted += r.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+  }
+  EXPECT_EQ(ok + exhausted, kClients);
+  EXPECT_GE(ok, 1);
+  EXPECT_GE(exhausted, 1);
+  StreamResult after = Generate(*server->Stub(), Greedy("Hello", 4));
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+}
+
 INSTANTIATE_TEST_SUITE_P(Flavors, ServerE2E, ::testing::Values("fake", "smollm2", "smollm2_leank"),
                          [](const auto& info) { return info.param; });
 

@@ -71,6 +71,12 @@ void ExpectCountsMatchUsage(const nlohmann::json& j, int64_t expected_requests) 
   EXPECT_EQ(res["input_tokens"], in);
 }
 
+int Count(const std::string& s, const std::string& what) {
+  int n = 0;
+  for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
+  return n;
+}
+
 // --- leank-fake-server ----------------------------------------------------------------
 
 class FakeServerE2E : public ::testing::Test {
@@ -133,19 +139,11 @@ TEST_F(FakeServerE2E, CliServerErrorExitsThree) {
   EXPECT_NE(r.err.find("UNAVAILABLE"), std::string::npos) << r.err;
 }
 
-TEST_F(FakeServerE2E, CliChatKeepsContext) {
-  // Greedy fake outputs depend only on the prompt: with the conversation kept, the
-  // second reply differs from the same question asked in a fresh chat.
-  const std::vector<std::string> chat = {"chat", "--max-tokens=8", "--temperature=0",
-                                         "--ignore-eos"};
-  ProcessResult convo = Cli(target(), chat, "first\nsecond\n");
-  ASSERT_EQ(convo.exit_code, 0) << Describe(convo);
-  ProcessResult first = Cli(target(), chat, "first\n");
-  ProcessResult second = Cli(target(), chat, "second\n");
-  ASSERT_EQ(first.exit_code, 0) << Describe(first);
-  ASSERT_EQ(second.exit_code, 0) << Describe(second);
-  EXPECT_EQ(convo.out.substr(0, first.out.size()), first.out);  // same first turn
-  EXPECT_NE(convo.out, first.out + second.out);
+TEST_F(FakeServerE2E, CliChatAnswersEachLine) {
+  ProcessResult r = Cli(target(), {"chat", "--max-tokens=4", "--ignore-eos", "--stats"},
+                        "first\n\nsecond\n/reset\nthird\n");
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(Count(r.err, "completion_tokens=4"), 3) << r.err;  // the empty line is skipped
 }
 
 TEST_F(FakeServerE2E, BenchTokenCountsEqualServerUsage) {
@@ -266,28 +264,22 @@ bool WaitForPane(const std::string& socket, const std::function<bool(const std::
   return false;
 }
 
-int Count(const std::string& s, const std::string& what) {
-  int n = 0;
-  for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
-  return n;
-}
-
 TEST_F(FakeServerE2E, ChatInTmuxShowsPromptsAndStreamedReplies) {
   if (system("command -v tmux > /dev/null 2>&1") != 0) GTEST_SKIP() << "tmux not installed";
   const std::string socket = "leank-cli-test-" + std::to_string(getpid());
   const std::string cmd = std::string(LEANK_CLI_BIN) + " --server=" + target() +
                           " chat --max-tokens=12 --temperature=0 --ignore-eos";
   Tmux(socket, "new-session -d -s chat -x 100 -y 30 '" + cmd + "'");
-  std::string pane;
-  EXPECT_TRUE(WaitForPane(socket, [](const std::string& p) { return Count(p, "you> ") == 1; },
+  std::string pane;  // capture-pane drops trailing blanks: "you>" not "you> "
+  EXPECT_TRUE(WaitForPane(socket, [](const std::string& p) { return Count(p, "you>") == 1; },
                           &pane))
       << pane;
   EXPECT_NE(pane.find("leank chat with"), std::string::npos) << pane;
   Tmux(socket, "send-keys -t chat 'hello there' Enter");
-  EXPECT_TRUE(WaitForPane(socket, [](const std::string& p) { return Count(p, "you> ") == 2; },
+  EXPECT_TRUE(WaitForPane(socket, [](const std::string& p) { return Count(p, "you>") == 2; },
                           &pane))
       << pane;
-  EXPECT_EQ(Count(pane, "assistant> "), 1) << pane;
+  EXPECT_EQ(Count(pane, "assistant>"), 1) << pane;
   EXPECT_NE(pane.find("you> hello there"), std::string::npos) << pane;
   Tmux(socket, "send-keys -t chat '/exit' Enter");
   bool gone = false;
@@ -367,6 +359,22 @@ TEST_F(SmolLm2E2E, CliCommands) {
 
   r = Cli(target(), {"chat", "--max-tokens=5", "--temperature=0"}, "Hi!\nAnd again?\n");
   EXPECT_EQ(r.exit_code, 0) << Describe(r);
+}
+
+TEST_F(SmolLm2E2E, CliChatKeepsTheConversation) {
+  // Greedy: the second turn answered with the first in context differs from the same
+  // question in a fresh chat, while the first turn is the same either way.
+  const std::vector<std::string> chat = {"chat", "--max-tokens=8", "--temperature=0"};
+  const std::string a = "My name is Ana and I live in Lisbon.\n";
+  const std::string b = "Where do I live?\n";
+  ProcessResult convo = Cli(target(), chat, a + b);
+  ProcessResult first = Cli(target(), chat, a);
+  ProcessResult second = Cli(target(), chat, b);
+  ASSERT_EQ(convo.exit_code, 0) << Describe(convo);
+  ASSERT_EQ(first.exit_code, 0) << Describe(first);
+  ASSERT_EQ(second.exit_code, 0) << Describe(second);
+  EXPECT_EQ(convo.out.substr(0, first.out.size()), first.out);
+  EXPECT_NE(convo.out, first.out + second.out);
 }
 
 TEST_F(SmolLm2E2E, BenchSyntheticTokenCountsEqualUsage) {
