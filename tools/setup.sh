@@ -3,16 +3,25 @@
 # Idempotent: skips what is already there. Used by the README quick start and CI.
 set -euo pipefail
 
+# What building the C++ needs (also the container image's build stage, deploy/Dockerfile).
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libfmt-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libpcre2-dev libcpp-httplib-dev libcli11-dev
-  python3 python3-pip python3-venv python3-numpy python3-pytest python3-torch
-  python3-grpcio python3-grpc-tools yamllint tmux
 )
 # Light Python packages for the model converter and tests (no torch from PyPI).
 PIP_PACKAGES=(gguf numpy safetensors tokenizers)
+# LEANK_SETUP_MINIMAL=1 installs only the C++ build packages above (deploy/Dockerfile uses it);
+# otherwise Python, the test tools and the pip packages come too.
+if [ "${LEANK_SETUP_MINIMAL:-0}" != 1 ]; then
+  APT_PACKAGES+=(
+    python3 python3-pip python3-venv python3-numpy python3-pytest python3-torch
+    python3-grpcio python3-grpc-tools yamllint tmux
+  )
+else
+  PIP_PACKAGES=()
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
