@@ -220,7 +220,8 @@ absl::StatusOr<std::vector<BenchPrompt>> LoadConversations(const std::string& pa
       if (!n.ok()) return n.status();
       out_len = *n;
     }
-    if (*in_len < 4 || out_len < 4) continue;
+    // Too short to mean anything (vLLM's filter); a --dataset-output-len is the user's call.
+    if (*in_len < 4 || (options.fixed_output_len <= 0 && out_len < 4)) continue;
     if (options.max_model_len > 0 && *in_len + out_len > options.max_model_len) continue;
     p.input_tokens = *in_len;
     p.output_tokens = out_len;

@@ -66,8 +66,9 @@ struct DatasetOptions {
 // "user" | "gpt" | "assistant" | "system", "value": ...}] (ShareGPT) or "messages":
 // [{"role", "content"}] (OpenAI), or "prompt" (+ optional "output_len"). The first
 // user turn is the prompt, the reply after it gives the output length. Rows with a
-// prompt or reply under 4 tokens, or prompt + output over max_model_len, are skipped
-// (as vLLM's benchmark does). Errors name the file and line.
+// prompt or reply under 4 tokens (the reply only when it sets the output length), or
+// prompt + output over max_model_len, are skipped (as vLLM's benchmark does). Errors
+// name the file and line.
 absl::StatusOr<std::vector<BenchPrompt>> LoadConversations(const std::string& path,
                                                            const DatasetOptions& options,
                                                            const TokenCounter& count_tokens);

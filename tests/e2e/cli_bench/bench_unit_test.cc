@@ -85,8 +85,7 @@ TEST(Arrival, DurationBoundsTheSchedule) {
 }
 
 TEST(Arrival, InfiniteRateSendsEverythingAtOnce) {
-  const std::vector<double> t =
-      LaunchTimes(std::numeric_limits<double>::infinity(), 1.0, 1, 50);
+  const std::vector<double> t = LaunchTimes(std::numeric_limits<double>::infinity(), 1.0, 1, 50);
   ASSERT_EQ(t.size(), 50u);
   for (double x : t) EXPECT_EQ(x, 0.0);
 }

@@ -148,10 +148,10 @@ TEST_F(FakeServerE2E, CliChatAnswersEachLine) {
 
 TEST_F(FakeServerE2E, BenchTokenCountsEqualServerUsage) {
   const std::string json = TempPath("closed.json");
-  ProcessResult r = Bench(target(), {"--num-prompts=20", "--concurrency=4", "--input-len=24",
-                                     "--input-dist=uniform", "--input-spread=8",
-                                     "--output-len=12", "--output-dist=normal",
-                                     "--output-spread=3", "--json=" + json, "--seed=3"});
+  ProcessResult r =
+      Bench(target(), {"--num-prompts=20", "--concurrency=4", "--input-len=24",
+                       "--input-dist=uniform", "--input-spread=8", "--output-len=12",
+                       "--output-dist=normal", "--output-spread=3", "--json=" + json, "--seed=3"});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_NE(r.out.find("Successful requests:                                 20"),
             std::string::npos)
@@ -189,8 +189,8 @@ TEST_F(FakeServerE2E, ServerKilledMidRunGivesCountedErrorsAndAReport) {
   const std::string json = TempPath("killed.json");
   ProcessResult r;
   std::thread bench([&] {
-    r = Bench(target(), {"--num-prompts=40", "--concurrency=4", "--input-len=8",
-                         "--output-len=40", "--ignore-eos", "--timeout=30", "--json=" + json});
+    r = Bench(target(), {"--num-prompts=40", "--concurrency=4", "--input-len=8", "--output-len=40",
+                         "--ignore-eos", "--timeout=30", "--json=" + json});
   });
   std::this_thread::sleep_for(seconds(3));  // warm-up + a few requests; 40 need ~8 s
   server_->Signal(SIGKILL);
@@ -211,16 +211,16 @@ TEST_F(FakeServerE2E, ServerKilledMidRunGivesCountedErrorsAndAReport) {
 }
 
 TEST(BenchUsage, BadFlagsExitTwo) {
-  for (const auto& args : std::vector<std::vector<std::string>>{
-           {"--request-rate=-1"},
-           {"--concurrency=0"},
-           {"--input-dist=zipf"},
-           {"--goodput=ttft"},
-           {"--burstiness=2"},  // needs --request-rate
-           {"--concurrency=2", "--request-rate=3"},
-           {"--metadata=novalue"},
-           {"--dataset=/nonexistent.jsonl"},
-           {"--no-such-flag"}}) {
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"--request-rate=-1"},
+                                             {"--concurrency=0"},
+                                             {"--input-dist=zipf"},
+                                             {"--goodput=ttft"},
+                                             {"--burstiness=2"},  // needs --request-rate
+                                             {"--concurrency=2", "--request-rate=3"},
+                                             {"--metadata=novalue"},
+                                             {"--dataset=/nonexistent.jsonl"},
+                                             {"--no-such-flag"}}) {
     std::vector<std::string> argv = {LEANK_BENCH_BIN, "--server=127.0.0.1:1"};
     argv.insert(argv.end(), args.begin(), args.end());
     ProcessResult r = RunProcess(argv, "", seconds(30));
@@ -233,10 +233,10 @@ TEST(BenchUsage, BadFlagsExitTwo) {
 }
 
 TEST(BenchUsage, UnreachableServerExitsThree) {
-  ProcessResult r = RunProcess(
-      {LEANK_BENCH_BIN, "--server=127.0.0.1:" + std::to_string(e2e::FreeLoopbackPort()),
-       "--timeout=5"},
-      "", seconds(30));
+  ProcessResult r =
+      RunProcess({LEANK_BENCH_BIN, "--server=127.0.0.1:" + std::to_string(e2e::FreeLoopbackPort()),
+                  "--timeout=5"},
+                 "", seconds(30));
   EXPECT_EQ(r.exit_code, 3) << Describe(r);
   EXPECT_NE(r.err.find("UNAVAILABLE"), std::string::npos) << r.err;
 }
@@ -271,13 +271,13 @@ TEST_F(FakeServerE2E, ChatInTmuxShowsPromptsAndStreamedReplies) {
                           " chat --max-tokens=12 --temperature=0 --ignore-eos";
   Tmux(socket, "new-session -d -s chat -x 100 -y 30 '" + cmd + "'");
   std::string pane;  // capture-pane drops trailing blanks: "you>" not "you> "
-  EXPECT_TRUE(WaitForPane(socket, [](const std::string& p) { return Count(p, "you>") == 1; },
-                          &pane))
+  EXPECT_TRUE(WaitForPane(
+      socket, [](const std::string& p) { return Count(p, "you>") == 1; }, &pane))
       << pane;
   EXPECT_NE(pane.find("leank chat with"), std::string::npos) << pane;
   Tmux(socket, "send-keys -t chat 'hello there' Enter");
-  EXPECT_TRUE(WaitForPane(socket, [](const std::string& p) { return Count(p, "you>") == 2; },
-                          &pane))
+  EXPECT_TRUE(WaitForPane(
+      socket, [](const std::string& p) { return Count(p, "you>") == 2; }, &pane))
       << pane;
   EXPECT_EQ(Count(pane, "assistant>"), 1) << pane;
   EXPECT_NE(pane.find("you> hello there"), std::string::npos) << pane;
@@ -298,11 +298,10 @@ class SmolLm2E2E : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!Exists(SmolLm2Dir() + "/model.safetensors")) return;
-    server_ = ServerProcess::Start(
-        LEANK_SERVER_BIN,
-        {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2", "--max-model-len=512",
-         "--log-level=warn"},
-        TempPath("smollm2-server.log"));
+    server_ = ServerProcess::Start(LEANK_SERVER_BIN,
+                                   {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2",
+                                    "--max-model-len=512", "--log-level=warn"},
+                                   TempPath("smollm2-server.log"));
     if (!server_->WaitServing(seconds(120))) {
       std::cerr << "SmolLM2 server did not come up:\n" << server_->Log() << "\n";
       server_.reset();
@@ -339,8 +338,8 @@ TEST_F(SmolLm2E2E, CliCommands) {
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_NE(r.out.find("Paris"), std::string::npos) << r.out;
 
-  r = Cli(target(), {"--json", "generate", "Once upon a time", "--max-tokens=4",
-                     "--ignore-eos", "--temperature=0"});
+  r = Cli(target(), {"--json", "generate", "Once upon a time", "--max-tokens=4", "--ignore-eos",
+                     "--temperature=0"});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   std::istringstream lines(r.out);
   std::string line;
@@ -379,10 +378,9 @@ TEST_F(SmolLm2E2E, CliChatKeepsTheConversation) {
 
 TEST_F(SmolLm2E2E, BenchSyntheticTokenCountsEqualUsage) {
   const std::string json = TempPath("smol.json");
-  ProcessResult r =
-      Bench(target(), {"--num-prompts=6", "--concurrency=3", "--input-len=20",
-                       "--input-dist=uniform", "--input-spread=5", "--output-len=4",
-                       "--ignore-eos", "--warmup=1", "--json=" + json});
+  ProcessResult r = Bench(target(), {"--num-prompts=6", "--concurrency=3", "--input-len=20",
+                                     "--input-dist=uniform", "--input-spread=5", "--output-len=4",
+                                     "--ignore-eos", "--warmup=1", "--json=" + json});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   const nlohmann::json j = ReadJson(json);
   ExpectCountsMatchUsage(j, 6);

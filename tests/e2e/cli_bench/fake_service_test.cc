@@ -159,11 +159,26 @@ class FakeServiceTest : public ::testing::Test {
 };
 
 TEST_F(FakeServiceTest, GenerateStreamsTextAndMapsEverySamplingFlag) {
-  CliResult r = Cli({"generate", "hello", "--max-tokens=4", "--min-tokens=1", "--temperature=0.5",
-                     "--top-k=7", "--top-p=0.9", "--min-p=0.05", "--repetition-penalty=1.1",
-                     "--presence-penalty=0.2", "--frequency-penalty=-0.3", "--seed=99",
-                     "--stop=END", "--stop", "HALT", "--stop-token-id=2", "--ignore-eos",
-                     "--include-stop-str", "--logprobs=3", "--no-special-tokens"});
+  CliResult r = Cli({"generate",
+                     "hello",
+                     "--max-tokens=4",
+                     "--min-tokens=1",
+                     "--temperature=0.5",
+                     "--top-k=7",
+                     "--top-p=0.9",
+                     "--min-p=0.05",
+                     "--repetition-penalty=1.1",
+                     "--presence-penalty=0.2",
+                     "--frequency-penalty=-0.3",
+                     "--seed=99",
+                     "--stop=END",
+                     "--stop",
+                     "HALT",
+                     "--stop-token-id=2",
+                     "--ignore-eos",
+                     "--include-stop-str",
+                     "--logprobs=3",
+                     "--no-special-tokens"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "t0 t1 t2 t3 \n");
   ASSERT_EQ(service_.requests().size(), 1u);
@@ -300,17 +315,18 @@ TEST(CliUsage, BadFlagsExitTwoWithAMessage) {
     for (const std::string& a : args) argv.push_back(a.c_str());
     std::istringstream in;
     std::ostringstream out, err;
-    const int code = client::RunCli(static_cast<int>(argv.size()), argv.data(), in, out, err, false);
+    const int code =
+        client::RunCli(static_cast<int>(argv.size()), argv.data(), in, out, err, false);
     return std::make_pair(code, err.str() + out.str());
   };
-  for (const auto& args : std::vector<std::vector<std::string>>{
-           {},
-           {"frobnicate"},
-           {"generate", "x", "--temperature=warm"},
-           {"generate", "x", "--no-such-flag"},
-           {"tokenize"},
-           {"--timeout=-1", "health"},
-           {"detokenize", "1,x"}}) {
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{},
+                                             {"frobnicate"},
+                                             {"generate", "x", "--temperature=warm"},
+                                             {"generate", "x", "--no-such-flag"},
+                                             {"tokenize"},
+                                             {"--timeout=-1", "health"},
+                                             {"detokenize", "1,x"}}) {
     auto [code, msg] = run(args);
     EXPECT_EQ(code, 2) << ::testing::PrintToString(args);
     EXPECT_FALSE(msg.empty());
@@ -396,8 +412,8 @@ TEST(Runner, UnreachableServerGivesErrorsNotAHang) {
   getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
   close(fd);
   const int port = ntohs(addr.sin_port);
-  auto stub = std::shared_ptr<v1::LeankService::StubInterface>(v1::LeankService::NewStub(
-      client::MakeChannel("127.0.0.1:" + std::to_string(port))));
+  auto stub = std::shared_ptr<v1::LeankService::StubInterface>(
+      v1::LeankService::NewStub(client::MakeChannel("127.0.0.1:" + std::to_string(port))));
   std::vector<bench::BenchPrompt> prompts(1);
   prompts[0].token_ids = {1, 2, 3};
   prompts[0].output_tokens = 2;

@@ -26,8 +26,8 @@ std::string Slurp(const std::string& path) {
 std::string TempPath(const std::string& name) {
   static std::atomic<int> counter{0};
   const char* base = std::getenv("TMPDIR");
-  return std::string(base ? base : "/tmp") + "/leank-cli-bench-" + std::to_string(getpid()) +
-         "-" + std::to_string(counter++) + "-" + name;
+  return std::string(base ? base : "/tmp") + "/leank-cli-bench-" + std::to_string(getpid()) + "-" +
+         std::to_string(counter++) + "-" + name;
 }
 
 ProcessResult RunProcess(const std::vector<std::string>& argv_in, const std::string& stdin_text,
