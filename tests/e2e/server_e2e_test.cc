@@ -4,6 +4,7 @@
 // converted model is not under .cache/models; LEANK_E2E_MODEL overrides the path).
 
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <atomic>
 #include <cmath>
@@ -15,6 +16,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/e2e/e2e_util.h"
 
 namespace leank::e2e {
@@ -583,6 +585,28 @@ TEST_P(ServerE2E, FullQueueIsResourceExhausted) {
   EXPECT_GE(exhausted, 1);
   StreamResult after = Generate(*server->Stub(), Greedy("Hello", 4));
   EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+}
+
+TEST(ServerBinary, PrintsItsConfigSchemaAndRefusesBadFlags) {
+  const std::string out = LogPath("schema");
+  ASSERT_EQ(
+      std::system((std::string(LEANK_SERVER_BIN) + " --print-config-schema > " + out).c_str()), 0);
+  std::ifstream in(out);
+  const nlohmann::json schema = nlohmann::json::parse(in);
+  ASSERT_TRUE(schema.is_array());
+  bool port = false;
+  for (const auto& f : schema) {
+    if (f.at("env") == "LEANK_PORT") port = f.at("flag") == "--port" && f.at("default") == "50051";
+  }
+  EXPECT_TRUE(port) << schema.dump();
+  // No model: exit code 2, the message names the flag.
+  const std::string err = LogPath("noflag");
+  const int rc = std::system((std::string(LEANK_SERVER_BIN) + " > " + err + " 2>&1").c_str());
+  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 2) << rc;
+  std::ifstream e(err);
+  std::stringstream ss;
+  ss << e.rdbuf();
+  EXPECT_NE(ss.str().find("--model"), std::string::npos) << ss.str();
 }
 
 INSTANTIATE_TEST_SUITE_P(Flavors, ServerE2E, ::testing::Values("fake", "smollm2", "smollm2_leank"),
