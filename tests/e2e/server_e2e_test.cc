@@ -12,9 +12,11 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <sstream>
 #include <thread>
 
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/e2e/e2e_util.h"
@@ -425,6 +427,26 @@ TEST_P(ServerE2E, TokenizeDetokenizeModelInfoAndEndpoints) {
   }
   EXPECT_EQ(server.Health(), HealthStatus::SERVING);
   EXPECT_EQ(server.Health("leank.v1.LeankService"), HealthStatus::SERVING);
+  {
+    // Server reflection lists the services (what grpcurl relies on).
+    namespace refl = grpc::reflection::v1alpha;
+    auto rstub = refl::ServerReflection::NewStub(server.channel());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(5));
+    auto stream = rstub->ServerReflectionInfo(&ctx);
+    refl::ServerReflectionRequest rreq;
+    rreq.set_list_services("");
+    ASSERT_TRUE(stream->Write(rreq));
+    stream->WritesDone();
+    refl::ServerReflectionResponse rresp;
+    std::set<std::string> services;
+    while (stream->Read(&rresp)) {
+      for (const auto& s : rresp.list_services_response().service()) services.insert(s.name());
+    }
+    EXPECT_TRUE(stream->Finish().ok());
+    EXPECT_TRUE(services.count("leank.v1.LeankService"));
+    EXPECT_TRUE(services.count("grpc.health.v1.Health"));
+  }
   int code = 0;
   HttpGet(server.http_port(), "/healthz", &code);
   EXPECT_EQ(code, 200);
