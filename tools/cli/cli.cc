@@ -69,6 +69,7 @@ int StreamGenerate(v1::LeankService::Stub& stub, const v1::GenerateRequest& req,
   v1::GenerateResponse chunk;
   v1::GenerateResponse last;
   int tokens = 0;
+  std::string printed;  // the last non-empty text chunk
   while (reader->Read(&chunk)) {
     if (!first && chunk.token_ids_size() > 0) first = std::chrono::steady_clock::now();
     tokens += chunk.token_ids_size();
@@ -78,11 +79,16 @@ int StreamGenerate(v1::LeankService::Stub& stub, const v1::GenerateRequest& req,
       io.out << chunk.text();
     }
     io.out.flush();
+    if (!chunk.text().empty()) printed = chunk.text();
     if (text != nullptr) *text += chunk.text();
     if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) last = chunk;
   }
   const grpc::Status status = reader->Finish();
-  if (!o.json && text != nullptr && (text->empty() || text->back() != '\n')) io.out << "\n";
+  // End the streamed text with a newline; an error with nothing printed prints nothing.
+  if (!o.json &&
+      ((!printed.empty() && printed.back() != '\n') || (printed.empty() && status.ok()))) {
+    io.out << "\n";
+  }
   io.out.flush();
   if (!status.ok()) return ServerError(status, io.err);
   if (last.finish_reason() == v1::FINISH_REASON_ERROR) {

@@ -210,6 +210,44 @@ TEST_F(FakeServerE2E, ServerKilledMidRunGivesCountedErrorsAndAReport) {
   EXPECT_EQ(j["results"]["usage_mismatches"], 0);
 }
 
+TEST_F(FakeServerE2E, PlotBenchWritesPngs) {
+  if (system("python3 -c 'import matplotlib' > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "no python3 with matplotlib";
+  }
+  std::vector<std::string> argv = {"/usr/bin/env", "python3",
+                                   std::string(LEANK_SOURCE_DIR) + "/tools/plot_bench.py"};
+  for (const char* label : {"dense", "leank"}) {
+    for (const char* c : {"1", "2"}) {
+      const std::string json = TempPath(std::string(label) + c + ".json");
+      ProcessResult r = Bench(target(), {"--num-prompts=4", std::string("--concurrency=") + c,
+                                         "--input-len=8", "--output-len=4", "--warmup=0",
+                                         std::string("--label=") + label, "--json=" + json});
+      ASSERT_EQ(r.exit_code, 0) << Describe(r);
+      argv.push_back(json);
+    }
+  }
+  const std::string out = TempPath("plots");
+  argv.push_back("--out=" + out);
+  ProcessResult r = RunProcess(argv, "", seconds(120));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  for (const char* name : {"serving-throughput-closed.png", "serving-latency-closed.png",
+                           "serving-compare-closed.png", "serving-cdf.png"}) {
+    std::ifstream png(out + "/" + name, std::ios::binary);
+    char magic[8] = {};
+    png.read(magic, 8);
+    EXPECT_EQ(std::string(magic + 1, 3), "PNG") << name << "\n" << r.out;
+    EXPECT_NE(r.out.find(name), std::string::npos) << r.out;
+  }
+  // A file that is not a leank-bench result is refused with a message.
+  const std::string bad = TempPath("bad.json");
+  std::ofstream(bad) << "{\"hello\": 1}";
+  r = RunProcess({"/usr/bin/env", "python3", std::string(LEANK_SOURCE_DIR) + "/tools/plot_bench.py",
+                  bad, "--out=" + out},
+                 "", seconds(60));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("not a leank-bench result"), std::string::npos) << r.err;
+}
+
 TEST(BenchUsage, BadFlagsExitTwo) {
   for (const auto& args :
        std::vector<std::vector<std::string>>{{"--request-rate=-1"},

@@ -252,6 +252,7 @@ TEST_F(FakeServiceTest, ServerErrorsExitThreeWithCodeAndMessage) {
   CliResult r = Cli({"generate", "hi", "--top-p=2"});
   EXPECT_EQ(r.code, 3);
   EXPECT_EQ(r.err, "error: INVALID_ARGUMENT: top_p: must be in (0, 1], got 2\n");
+  EXPECT_EQ(r.out, "");  // nothing streamed, nothing printed
   r = Cli({"generate", "die", "--max-tokens=10"});
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("INTERNAL: boom"), std::string::npos);

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""PNG plots from leank-bench JSON results (``leank-bench --json FILE``).
+
+    python3 tools/plot_bench.py bench/results/serving-*.json --out bench/results/
+
+Runs are grouped into series by label (``--label`` of leank-bench; else "leank" when
+the server had a K mask, else "dense") and placed on the x axis by concurrency (closed
+loop) or request rate (open loop). Writes, per load mode present:
+
+  <prefix>throughput-<mode>.png  output tok/s and requests/s against the load
+  <prefix>latency-<mode>.png     TTFT, TPOT, ITL, E2E latency: p50 (solid) and p99 (dashed)
+  <prefix>compare-<mode>.png     with two or more series: each series' output throughput
+                                 and p99 TPOT relative to the first series, side by side
+  <prefix>cdf.png                latency CDFs from the per-request records (when present)
+
+Needs matplotlib (pip install matplotlib). Prints the files written.
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+import sys
+
+
+def load(paths):
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            try:
+                j = json.load(f)
+            except json.JSONDecodeError as e:
+                sys.exit(f"{path}: not JSON: {e}")
+        if j.get("tool") != "leank-bench" or "results" not in j:
+            sys.exit(f"{path}: not a leank-bench result (no tool/results)")
+        runs.append((path, j))
+    return runs
+
+
+def series_label(j):
+    if j.get("label"):
+        return j["label"]
+    return "leank" if j.get("server", {}).get("masked") else "dense"
+
+
+def load_x(j):
+    cfg = j["config"]
+    if cfg["mode"] == "open":
+        return "open", float(cfg["request_rate"])
+    return "closed", float(cfg["concurrency"])
+
+
+X_NAME = {"closed": "concurrency (clients)", "open": "request rate (req/s)"}
+METRICS = [("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
+           ("e2el_ms", "E2E latency (ms)")]
+
+
+def grouped(runs):
+    """{mode: {label: [(x, json) sorted by x]}}"""
+    out = collections.defaultdict(lambda: collections.defaultdict(list))
+    for _, j in runs:
+        mode, x = load_x(j)
+        out[mode][series_label(j)].append((x, j))
+    for mode in out:
+        for label in out[mode]:
+            out[mode][label].sort(key=lambda p: p[0])
+    return out
+
+
+def set_x_axis(ax, mode, series):
+    """Log2 x axis for wide sweeps (1, 8, 32, 64), ticks at the measured loads."""
+    xs = sorted({x for pts in series.values() for x, _ in pts})
+    if len(xs) > 2 and xs[0] > 0 and xs[-1] / xs[0] >= 8:
+        ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{x:g}" for x in xs])
+    ax.set_xlabel(X_NAME[mode])
+
+
+def plot_throughput(plt, mode, series, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, pts in series.items():
+        xs = [x for x, _ in pts]
+        axes[0].plot(xs, [j["results"]["output_throughput"] for _, j in pts], "o-", label=label)
+        axes[1].plot(xs, [j["results"]["request_throughput"] for _, j in pts], "o-", label=label)
+    axes[0].set_ylabel("output tokens/s")
+    axes[1].set_ylabel("requests/s")
+    for ax in axes:
+        set_x_axis(ax, mode, series)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Throughput ({mode} loop)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_latency(plt, mode, series, path):
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (key, title), ax in zip(METRICS, axes.flat):
+        for i, (label, pts) in enumerate(series.items()):
+            c = colors[i % len(colors)]
+            xs = [x for x, _ in pts]
+            ax.plot(xs, [j["results"][key]["p50"] for _, j in pts], "o-", color=c,
+                    label=f"{label} p50")
+            ax.plot(xs, [j["results"][key]["p99"] for _, j in pts], "s--", color=c,
+                    label=f"{label} p99")
+        ax.set_title(title)
+        set_x_axis(ax, mode, series)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Latency percentiles ({mode} loop)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_compare(plt, mode, series, path):
+    labels = list(series)
+    base = {x: j for x, j in series[labels[0]]}
+    xs = sorted(base)
+    width = 0.8 / max(1, len(labels) - 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for k, (key, title) in enumerate([("output_throughput", "output tok/s"),
+                                      ("tpot_ms.p99", "p99 TPOT")]):
+        ax = axes[k]
+        for i, label in enumerate(labels[1:]):
+            pts = dict(series[label])
+            ratios = []
+            for x in xs:
+                if x not in pts:
+                    ratios.append(float("nan"))
+                    continue
+                a, b = base[x]["results"], pts[x]["results"]
+                if "." in key:
+                    m, p = key.split(".")
+                    a, b = a[m][p], b[m][p]
+                else:
+                    a, b = a[key], b[key]
+                ratios.append(b / a if a else float("nan"))
+            pos = [n + (i - (len(labels) - 2) / 2) * width for n in range(len(xs))]
+            bars = ax.bar(pos, ratios, width, label=f"{label} / {labels[0]}")
+            for rect, r in zip(bars, ratios):
+                if not math.isnan(r):
+                    ax.annotate(f"{r:.2f}x", (rect.get_x() + rect.get_width() / 2, r),
+                                ha="center", va="bottom", fontsize=8)
+        ax.axhline(1.0, color="gray", lw=1)
+        ax.set_xticks(range(len(xs)))
+        ax.set_xticklabels([f"{x:g}" for x in xs])
+        ax.set_xlabel(X_NAME[mode])
+        ax.set_title(f"{title}, relative to {labels[0]}")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_cdf(plt, runs, path):
+    with_requests = [(p, j) for p, j in runs if j.get("requests")]
+    if not with_requests:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for (key, title), ax in zip([("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"),
+                                 ("e2el_ms", "E2E latency (ms)")], axes):
+        for _, j in with_requests:
+            vals = sorted(r[key] for r in j["requests"] if r.get("ok") and r.get(key) is not None)
+            if not vals:
+                continue
+            mode, x = load_x(j)
+            name = f"{series_label(j)} {'c' if mode == 'closed' else 'rate '}{x:g}"
+            ax.plot(vals, [(i + 1) / len(vals) for i in range(len(vals))], label=name)
+        ax.set_title(title)
+        ax.set_ylabel("fraction of requests")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Latency CDFs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="+", help="leank-bench --json files")
+    ap.add_argument("--out", default=".", help="output folder (default: .)")
+    ap.add_argument("--prefix", default="serving-", help="file name prefix (default: serving-)")
+    args = ap.parse_args(argv)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("plot_bench.py needs matplotlib: pip install matplotlib")
+    runs = load(args.results)
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+    for mode, series in sorted(grouped(runs).items()):
+        p = os.path.join(args.out, f"{args.prefix}throughput-{mode}.png")
+        plot_throughput(plt, mode, series, p)
+        written.append(p)
+        p = os.path.join(args.out, f"{args.prefix}latency-{mode}.png")
+        plot_latency(plt, mode, series, p)
+        written.append(p)
+        if len(series) >= 2:
+            p = os.path.join(args.out, f"{args.prefix}compare-{mode}.png")
+            plot_compare(plt, mode, series, p)
+            written.append(p)
+    p = os.path.join(args.out, f"{args.prefix}cdf.png")
+    if plot_cdf(plt, runs, p):
+        written.append(p)
+    for p in written:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
