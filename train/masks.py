@@ -6,7 +6,7 @@ uint8 [num_layers, num_kv_heads, head_dim] (1 = keep) and string metadata
 
 "Exactly the target ratio" (binarize): with N = L * H * D factors and target sparsity s, the
 total kept count is T = align * round((1 - s) * N / align), the multiple of `align` nearest to
-(1 - s) * N (ties away from zero by Python's round-half-even on .5 only). So the achieved sparsity
+(1 - s) * N (Python round: an exact .5 goes to the even multiple). So the achieved sparsity
 differs from s by at most align / (2N) (SmolLM2, align 16: 0.14 percentage points), and by
 exactly 0 whenever (1 - s) * N is a multiple of align. Every head keeps a multiple of `align`.
 """
