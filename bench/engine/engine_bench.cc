@@ -49,6 +49,7 @@ struct Args {
   int prefill_context = 8192;
   int chunk = 8192;
   int block = 16;
+  bool graphs = true, gemv = true;
 };
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
@@ -93,6 +94,8 @@ struct Bench {
     CudaBackendOptions o;
     o.max_batched_tokens = max_tokens;
     o.max_num_seqs = max_seqs;
+    o.cuda_graphs = args.graphs;
+    o.small_batch_gemv = args.gemv;
     auto b = CreateCudaBackend(model.config, weights, layout, sizes, o);
     if (!b.ok()) Die(std::string(b.status().message()));
     return *std::move(b);
@@ -131,7 +134,9 @@ struct Bench {
                 {"git_commit", args.git_commit},
                 {"date", date},
                 {"model", model.config.name},
-                {"block_size", args.block}};
+                {"block_size", args.block},
+                {"cuda_graphs", args.graphs},
+                {"small_batch_gemv", args.gemv}};
   }
 
   // Prefill `ctx` tokens in chunks, then time decode steps at batch 1.
@@ -186,17 +191,32 @@ struct Bench {
     const int64_t ctx = args.capacity_context;
     cache::CacheLayout layout = Layout(leank);
     const int64_t budget = static_cast<int64_t>(args.capacity_kv_gb * 1e9);
-    const cache::PoolSizes sizes = cache::SplitBudget(layout, budget, ctx, 256);
-    cache::KvCacheManager m(layout, sizes);
-    // Sequences allocated at ctx - steps tokens, so that they reach ctx while decoding.
-    const int64_t start_len = ctx - args.capacity_steps - 4;
+    const cache::PoolSizes sizes = cache::SplitBudget(layout, budget, ctx, 256);  // chunk reserve
+    // max_batch: sequences of ctx tokens that fit, each allocated by a chunked prefill
+    // (an Append writes its tokens into full blocks before compaction, as a real
+    // prefill does; SplitBudget reserved full blocks for one chunk).
+    constexpr int64_t kChunk = 256;
+    auto fill = [&](cache::KvCacheManager& m, int64_t seq, int64_t len) {
+      for (int64_t done = 0; done < len;) {
+        const int64_t n = std::min(kChunk, len - done);
+        if (!m.CanAppend(seq, n)) return false;
+        if (!m.Append(seq, n).ok()) return false;
+        m.EndStep();
+        done += n;
+      }
+      return true;
+    };
     int batch = 0;
-    while (m.CanAppend(batch, ctx)) {  // a full ctx-token sequence must fit
-      auto ap = m.Append(batch, start_len);
-      if (!ap.ok()) break;
-      ++batch;
+    {
+      cache::KvCacheManager count(layout, sizes);
+      while (fill(count, batch, ctx)) ++batch;
     }
-    m.EndStep();
+    // Timed batch: the same number of sequences, allocated at ctx - steps tokens so they
+    // reach ctx while decoding.
+    cache::KvCacheManager m(layout, sizes);
+    for (int s = 0; s < batch; ++s) {
+      if (!fill(m, s, ctx - args.capacity_steps - 4)) Die("capacity: refill failed");
+    }
     auto b = MakeBackend(layout, sizes, std::max(batch, 16), std::max(batch, 1));
     if (auto s = FillCudaCacheRandom(b.get(), 7); !s.ok()) Die(std::string(s.message()));
     std::vector<int32_t> next(batch);
@@ -290,6 +310,8 @@ int main(int argc, char** argv) {
   app.add_option("--prefill-context", a.prefill_context);
   app.add_option("--chunk", a.chunk, "prefill chunk for batch-1 contexts");
   app.add_option("--block-size", a.block);
+  app.add_option("--graphs", a.graphs, "CUDA graphs for decode steps (default true)");
+  app.add_option("--gemv", a.gemv, "small-batch GEMV kernel for <= 8 rows (default true)");
   CLI11_PARSE(app, argc, argv);
 
   cudaDeviceProp prop{};

@@ -30,6 +30,15 @@ if [[ $mode == bench || $mode == all ]]; then
   $B/run leank-bench-engine --model $model --mask tests/data/cache/llama3.1-8b-instruct.leank.safetensors \
     --git-commit "$commit" --json "$OUT/engine.json" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
 fi
+if [[ $mode == bench || $mode == all ]]; then
+  echo "== variants (batch 1, 1K, dense): without CUDA graphs, without the GEMV kernel"
+  $B/run leank-bench-engine --model $model --mask tests/data/cache/llama3.1-8b-instruct.leank.safetensors \
+    --git-commit "$commit" --scenarios batch1 --contexts 1024 --impls dense --graphs false \
+    --json "$OUT/engine-nographs.json" 2>&1 | grep batch1
+  $B/run leank-bench-engine --model $model --mask tests/data/cache/llama3.1-8b-instruct.leank.safetensors \
+    --git-commit "$commit" --scenarios batch1 --contexts 1024 --impls dense --gemv false \
+    --json "$OUT/engine-nogemv.json" 2>&1 | grep batch1
+fi
 if [[ $mode == peer || $mode == all ]] && [[ -f bench/engine/hf_peer.py ]]; then
   echo "== HF transformers peer"
   PYTHONUNBUFFERED=1 timeout 240 python3 bench/engine/hf_peer.py --model $model --git-commit "$commit" \

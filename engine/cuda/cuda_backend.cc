@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -90,6 +91,7 @@ class CudaBackend final : public Backend {
               const CudaBackendOptions& options)
       : config_(config), layout_(layout), sizes_(sizes), options_(options) {}
   ~CudaBackend() override {
+    ClearGraphs();
     decode_.reset();
     meta_.reset();
     if (stream_) cudaStreamDestroy(stream_);
@@ -111,6 +113,26 @@ class CudaBackend final : public Backend {
 
  private:
   absl::Status EnsureRows(int64_t rows, int64_t logit_rows);
+  void ClearGraphs() {
+    for (auto& [rows, execs] : graphs_) {
+      for (cudaGraphExec_t e : execs) cudaGraphExecDestroy(e);
+    }
+    graphs_.clear();
+  }
+  void MatMulF32(const bf16* x, const bf16* w, float* y, int rows, int n, int k, float beta) {
+    if (options_.small_batch_gemv && km::GemvApplies(rows, k)) {
+      km::GemvF32(x, w, y, rows, n, k, beta, stream_);
+    } else {
+      gemm_.RunF32(x, w, y, rows, n, k, beta, stream_);
+    }
+  }
+  void MatMulBf16(const bf16* x, const bf16* w, bf16* y, int rows, int n, int k) {
+    if (options_.small_batch_gemv && km::GemvApplies(rows, k)) {
+      km::GemvBf16(x, w, y, rows, n, k, stream_);
+    } else {
+      gemm_.RunBf16(x, w, y, rows, n, k, stream_);
+    }
+  }
   const bf16* FullLayer(int l) const {
     return kv_full_.as<bf16>() + int64_t{l} * sizes_.num_full_blocks * layout_.full_block_elems();
   }
@@ -150,6 +172,9 @@ class CudaBackend final : public Backend {
   // Step tables: one upload per step.
   PinnedBuffer staging_, logits_host_;
   DeviceBuffer step_buf_;
+  // Decode-step graphs per batch size: segments 0..L (see Forward).
+  std::map<int, std::vector<cudaGraphExec_t>> graphs_;
+  std::map<int, int> graph_seen_;
 };
 
 absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weights) {
@@ -249,6 +274,7 @@ absl::Status CudaBackend::EnsureRows(int64_t rows, int64_t logit_rows) {
       if (auto s = buf->Allocate(AlignUp(bytes * rows), what); !s.ok()) return s;
     }
     rows_cap_ = rows;
+    ClearGraphs();
   }
   if (logit_rows > logit_cap_) {
     LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
@@ -260,6 +286,7 @@ absl::Status CudaBackend::EnsureRows(int64_t rows, int64_t logit_rows) {
       return s;
     logits_host_.Reserve(int64_t{4} * c.vocab_size * logit_rows);
     logit_cap_ = logit_rows;
+    ClearGraphs();
   }
   return absl::OkStatus();
 }
@@ -345,18 +372,21 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   if (auto s = EnsureRows(rows, std::max(1, num_logits)); !s.ok()) return s;
 
   std::vector<int32_t> words;
+  // Sizes of the first sections depend only on (rows, sequences, logit rows), so a CUDA
+  // graph captured for a decode batch size finds its tables at the same addresses.
   const size_t o_tokens = AppendWords(words, tokens.data(), tokens.size());
   const size_t o_row_seq = AppendWords(words, row_seq.data(), row_seq.size());
   const size_t o_seqs = AppendWords(words, reinterpret_cast<const int32_t*>(seqs.data()),
                                     seqs.size() * sizeof(km::StepSeq) / 4);
+  const size_t o_logit = AppendWords(words, logit_rows.data(), logit_rows.size());
   const size_t o_full = AppendWords(words, full_idx.data(), full_idx.size());
   const size_t o_pruned = AppendWords(words, pruned_idx.data(), pruned_idx.size());
   const size_t o_jobs = AppendWords(words, jobs.data(), jobs.size());
-  const size_t o_logit = AppendWords(words, logit_rows.data(), logit_rows.size());
   const size_t bytes = words.size() * 4;
   if (bytes > step_buf_.bytes()) {
     LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
     if (auto s = step_buf_.Allocate(AlignUp(bytes * 2), "step tables"); !s.ok()) return s;
+    ClearGraphs();
   }
   staging_.Reserve(bytes);
   std::memcpy(staging_.as<int32_t>(), words.data(), bytes);
@@ -401,13 +431,17 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   const int qkv_n = c.q_size() + 2 * c.kv_size(), inter = c.intermediate_size;
   float* x = x_.as<float>();
   bf16* h = h_.as<bf16>();
-  km::Embedding(d + o_tokens, rows, weights_->embed, c.hidden_size, x, stream_);
-  for (int l = 0; l < c.num_layers; ++l) {
+  const int64_t q_row = int64_t{c.num_heads} * c.head_dim;
+  // The step in three kinds of pieces: before attention (norm, QKV, RoPE + K/V write),
+  // attention (compaction, decode, prefill), after attention (O, MLP); then the LM head.
+  auto pre = [&](int l) {
     const cuda::PackedLayer& w = weights_->layers[l];
     km::RmsNorm(x, nullptr, rows, c.hidden_size, w.input_norm, eps, h, stream_);
-    gemm_.RunF32(h, w.qkv, qkv_.as<float>(), rows, qkv_n, c.hidden_size, 0.0f, stream_);
+    MatMulF32(h, w.qkv, qkv_.as<float>(), rows, qkv_n, c.hidden_size, 0.0f);
     km::QkvRopeWrite(qkv_.as<float>(), w.qkv_bias, inv_freq_.as<float>(), rows, c.num_heads,
                      meta_view_, tables, q_.as<bf16>(), FullLayerMut(l), stream_);
+  };
+  auto attend = [&](int l) {
     if (num_jobs > 0) {
       if (meta_) {
         kernels::LaunchCompact(*meta_, l, l + 1, kv_full_.as<bf16>(), sizes_.num_full_blocks,
@@ -423,31 +457,75 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
       decode_->Run(l, q_.as<bf16>(), FullLayer(l), PrunedLayer(l), scale, attn_.as<bf16>(),
                    stream_);
     }
-    const int decode_rows = num_decode;  // one row each
-    const int64_t q_row = int64_t{c.num_heads} * c.head_dim;
+    if (num_decode == rows) return;
     if (prefill_fast) {
 #ifdef LEANK_HAVE_PREFILL_KERNEL
-      prefill_->Run(l, q_.as<bf16>() + decode_rows * q_row, FullLayer(l), PrunedLayer(l), scale,
-                    attn_.as<bf16>() + decode_rows * q_row, stream_);
+      prefill_->Run(l, q_.as<bf16>() + num_decode * q_row, FullLayer(l), PrunedLayer(l), scale,
+                    attn_.as<bf16>() + num_decode * q_row, stream_);
 #endif
     } else {
-      km::GenericAttention(q_.as<bf16>(), decode_rows, rows - decode_rows, c.num_heads, l,
-                           meta_view_, tables, FullLayer(l), PrunedLayer(l), PrunedBlockElems(l),
-                           scale, attn_.as<bf16>(), stream_);
+      km::GenericAttention(q_.as<bf16>(), num_decode, rows - num_decode, c.num_heads, l, meta_view_,
+                           tables, FullLayer(l), PrunedLayer(l), PrunedBlockElems(l), scale,
+                           attn_.as<bf16>(), stream_);
     }
-    gemm_.RunF32(attn_.as<bf16>(), w.o, x, rows, c.hidden_size, c.q_size(), 1.0f, stream_);
+  };
+  auto post = [&](int l) {
+    const cuda::PackedLayer& w = weights_->layers[l];
+    MatMulF32(attn_.as<bf16>(), w.o, x, rows, c.hidden_size, c.q_size(), 1.0f);
     km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_);
-    gemm_.RunBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size, stream_);
+    MatMulBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size);
     km::SiluMul(gu_.as<bf16>(), rows, inter, act_.as<bf16>(), stream_);
-    gemm_.RunF32(act_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f, stream_);
-  }
-  if (num_logits > 0) {
+    MatMulF32(act_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f);
+  };
+  auto head = [&] {
+    if (num_logits == 0) return;
     km::RmsNorm(x, d + o_logit, num_logits, c.hidden_size, weights_->final_norm, eps,
                 final_h_.as<bf16>(), stream_);
-    gemm_.RunF32(final_h_.as<bf16>(), weights_->lm_head, logits_.as<float>(), num_logits,
-                 static_cast<int>(vocab), c.hidden_size, 0.0f, stream_);
+    MatMulF32(final_h_.as<bf16>(), weights_->lm_head, logits_.as<float>(), num_logits,
+              static_cast<int>(vocab), c.hidden_size, 0.0f);
     LEANK_CUDA_OK(cudaMemcpyAsync(logits_host_.as<float>(), logits_.as<float>(),
                                   size_t(num_logits) * vocab * 4, cudaMemcpyDeviceToHost, stream_));
+  };
+  // Segment s of a step: s = 0 embedding + pre(0); 0 < s < L: post(s-1) + pre(s);
+  // s = L: post(L-1) + head.
+  const int L = c.num_layers;
+  auto segment = [&](int s) {
+    if (s == 0) km::Embedding(d + o_tokens, rows, weights_->embed, c.hidden_size, x, stream_);
+    if (s > 0) post(s - 1);
+    if (s < L) {
+      pre(s);
+    } else {
+      head();
+    }
+  };
+  const bool graphable =
+      options_.cuda_graphs && decode_ && num_decode == nseq && num_logits == nseq && rows <= 256;
+  std::vector<cudaGraphExec_t>* graphs = nullptr;
+  if (graphable) {
+    // Captured at the second step of a batch size: the first one creates the GEMM plans.
+    if (++graph_seen_[rows] >= 2) {
+      graphs = &graphs_[rows];
+      if (graphs->empty()) {
+        for (int s = 0; s <= L; ++s) {
+          LEANK_CUDA_OK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+          segment(s);
+          cudaGraph_t g = nullptr;
+          LEANK_CUDA_OK(cudaStreamEndCapture(stream_, &g));
+          cudaGraphExec_t exec = nullptr;
+          LEANK_CUDA_OK(cudaGraphInstantiate(&exec, g, 0));
+          LEANK_CUDA_OK(cudaGraphDestroy(g));
+          graphs->push_back(exec);
+        }
+      }
+    }
+  }
+  for (int s = 0; s <= L; ++s) {
+    if (graphs) {
+      LEANK_CUDA_OK(cudaGraphLaunch((*graphs)[s], stream_));
+    } else {
+      segment(s);
+    }
+    if (s < L) attend(s);
   }
   cudaError_t e = cudaStreamSynchronize(stream_);
   if (e != cudaSuccess) {

@@ -27,6 +27,13 @@ struct CudaBackendOptions {
   // Tests: run every attention through the generic kernel even where the fast
   // kernels (head_dim 64/128) apply.
   bool force_generic_attention = false;
+  // Decode-only steps (every sequence one token, all wanting logits, fast attention):
+  // everything between two attention launches is replayed from CUDA graphs captured per
+  // batch size (the attention kernels' work lists change every step, so they are
+  // launched directly between the graphs).
+  bool cuda_graphs = true;
+  // GEMMs of at most 8 rows through the small-batch GEMV kernel instead of cuBLASLt.
+  bool small_batch_gemv = true;
 };
 
 // Device memory the backend needs besides the KV pool (weights as bf16, activations

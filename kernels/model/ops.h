@@ -101,6 +101,14 @@ void FillRandomBf16(bf16* data, size_t n, uint64_t seed, cudaStream_t stream);
 // *sink, so the reads cannot be elided: a read-bandwidth probe.
 void ReadProbe(const char* data, size_t bytes, float* sink, cudaStream_t stream);
 
+// Small-batch GEMV (decode): same contract as Gemm below for rows <= kMaxGemvRows and
+// k % 8 == 0 (16-byte rows; x, w, y 16-byte aligned).
+constexpr int kMaxGemvRows = 8;
+bool GemvApplies(int rows, int k);
+void GemvF32(const bf16* x, const bf16* w, float* y, int rows, int n, int k, float beta,
+             cudaStream_t stream);
+void GemvBf16(const bf16* x, const bf16* w, bf16* y, int rows, int n, int k, cudaStream_t stream);
+
 // y[rows][n] = x[rows][k] . w[n][k]^T (+ beta * y), bf16 inputs, fp32 accumulation.
 // y is fp32 or bf16 (beta must be 0 for bf16). Algorithms are cached per shape.
 class Gemm {

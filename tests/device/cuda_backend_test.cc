@@ -12,7 +12,9 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -25,6 +27,7 @@
 #include "engine/model/dtype.h"
 #include "engine/model/safetensors.h"
 #include "engine/model/weights.h"
+#include "nlohmann/json.hpp"
 
 namespace leank {
 namespace {
@@ -339,16 +342,36 @@ TEST(CudaBackend, GoldenModelsMatchTransformers) {
   for (const char* name : kGolden) {
     auto m = GoldenModel(name);
     ASSERT_TRUE(m);
-    auto exp = SafetensorsFile::Open(DataDir() / "golden" / name / "expected.safetensors");
-    ASSERT_TRUE(exp.ok()) << exp.status();
-    const auto& t = (*exp)->tensors();
+    // expected.safetensors holds I32 tensors, which the model loader refuses: read it here.
+    std::ifstream f(DataDir() / "golden" / name / "expected.safetensors", std::ios::binary);
+    ASSERT_TRUE(f.good());
+    uint64_t header_len = 0;
+    f.read(reinterpret_cast<char*>(&header_len), 8);
+    std::string header(header_len, '\0');
+    f.read(header.data(), header_len);
+    const nlohmann::json h = nlohmann::json::parse(header);
+    auto read = [&](const char* k, size_t elem) {
+      const auto& off = h.at(k).at("data_offsets");
+      const size_t b = off[0].get<size_t>(), e = off[1].get<size_t>();
+      std::vector<char> bytes(e - b);
+      f.seekg(8 + header_len + b);
+      f.read(bytes.data(), e - b);
+      EXPECT_EQ(bytes.size() % elem, 0u);
+      return bytes;
+    };
     auto ints = [&](const char* k) {
-      const TensorView& v = t.at(k);
-      const auto* p = static_cast<const int32_t*>(v.data);
-      return std::vector<int32_t>(p, p + v.numel());
+      std::vector<char> b = read(k, 4);
+      std::vector<int32_t> v(b.size() / 4);
+      std::memcpy(v.data(), b.data(), b.size());
+      return v;
     };
     const std::vector<int32_t> prompt = ints("prompt_ids"), greedy = ints("greedy_ids");
-    const std::vector<float> expected = t.at("logits").ToFloat();
+    std::vector<float> expected;
+    {
+      std::vector<char> b = read("logits", 4);
+      expected.resize(b.size() / 4);
+      std::memcpy(expected.data(), b.data(), b.size());
+    }
     RunSetup st;
     auto gpu = MakeRunner(*m, st, std::nullopt, true);
     ASSERT_TRUE(gpu->backend);
@@ -401,6 +424,9 @@ void Greedy(const MemModel& m, const RunSetup& st, uint64_t seed, int prompts, i
         for (float v : row) scale = std::max(scale, std::abs(double(v)));
         const bool tie = gap <= 0.02 * std::max(1.0, scale);
         stats->near_tie += tie;
+        std::printf(
+            "[ diverge  ] %s prompt %d token %d: CPU %d GPU %d, CPU gap %.3g (scale %.3g)\n",
+            m.config.name.c_str(), p, i, ta, tb, gap, scale);
         EXPECT_TRUE(tie) << "prompt " << p << " token " << i << ": CPU " << ta << " GPU " << tb
                          << " CPU gap " << gap << " (logit scale " << scale << ")";
         same = false;
@@ -414,26 +440,40 @@ void Greedy(const MemModel& m, const RunSetup& st, uint64_t seed, int prompts, i
   }
 }
 
+// The tiny golden models have near-flat logits (top-2 gaps down to 2e-3): there every
+// divergence must be a near-tie. The random head_dim-128 model (logits ~N(0, 1) over
+// 1000 tokens) must also give >= 18 of 20 identical generations of 64 tokens.
 TEST(CudaBackend, GreedyGenerationsMatchCpu) {
   SKIP_WITHOUT_GPU();
-  GreedyStats stats;
+  GreedyStats golden;
   for (const char* name : kGolden) {
     auto m = GoldenModel(name);
     ASSERT_TRUE(m);
     RunSetup st;
     st.mask = MaskKind::kRandom;
-    Greedy(*m, st, 99, 2, 64, &stats);
+    Greedy(*m, st, 99, 2, 64, &golden);
     st.mask = MaskKind::kDense;
-    Greedy(*m, st, 98, 2, 64, &stats);
+    Greedy(*m, st, 98, 2, 64, &golden);
   }
-  auto m = RandomModel(128, 8, 2, false, false, 5);
-  RunSetup st;
-  st.mask = MaskKind::kRandom;
-  st.align = 32;
-  Greedy(*m, st, 7, 4, 64, &stats);
-  std::printf("[ greedy   ] %d/%d generations of 64 tokens identical, %d diverged at near-ties\n",
-              stats.identical, stats.total, stats.near_tie);
-  EXPECT_GE(stats.identical * 10, stats.total * 9);
+  std::printf(
+      "[ greedy   ] golden models: %d/%d generations of 64 tokens identical, %d diverged "
+      "at near-ties\n",
+      golden.identical, golden.total, golden.near_tie);
+  for (MaskKind kind : {MaskKind::kDense, MaskKind::kRandom}) {
+    GreedyStats stats;
+    auto m = RandomModel(128, 8, 2, false, false, 5);
+    RunSetup st;
+    st.mask = kind;
+    st.align = 32;
+    st.sink = 32;
+    st.recent = 64;
+    Greedy(*m, st, 7, 20, 64, &stats);
+    std::printf(
+        "[ greedy   ] random d128 %s: %d/%d generations of 64 tokens identical, %d "
+        "diverged at near-ties\n",
+        SetupName(st).c_str(), stats.identical, stats.total, stats.near_tie);
+    EXPECT_GE(stats.identical, 18);
+  }
 }
 
 TEST(CudaBackend, PreflightRefusesWhatDoesNotFit) {
