@@ -176,8 +176,10 @@ grpc::Status LeankServiceImpl::Stream(grpc::ServerContext* ctx, RequestId id,
       if (!out.finished) continue;
       switch (out.finish_reason) {
         case FinishReason::kError:
-          return grpc::Status(grpc::StatusCode::INTERNAL,
-                              absl::StrCat("engine error: ", out.error.message()));
+          // The engine's code when it has one (e.g. RESOURCE_EXHAUSTED: does not fit
+          // the KV cache), INTERNAL otherwise.
+          if (!out.error.ok()) return ToGrpcStatus(out.error);
+          return grpc::Status(grpc::StatusCode::INTERNAL, "engine error");
         case FinishReason::kAbort:
           return grpc::Status(grpc::StatusCode::ABORTED, "request aborted by the server");
         default:
