@@ -77,6 +77,11 @@ nlohmann::json ProtoJson(const google::protobuf::Message& m) {
   return nlohmann::json::parse(s, nullptr, false);
 }
 
+std::string HostName() {
+  char buf[256] = {};
+  return gethostname(buf, sizeof(buf) - 1) == 0 ? buf : "";
+}
+
 int ServerError(const std::string& what, const grpc::Status& s) {
   std::cerr << "error: " << what << ": " << client::StatusCodeName(s.error_code()) << ": "
             << s.error_message() << "\n";
