@@ -1,0 +1,175 @@
+"""The deployment (deploy/) agrees with the server's own flag table; run by deploy/check.sh.
+
+Positive tests: every rendered overlay, the Dockerfile and the metrics adapter rules agree
+with `leank-server --print-config-schema` (or server/config.cc when no binary is built).
+Negative tests: deliberate mismatches in a copy of the rendered objects are each reported,
+so the check cannot silently pass everything.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+
+import drift
+
+
+@pytest.fixture(scope="session")
+def schema() -> drift.Schema:
+    s = drift.load_schema()
+    print(f"server flag table from {s.source}: {len(s.flags)} flags")
+    return s
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, list[dict]]:
+    return {o: drift.render(o) for o in drift.overlay_names()}
+
+
+def test_overlays_exist():
+    assert {"dev", "prod"} <= set(drift.overlay_names())
+
+
+@pytest.mark.parametrize("overlay", drift.overlay_names())
+def test_overlay_matches_server(overlay, schema, rendered):
+    problems = drift.check_overlay(rendered[overlay], schema)
+    assert not problems, f"{overlay} disagrees with the server ({schema.source}):\n  " + \
+        "\n  ".join(problems)
+
+
+def test_dockerfile_matches_server(schema):
+    problems = drift.check_dockerfile(schema)
+    assert not problems, "deploy/Dockerfile:\n  " + "\n  ".join(problems)
+
+
+def test_adapter_rules_name_server_metrics():
+    problems = drift.adapter_problems()
+    assert not problems, "\n".join(problems)
+    assert "leank_num_requests_waiting" in drift.adapter_metric_names()
+
+
+def test_schema_has_what_the_deployment_relies_on(schema):
+    for env in ("LEANK_MODEL", "LEANK_MASKS", "LEANK_PORT", "LEANK_METRICS_PORT",
+                "LEANK_DRAIN_TIMEOUT", "LEANK_BACKEND"):
+        assert env in schema.by_env, f"the server no longer has {env}"
+
+
+def test_source_parser_agrees_with_binary():
+    """The fallback (parsing server/config.cc) must give what the binary prints."""
+    binary = drift.server_binary()
+    if binary is None:
+        pytest.skip("no built leank-server (set LEANK_SERVER_BIN or build build/bin/leank-server)")
+    from_binary = drift.schema_from_binary(binary)
+    from_source = drift.schema_from_source()
+    strip = lambda s: [{k: f[k] for k in ("flag", "env", "default", "type")} for f in s.flags]
+    assert strip(from_source) == strip(from_binary)
+
+
+# ---- the check fails when it should -------------------------------------------------------
+
+
+def _server(docs):
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    return dep, next(c for c in dep["spec"]["template"]["spec"]["containers"]
+                     if c["name"] == drift.SERVER_CONTAINER)
+
+
+def _config(docs):
+    return drift._configmap(docs, drift.SERVER_CONFIGMAP)["data"]
+
+
+def _mutate_probe_port(docs):
+    _server(docs)[1]["readinessProbe"]["grpc"]["port"] = 50052
+
+
+def _mutate_container_port(docs):
+    for p in _server(docs)[1]["ports"]:
+        if p["name"] == "metrics":
+            p["containerPort"] = 8080
+
+
+def _mutate_configmap_port(docs):
+    _config(docs)["LEANK_PORT"] = "50099"
+
+
+def _mutate_grace(docs):
+    _server(docs)[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 20
+
+
+def _mutate_drain(docs):
+    _config(docs)["LEANK_DRAIN_TIMEOUT"] = "600"
+
+
+def _mutate_env_name(docs):
+    data = _config(docs)
+    data["LEANK_MAX_NUM_SEQUENCES"] = data.pop("LEANK_MAX_NUM_SEQS", "64")
+
+
+def _mutate_env_value(docs):
+    _config(docs)["LEANK_MAX_NUM_SEQS"] = "lots"
+
+
+def _mutate_probe_kind(docs):
+    _server(docs)[1]["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": 9090}}
+
+
+def _mutate_probe_service(docs):
+    _server(docs)[1]["startupProbe"]["grpc"]["service"] = "leank.v2.LeankService"
+
+
+def _mutate_hpa_metric(docs):
+    hpa = next((d for d in docs if d["kind"] == "HorizontalPodAutoscaler"), None)
+    if hpa is None:
+        pytest.skip("this overlay has no HPA")
+    hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] = "leank:num_requests_waiting"
+
+
+def _mutate_model_mount(docs):
+    _config(docs)["LEANK_MODEL"] = "/data/model"
+
+
+def _mutate_backend(docs):
+    _config(docs)["LEANK_BACKEND"] = "cpu"
+
+
+def _mutate_security(docs):
+    _server(docs)[1]["securityContext"]["readOnlyRootFilesystem"] = False
+
+
+MUTATIONS = [
+    (_mutate_probe_port, r"readinessProbe probes port 50052"),
+    (_mutate_container_port, r"containerPort 'metrics' is 8080"),
+    (_mutate_configmap_port, r"containerPort 'grpc' is 50051, the server listens on LEANK_PORT=50099"),
+    (_mutate_grace, r"terminationGracePeriodSeconds=20 <"),
+    (_mutate_drain, r"LEANK_DRAIN_TIMEOUT 600 s"),
+    (_mutate_env_name, r"LEANK_MAX_NUM_SEQUENCES is not a server env variable"),
+    (_mutate_env_value, r"LEANK_MAX_NUM_SEQS='lots' is not a valid int"),
+    (_mutate_probe_kind, r"livenessProbe is not a native gRPC probe"),
+    (_mutate_probe_service, r"startupProbe asks health of service 'leank.v2.LeankService'"),
+    (_mutate_hpa_metric, r"HPA metric 'leank:num_requests_waiting' is not served"),
+    (_mutate_model_mount, r"LEANK_MODEL=/data/model is on no volume"),
+    (_mutate_backend, r"GPU is requested but LEANK_BACKEND=cpu"),
+    (_mutate_security, r"readOnlyRootFilesystem is not true"),
+]
+
+
+@pytest.mark.parametrize("mutate,expected", MUTATIONS, ids=[m.__name__[8:] for m, _ in MUTATIONS])
+def test_mismatch_is_reported(mutate, expected, schema, rendered):
+    docs = copy.deepcopy(rendered["prod"])
+    mutate(docs)
+    problems = drift.check_overlay(docs, schema)
+    assert any(re.search(expected, p) for p in problems), \
+        f"mutation {mutate.__name__} not reported as /{expected}/; got: {problems}"
+
+
+def test_dockerfile_mismatch_is_reported(schema, monkeypatch):
+    real = drift.dockerfile_stage
+
+    def patched(stage):
+        out = real(stage)
+        return [(w, "50051 8080") if w == "EXPOSE" else (w, r) for w, r in out]
+
+    monkeypatch.setattr(drift, "dockerfile_stage", patched)
+    assert any("EXPOSE [8080, 50051]" in p for p in drift.check_dockerfile(schema))
