@@ -2,7 +2,9 @@
 # The one script run on the GPU machine (device tool, carry [".device", ...]):
 # correctness (device tests, compute-sanitizer memcheck on a small case), then every
 # timing (our kernels, then the Python peers), a short table last. Results go to $OUT.
-#   bench/run_kernels_device.sh [quick|full|peers|ncu]   (default full)
+#   bench/run_kernels_device.sh [quick|full|peers]   (default full)
+# full: tests + memcheck + the whole grid of leank-bench-kernels (about 3 minutes on H100);
+# peers: the Python peers alone (carry [".whl"] too for FlashInfer; about 5 minutes).
 set -uo pipefail
 mode=${1:-full}
 OUT=${OUT:-/tmp/leank-out}
@@ -28,7 +30,7 @@ case $mode in
            --git-commit "$commit" --json "$OUT/kernels-quick.json" ;;
   full) .device/bin/leank-bench-kernels --git-commit "$commit" --json "$OUT/kernels-leank.json" ;;
 esac
-if [[ $mode == full || $mode == peers ]] && [[ -f bench/peers/peers.py ]]; then
+if [[ $mode == peers ]]; then
   echo "== peers"
   if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -111,7 +111,7 @@ class DecodeAttention {
 
   // Host: validates the tables, builds every layer's work list (byte-balanced splits
   // so all SMs are busy even at batch 1), uploads it with one copy on `stream`.
-  // `splits_hint` > 0 forces the number of CTAs the plan aims at (tests, benchmarks).
+  // `target_ctas` > 0 forces the number of CTAs per layer the plan aims at (tests, benchmarks).
   absl::Status Plan(std::span<const SeqView> seqs, cudaStream_t stream, int target_ctas = 0);
 
   // Attention of layer `layer` for the planned batch.
@@ -139,6 +139,8 @@ class DecodeAttention {
   size_t plan_capacity_ = 0;
   float* d_partial_ = nullptr;  // [max_items][G][head_dim + 1] (O then lse)
   size_t partial_capacity_ = 0;
+  int32_t* d_counters_ = nullptr;  // [seqs * H], zero between launches
+  size_t counters_capacity_ = 0;
   // Offsets into d_plan_ (bytes).
   size_t off_tokens_ = 0, off_full_ptr_ = 0, off_full_idx_ = 0, off_pruned_ptr_ = 0,
          off_pruned_idx_ = 0, off_items_ = 0, off_merge_ptr_ = 0;

@@ -6,7 +6,8 @@
 // so every K/V byte is read once for the whole group. Tokens stream through shared
 // memory in tiles of 64 (cp.async, 3 stages); warp w takes tokens 16w..16w+15 of each
 // tile with its own online softmax, and the 4 warps merge at the end. The CTA writes a
-// normalized partial output and its log2-sum-exp; MergeKernel combines the slots.
+// normalized partial output and its log2-sum-exp; the last CTA of a (sequence, kv head)
+// combines the slots (a counter in global memory), so decode is a single launch.
 
 #include <cuda_runtime.h>
 
@@ -35,7 +36,9 @@ struct DecodeSmem {
   static constexpr int kQElems = kMaxGroup * kRow;
   static constexpr size_t kBytes = (size_t(kStages) * kStageElems + kQElems) * sizeof(__nv_bfloat16);
   static_assert(kWarps * kMaxGroup * (D + 2) * sizeof(float) <= kStages * kStageElems * 2,
-                "merge scratch must fit in the pipeline buffers");
+                "warp-merge scratch must fit in the pipeline buffers");
+  static_assert((2 * kMaxSplit + 2) * kMaxGroup * sizeof(float) <= kStages * kStageElems * 2,
+                "slot-merge scratch must fit in the pipeline buffers");
 };
 
 template <int D>
@@ -52,18 +55,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
   const bool pruned = item.region == kRegionPruned;
   const int kdim = pruned ? p.kept[kvh] : D;
   const int kstride = kdim + kPad;  // K rows in shared memory
-
-  // Gather q: rows g < G are the group's query heads, kept channels only for pruned.
-  {
-    const __nv_bfloat16* qg = p.q + (size_t(item.seq) * H * G + size_t(kvh) * G) * D;
-    const uint8_t* chan = p.channels + kvh * D;
-    for (int i = tid; i < kMaxGroup * kdim; i += kThreads) {
-      const int g = i / kdim, c = i - g * kdim;
-      __nv_bfloat16 v = __float2bfloat16(0.f);
-      if (g < G) v = qg[g * D + (pruned ? chan[c] : c)];
-      q_s[g * kstride + c] = v;
-    }
-  }
 
   // Row `slot` of block `blk` of this region starts at base + blk * blk_stride +
   // slot * row_stride (K: row_stride = kdim, V: D): one formula for both regions.
@@ -115,6 +106,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
     if (s < num_tiles) load_tile(s, s);
     CpAsyncCommit();
   }
+  // Gather q while the first tiles are in flight: rows g < G are the group's query
+  // heads, kept channels only for the pruned region.
+  {
+    const __nv_bfloat16* qg = p.q + (size_t(item.seq) * H * G + size_t(kvh) * G) * D;
+    const uint8_t* chan = p.channels + kvh * D;
+    for (int i = tid; i < kMaxGroup * kdim; i += kThreads) {
+      const int g = i / kdim, c = i - g * kdim;
+      __nv_bfloat16 v = __float2bfloat16(0.f);
+      if (g < G) v = qg[g * D + (pruned ? chan[c] : c)];
+      q_s[g * kstride + c] = v;
+    }
+  }
+
   __syncthreads();  // q_s written
 
   // q as mma A fragments, kdim / 16 k-steps.
@@ -242,6 +246,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
     }
   }
   __syncthreads();
+  const int sh = item.seq * H + kvh;
+  const int slot_begin = p.merge_ptr[sh], num_slots = p.merge_ptr[sh + 1] - slot_begin;
+  __nv_bfloat16* out = p.out + size_t(sh) * G * D;
   for (int i = tid; i < G * D; i += kThreads) {
     const int row = i / D, d = i - row * D;
     float m = -INFINITY;
@@ -255,59 +262,79 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
       l += sm_l[w * kMaxGroup + row] * f;
       acc += scratch[(w * kMaxGroup + row) * D + d] * f;
     }
-    p.partial_o[(size_t(item.slot) * G + row) * D + d] = l > 0.f ? acc / l : 0.f;
-    if (d == 0) p.partial_lse[item.slot * G + row] = l > 0.f ? m + log2f(l) : -INFINITY;
+    const float val = l > 0.f ? acc / l : 0.f;
+    if (num_slots == 1) {  // the whole (seq, kv head) in one CTA: final output
+      out[i] = __float2bfloat16(val);
+    } else {
+      p.partial_o[(size_t(item.slot) * G + row) * D + d] = val;
+      if (d == 0) p.partial_lse[item.slot * G + row] = l > 0.f ? m + log2f(l) : -INFINITY;
+    }
   }
-}
+  if (num_slots == 1) return;
 
-// out[seq][kvh * G + g][:] = log-sum-exp weighted sum of the slots of (seq, kvh).
-// CTA = (seq, kv head, g); D threads. Slot weights go through shared memory once.
-constexpr int kMergeMaxSlots = 2 * kMaxSplit;
-
-template <int D>
-__global__ void __launch_bounds__(D) MergeKernel(const DecodeParams p) {
-  __shared__ float w_s[kMergeMaxSlots];
-  __shared__ float red[D / 32];
-  const int G = p.group;
-  const int sh = blockIdx.x / G, g = blockIdx.x - sh * G;  // sh = seq * H + kvh
-  const int begin = p.merge_ptr[sh], n = p.merge_ptr[sh + 1] - begin;
-  const int d = threadIdx.x, lane = d & 31, warp = d >> 5;
-  __nv_bfloat16* out = p.out + (size_t(sh) * G + g) * D + d;
-  if (n == 1) {  // one slot: already normalized
-    *out = __float2bfloat16(p.partial_o[(size_t(begin) * G + g) * D + d]);
-    return;
-  }
-  float m = -INFINITY;
-  for (int s = d; s < n; s += D) m = fmaxf(m, w_s[s] = p.partial_lse[(begin + s) * G + g]);
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if (lane == 0) red[warp] = m;
+  // The last CTA of this (seq, kv head) to finish merges every slot (no second launch):
+  // release our partials, count, and the CTA that brings the count to num_slots reads them.
+  __shared__ int is_last;
+  __threadfence();
   __syncthreads();
-  m = red[0];
-#pragma unroll
-  for (int w = 1; w < D / 32; ++w) m = fmaxf(m, red[w]);
+  if (tid == 0) is_last = atomicAdd(&p.counters[sh], 1) == num_slots - 1;
   __syncthreads();
-  float l = 0.f;
-  for (int s = d; s < n; s += D) {
-    const float lse = w_s[s];
-    const float w = lse == -INFINITY ? 0.f : exp2f(lse - m);
-    w_s[s] = w;
-    l += w;
-  }
-  for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
-  if (lane == 0) red[warp] = l;
+  if (!is_last) return;
+  __threadfence();
+  float* w_s = scratch;                          // [num_slots][G] lse, then weights
+  float* gm = scratch + kMaxSplit * 2 * kMaxGroup;  // [G] max, [G] sum
+  for (int i = tid; i < num_slots * G; i += kThreads)
+    w_s[i] = __ldcg(p.partial_lse + size_t(slot_begin) * G + i);
   __syncthreads();
-  l = 0.f;
-#pragma unroll
-  for (int w = 0; w < D / 32; ++w) l += red[w];
-  const float* po = p.partial_o + (size_t(begin) * G + g) * D + d;
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  int s = 0;
-  for (; s + 4 <= n; s += 4) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[j] += w_s[s + j] * po[size_t(s + j) * G * D];
+  if (tid < G) {
+    float m = -INFINITY, l = 0.f;
+    for (int s = 0; s < num_slots; ++s) m = fmaxf(m, w_s[s * G + tid]);
+    for (int s = 0; s < num_slots; ++s) {
+      const float lse = w_s[s * G + tid];
+      l += lse == -INFINITY ? 0.f : exp2f(lse - m);
+    }
+    gm[tid] = m;
+    gm[kMaxGroup + tid] = l;
   }
-  for (; s < n; ++s) acc[0] += w_s[s] * po[size_t(s) * G * D];
-  *out = __float2bfloat16(l > 0.f ? (acc[0] + acc[1] + acc[2] + acc[3]) / l : 0.f);
+  __syncthreads();
+  for (int i = tid; i < num_slots * G; i += kThreads) {
+    const int g = i % G;
+    const float lse = w_s[i];
+    w_s[i] = lse == -INFINITY || gm[kMaxGroup + g] == 0.f ? 0.f
+                                                           : exp2f(lse - gm[g]) / gm[kMaxGroup + g];
+  }
+  __syncthreads();
+  // float4 columns, 8 slots in flight per thread: the partials sit in L2.
+  for (int i = tid * 4; i < G * D; i += kThreads * 4) {
+    const int g = i / D;
+    const float* po = p.partial_o + size_t(slot_begin) * G * D + i;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    int s = 0;
+    for (; s + 8 <= num_slots; s += 8) {
+      float4 v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = __ldcg(reinterpret_cast<const float4*>(po + size_t(s + j) * G * D));
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float w = w_s[(s + j) * G + g];
+        acc.x += w * v[j].x;
+        acc.y += w * v[j].y;
+        acc.z += w * v[j].z;
+        acc.w += w * v[j].w;
+      }
+    }
+    for (; s < num_slots; ++s) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(po + size_t(s) * G * D));
+      const float w = w_s[s * G + g];
+      acc.x += w * v.x;
+      acc.y += w * v.y;
+      acc.z += w * v.z;
+      acc.w += w * v.w;
+    }
+    *reinterpret_cast<__nv_bfloat162*>(out + i) = __floats2bfloat162_rn(acc.x, acc.y);
+    *reinterpret_cast<__nv_bfloat162*>(out + i + 2) = __floats2bfloat162_rn(acc.z, acc.w);
+  }
+  if (tid == 0) p.counters[sh] = 0;  // ready for the next launch
 }
 
 template <int D>
@@ -320,8 +347,6 @@ void Launch(const DecodeParams& p, int num_items, int num_seqs, cudaStream_t str
     configured = true;
   }
   if (num_items > 0) DecodeKernel<D><<<num_items, kThreads, smem, stream>>>(p);
-  LEANK_CUDA_CHECK(cudaGetLastError());
-  MergeKernel<D><<<num_seqs * p.num_kv_heads * p.group, D, 0, stream>>>(p);
   LEANK_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -38,6 +38,7 @@ DecodeAttention::DecodeAttention(const DeviceMeta& meta) : meta_(meta) {
 DecodeAttention::~DecodeAttention() {
   cudaFree(d_plan_);
   cudaFree(d_partial_);
+  cudaFree(d_counters_);
 }
 
 absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t stream,
@@ -147,6 +148,13 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
     partial_capacity_ = partial * 2;
     LEANK_CUDA_CHECK(cudaMalloc(&d_partial_, partial_capacity_));
   }
+  if (size_t(S) * H > counters_capacity_) {
+    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
+    cudaFree(d_counters_);
+    counters_capacity_ = size_t(S) * H * 2;
+    LEANK_CUDA_CHECK(cudaMalloc(&d_counters_, counters_capacity_ * sizeof(int32_t)));
+    LEANK_CUDA_CHECK(cudaMemsetAsync(d_counters_, 0, counters_capacity_ * sizeof(int32_t), stream));
+  }
   // The host buffer dies with this call: copy synchronously with respect to the host.
   LEANK_CUDA_CHECK(cudaMemcpyAsync(d_plan_, buf.data(), buf.size(), cudaMemcpyHostToDevice, stream));
   LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -179,6 +187,7 @@ void DecodeAttention::Run(int layer, const bf16* q, const bf16* full, const bf16
   p.pruned_block_elems = meta_.pruned_block_elems(layer);
   p.partial_o = d_partial_;
   p.partial_lse = d_partial_ + size_t(std::max(1, max_items_)) * G * D;
+  p.counters = d_counters_;
   p.num_kv_heads = H;
   p.group = G;
   p.block_size = sh.block_size;

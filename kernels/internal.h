@@ -24,8 +24,8 @@ constexpr int kRegionFull = 0;    // sink + recent tokens, full K/V blocks
 constexpr int kRegionPruned = 1;  // middle tokens, pruned blocks
 constexpr int kTileTokens = 64;   // tokens per pipeline stage of the decode kernel
 constexpr int kMaxGroup = 16;     // query heads per kv head handled by one mma row tile
-constexpr int kMaxSplit = 512;    // CTAs per region of one (sequence, kv head): the merge
-                                  // kernel holds 2 * kMaxSplit slot weights in shared memory
+constexpr int kMaxSplit = 128;    // CTAs per region of one (sequence, kv head): the merging
+                                  // CTA holds 2 * kMaxSplit slot weights in shared memory
 
 // One CTA of the decode kernel: a token range of one region of one (sequence, kv head).
 struct DecodeItem {
@@ -56,6 +56,7 @@ struct DecodeParams {
   int64_t pruned_block_elems;
   float* partial_o;             // [slots][G][D]
   float* partial_lse;           // [slots][G] (log2 domain)
+  int32_t* counters;            // [seqs * H] finished CTAs per (seq, kv head); zero between launches
   int num_kv_heads;
   int group;                    // query heads per kv head
   int block_size;

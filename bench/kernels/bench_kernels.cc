@@ -52,7 +52,8 @@ struct Options {
   int warmup = 5;
   int block_size = 16;
   int ctas = 0;
-  bool shuffle = true;  // shuffled block tables (a fragmented pool) or in order  // the plan's target CTA count per layer (0: its default)
+  bool shuffle = true;
+  bool prefill = true;  // shuffled block tables (a fragmented pool) or in order  // the plan's target CTA count per layer (0: its default)
   std::string git_commit = "unknown";
 };
 
@@ -183,6 +184,58 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
   return r;
 }
 
+// Causal prefill of one `n`-token chunk (start 0) per layer, all 32 layers per run.
+Result TimePrefill(const Options& o, const Mask* mask, int n) {
+  AttentionShape shape{32, 8, 32, 128, o.block_size, 128, 768};
+  auto meta_or = DeviceMeta::Create(shape, mask ? *mask : Mask{});
+  if (!meta_or.ok()) std::exit(1);
+  const DeviceMeta& meta = *meta_or;
+  const int B = shape.block_size, L = shape.num_layers;
+  const int nfull = (n + B - 1) / B;
+  const size_t full_elems = size_t(nfull) * meta.full_block_elems();
+  bf16 *full = nullptr, *pruned = nullptr, *q = nullptr, *out = nullptr;
+  const size_t q_elems = size_t(n) * shape.num_q_heads * shape.head_dim;
+  CK(cudaMalloc(&full, full_elems * sizeof(bf16)));
+  CK(cudaMalloc(&pruned, 64));
+  CK(cudaMalloc(&q, q_elems * sizeof(bf16)));
+  CK(cudaMalloc(&out, q_elems * sizeof(bf16)));
+  FillRandomBf16(full, full_elems, 5, nullptr);
+  FillRandomBf16(q, q_elems, 6, nullptr);
+  std::vector<int32_t> blocks(nfull);
+  for (int i = 0; i < nfull; ++i) blocks[i] = i;
+  std::vector<kernels::PrefillSeq> seqs = {{0, n, blocks, {}}};
+  kernels::PrefillAttention attn(meta);
+  if (!attn.Plan(seqs, nullptr).ok()) std::exit(1);
+  const float scale = 1.0f / std::sqrt(128.0f);
+  auto sweep = [&] {
+    for (int l = 0; l < L; ++l) attn.Run(l, q, full, pruned, scale, out, nullptr);
+  };
+  sweep();
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int i = 0; i < 5; ++i) {
+    CK(cudaEventRecord(a));
+    sweep();
+    CK(cudaEventRecord(b));
+    CK(cudaEventSynchronize(b));
+    float t = 0;
+    CK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  CK(cudaGetLastError());
+  std::sort(ms.begin(), ms.end());
+  Result r;
+  r.time_us = ms[ms.size() / 2] * 1e3 / L;
+  r.bytes = double(full_elems + 2 * q_elems) * sizeof(bf16);
+  cudaFree(full);
+  cudaFree(pruned);
+  cudaFree(q);
+  cudaFree(out);
+  return r;
+}
+
 std::string Today() {
   std::time_t t = std::time(nullptr);
   char buf[32];
@@ -202,11 +255,12 @@ int Main(int argc, char** argv) {
     else if (arg("--block")) o.block_size = std::stoi(argv[++i]);
     else if (arg("--ctas")) o.ctas = std::stoi(argv[++i]);
     else if (arg("--shuffle")) o.shuffle = std::stoi(argv[++i]) != 0;
+    else if (arg("--prefill")) o.prefill = std::stoi(argv[++i]) != 0;
     else if (arg("--git-commit")) o.git_commit = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 4096,...] "
-                   "[--iters N] [--block 16] [--ctas N] [--shuffle 0|1] [--git-commit SHA]\n", argv[0]);
+                   "[--iters N] [--block 16] [--ctas N] [--shuffle 0|1] [--prefill 0|1] [--git-commit SHA]\n", argv[0]);
       return 2;
     }
   }
@@ -262,6 +316,28 @@ int Main(int argc, char** argv) {
                   l.bytes / (l.time_us * 1e3), speedup);
       std::fflush(stdout);
     }
+  }
+  // Prefill attention, 8K causal: FLOPs of the causal half (4 * D * Hq * n^2 / 2).
+  for (int k = 0; k < 2 && o.prefill; ++k) {
+    const int n = 8192;
+    const Result r = TimePrefill(o, k == 0 ? nullptr : &mask, n);
+    const double flops = 4.0 * 128 * 32 * double(n) * n / 2;
+    const double tflops = flops / (r.time_us * 1e-6) / 1e12;
+    std::printf("prefill %s 8K causal: %.1f us per layer, %.1f TFLOP/s\n", k == 0 ? "dense" : "leank",
+                r.time_us, tflops);
+    records.push_back({{"impl", k == 0 ? "prefill_dense" : "prefill_leank"},
+                       {"batch", 1},
+                       {"context", n},
+                       {"time_us", r.time_us},
+                       {"bytes", r.bytes},
+                       {"gbps", r.bytes / (r.time_us * 1e-6) / 1e9},
+                       {"read_gbps", read_gbps},
+                       {"tflops", tflops},
+                       {"flops_counted", "4 * head_dim * q_heads * n^2 / 2 (causal)"},
+                       {"block_size", o.block_size},
+                       {"device", prop.name},
+                       {"date", Today()},
+                       {"git_commit", o.git_commit}});
   }
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
