@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -91,6 +92,19 @@ class CudaBackend final : public Backend {
               const CudaBackendOptions& options)
       : config_(config), layout_(layout), sizes_(sizes), options_(options) {}
   ~CudaBackend() override {
+    if (profile_ && profile_steps_ > 0) {
+      static const char* kNames[] = {"gemm qkv", "gemm o",    "gemm gate/up",       "gemm down",
+                                     "lm head",  "attention", "norm/rope/silu/emb", "compaction"};
+      double total = 0;
+      for (double v : profile_ms_) total += v;
+      std::fprintf(stderr, "cuda profile over %lld steps (ms per step, device time):",
+                   static_cast<long long>(profile_steps_));
+      for (int i = 0; i < 8; ++i) {
+        std::fprintf(stderr, " %s %.3f;", kNames[i], profile_ms_[i] / profile_steps_);
+      }
+      std::fprintf(stderr, " total %.3f\n", total / profile_steps_);
+    }
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
     ClearGraphs();
     decode_.reset();
     meta_.reset();
@@ -113,6 +127,34 @@ class CudaBackend final : public Backend {
 
  private:
   absl::Status EnsureRows(int64_t rows, int64_t logit_rows);
+  // LEANK_CUDA_PROFILE=1: device time per kind of work (events around each launch,
+  // graphs off), printed when the backend is destroyed. For finding where a step goes.
+  template <typename F>
+  void Timed(int kind, F&& f) {
+    if (!profile_) {
+      f();
+      return;
+    }
+    while (events_.size() < 2 * (marks_.size() + 1)) {
+      cudaEvent_t e;
+      LEANK_CUDA_OK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    cudaEvent_t e0 = events_[2 * marks_.size()], e1 = events_[2 * marks_.size() + 1];
+    LEANK_CUDA_OK(cudaEventRecord(e0, stream_));
+    f();
+    LEANK_CUDA_OK(cudaEventRecord(e1, stream_));
+    marks_.push_back(kind);
+  }
+  void CollectProfile(bool count) {  // count: a decode-only step (prefill steps skipped)
+    for (size_t i = 0; i < marks_.size() && count; ++i) {
+      float ms = 0;
+      LEANK_CUDA_OK(cudaEventElapsedTime(&ms, events_[2 * i], events_[2 * i + 1]));
+      profile_ms_[marks_[i]] += ms;
+    }
+    marks_.clear();
+    profile_steps_ += count;
+  }
   void ClearGraphs() {
     for (auto& [rows, execs] : graphs_) {
       for (cudaGraphExec_t e : execs) cudaGraphExecDestroy(e);
@@ -175,6 +217,11 @@ class CudaBackend final : public Backend {
   // Decode-step graphs per batch size: segments 0..L (see Forward).
   std::map<int, std::vector<cudaGraphExec_t>> graphs_;
   std::map<int, int> graph_seen_;
+  bool profile_ = std::getenv("LEANK_CUDA_PROFILE") != nullptr;
+  std::vector<cudaEvent_t> events_;
+  std::vector<int> marks_;
+  double profile_ms_[8] = {};
+  int64_t profile_steps_ = 0;
 };
 
 absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weights) {
@@ -436,10 +483,12 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   // attention (compaction, decode, prefill), after attention (O, MLP); then the LM head.
   auto pre = [&](int l) {
     const cuda::PackedLayer& w = weights_->layers[l];
-    km::RmsNorm(x, nullptr, rows, c.hidden_size, w.input_norm, eps, h, stream_);
-    MatMulF32(h, w.qkv, qkv_.as<float>(), rows, qkv_n, c.hidden_size, 0.0f);
-    km::QkvRopeWrite(qkv_.as<float>(), w.qkv_bias, inv_freq_.as<float>(), rows, c.num_heads,
-                     meta_view_, tables, q_.as<bf16>(), FullLayerMut(l), stream_);
+    Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.input_norm, eps, h, stream_); });
+    Timed(0, [&] { MatMulF32(h, w.qkv, qkv_.as<float>(), rows, qkv_n, c.hidden_size, 0.0f); });
+    Timed(6, [&] {
+      km::QkvRopeWrite(qkv_.as<float>(), w.qkv_bias, inv_freq_.as<float>(), rows, c.num_heads,
+                       meta_view_, tables, q_.as<bf16>(), FullLayerMut(l), stream_);
+    });
   };
   auto attend = [&](int l) {
     if (num_jobs > 0) {
@@ -471,18 +520,20 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   };
   auto post = [&](int l) {
     const cuda::PackedLayer& w = weights_->layers[l];
-    MatMulF32(attn_.as<bf16>(), w.o, x, rows, c.hidden_size, c.q_size(), 1.0f);
-    km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_);
-    MatMulBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size);
-    km::SiluMul(gu_.as<bf16>(), rows, inter, act_.as<bf16>(), stream_);
-    MatMulF32(act_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f);
+    Timed(1, [&] { MatMulF32(attn_.as<bf16>(), w.o, x, rows, c.hidden_size, c.q_size(), 1.0f); });
+    Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_); });
+    Timed(2, [&] { MatMulBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size); });
+    Timed(6, [&] { km::SiluMul(gu_.as<bf16>(), rows, inter, act_.as<bf16>(), stream_); });
+    Timed(3, [&] { MatMulF32(act_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f); });
   };
   auto head = [&] {
     if (num_logits == 0) return;
     km::RmsNorm(x, d + o_logit, num_logits, c.hidden_size, weights_->final_norm, eps,
                 final_h_.as<bf16>(), stream_);
-    MatMulF32(final_h_.as<bf16>(), weights_->lm_head, logits_.as<float>(), num_logits,
-              static_cast<int>(vocab), c.hidden_size, 0.0f);
+    Timed(4, [&] {
+      MatMulF32(final_h_.as<bf16>(), weights_->lm_head, logits_.as<float>(), num_logits,
+                static_cast<int>(vocab), c.hidden_size, 0.0f);
+    });
     LEANK_CUDA_OK(cudaMemcpyAsync(logits_host_.as<float>(), logits_.as<float>(),
                                   size_t(num_logits) * vocab * 4, cudaMemcpyDeviceToHost, stream_));
   };
@@ -498,8 +549,8 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
       head();
     }
   };
-  const bool graphable =
-      options_.cuda_graphs && decode_ && num_decode == nseq && num_logits == nseq && rows <= 256;
+  const bool graphable = !profile_ && options_.cuda_graphs && decode_ && num_decode == nseq &&
+                         num_logits == nseq && rows <= 256;
   std::vector<cudaGraphExec_t>* graphs = nullptr;
   if (graphable) {
     // Captured at the second step of a batch size: the first one creates the GEMM plans.
@@ -525,12 +576,13 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     } else {
       segment(s);
     }
-    if (s < L) attend(s);
+    if (s < L) Timed(5, [&] { attend(s); });
   }
   cudaError_t e = cudaStreamSynchronize(stream_);
   if (e != cudaSuccess) {
     return absl::InternalError(absl::StrCat("CUDA step failed: ", cudaGetErrorString(e)));
   }
+  if (profile_) CollectProfile(num_decode == nseq);
   out->logits.assign(logits_host_.as<float>(), logits_host_.as<float>() + num_logits * vocab);
   (void)hidden;
   return absl::OkStatus();
