@@ -134,8 +134,10 @@ PoolSizes SplitBudget(const CacheLayout& layout, int64_t budget_bytes, int64_t t
     return sizes;
   }
   // A step's prefill tokens sit in full blocks until compaction at the end of the step.
-  const int64_t reserved_full = step_tokens > 0 ? (step_tokens + B - 1) / B + 1 : 0;
-  budget_bytes -= std::min(budget_bytes, reserved_full * full_bytes);
+  // Never more than half the budget: a tiny pool shrinks its prefill chunks instead.
+  const int64_t reserved_full = std::min(step_tokens > 0 ? (step_tokens + B - 1) / B + 1 : 0,
+                                         budget_bytes / 2 / full_bytes);
+  budget_bytes -= reserved_full * full_bytes;
   const int64_t full_tokens = std::min<int64_t>(target, o.sink + o.recent + B - 1);
   const int64_t full_per_seq = (full_tokens + B - 1) / B + 1;
   const __int128 seq_bytes = static_cast<__int128>(full_per_seq) * full_bytes +

@@ -137,5 +137,24 @@ TEST(LayoutTest, SplitBudgetFormula) {
   EXPECT_EQ(SplitBudget(*dense, 0, target).num_full_blocks, 0);
 }
 
+TEST(LayoutTest, SplitBudgetReservesAStepOfPrefillWithinTheBudget) {
+  auto layout = CacheLayout::Create(Small(), SmallMask());
+  ASSERT_TRUE(layout.ok());
+  const int64_t fb = layout->full_block_bytes(), pb = layout->pruned_block_bytes();
+  const int64_t budget = 1000 * fb + 12345, target = 1000, step = 512;
+  const PoolSizes plain = SplitBudget(*layout, budget, target);
+  const PoolSizes reserved = SplitBudget(*layout, budget, target, step);
+  // R = ceil(512 / 16) + 1 = 33 full blocks on top of the split of what is left.
+  const PoolSizes rest = SplitBudget(*layout, budget - 33 * fb, target);
+  EXPECT_EQ(reserved.num_full_blocks, rest.num_full_blocks + 33);
+  EXPECT_EQ(reserved.num_pruned_blocks, rest.num_pruned_blocks);
+  EXPECT_GT(reserved.num_full_blocks, plain.num_full_blocks);
+  // Whatever the budget, the pool never exceeds it (a tiny pool gets a smaller reserve).
+  for (int64_t b : {fb, 3 * fb, 10 * fb + 7, 40 * fb, budget}) {
+    const PoolSizes s = SplitBudget(*layout, b, target, step);
+    EXPECT_LE(s.num_full_blocks * fb + s.num_pruned_blocks * pb, b) << b;
+  }
+}
+
 }  // namespace
 }  // namespace leank::cache
