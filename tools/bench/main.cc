@@ -407,10 +407,11 @@ int Main(int argc, char** argv) {
         {"seed", f.seed},
         {"timeout_s", f.timeout_s},
         {"goodput_slo", slo_json}};
-    nlohmann::json j = {
-        {"tool", "leank-bench"}, {"schema_version", 1},          {"label", f.label},
-        {"date", Iso8601Now()},  {"interrupted", g_stop.load()}, {"metadata", metadata},
-        {"config", config},      {"server", ProtoJson(info)},    {"results", ReportToJson(report)}};
+    nlohmann::json j = {{"tool", "leank-bench"},     {"schema_version", 1},
+                        {"label", f.label},          {"date", Iso8601Now()},
+                        {"client_host", HostName()}, {"interrupted", g_stop.load()},
+                        {"metadata", metadata},      {"config", config},
+                        {"server", ProtoJson(info)}, {"results", ReportToJson(report)}};
     if (!f.no_requests) j["requests"] = RequestsToJson(run.records);
     std::ofstream os(f.json_path);
     os << j.dump(2) << "\n";

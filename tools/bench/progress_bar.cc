@@ -30,13 +30,16 @@ std::string ProgressBar::Render(int64_t started, int64_t done, int64_t errors, i
   std::string bar;
   if (frac >= 0) {
     const int filled = static_cast<int>(std::min(1.0, frac) * kWidth);
-    bar = "[" + std::string(filled, '#') + std::string(kWidth - filled, '.') + "] ";
+    bar.push_back('[');
+    bar.append(filled, '#');
+    bar.append(kWidth - filled, '.');
+    bar.append("] ");
   }
   char buf[256];
   const double tps = elapsed_s > 0 ? tokens / elapsed_s : 0;
   const double rps = elapsed_s > 0 ? done / elapsed_s : 0;
   std::string count = std::to_string(done);
-  if (total > 0 && total < (int64_t{1} << 40)) count += "/" + std::to_string(total);
+  if (total > 0 && total < (int64_t{1} << 40)) count.append("/").append(std::to_string(total));
   std::snprintf(buf, sizeof(buf),
                 "%s%s req  in-flight %lld  %.2f req/s  %.1f tok/s  errors %lld  %.1fs", bar.c_str(),
                 count.c_str(), static_cast<long long>(started - done), rps, tps,

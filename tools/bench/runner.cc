@@ -117,12 +117,37 @@ class Gate {
 
 }  // namespace
 
+void CallRegistry::Add(grpc::ClientContext* ctx) {
+  std::lock_guard<std::mutex> lock(mu_);
+  calls_.insert(ctx);
+  if (cancelled_) ctx->TryCancel();
+}
+
+void CallRegistry::Remove(grpc::ClientContext* ctx) {
+  std::lock_guard<std::mutex> lock(mu_);
+  calls_.erase(ctx);
+}
+
+void CallRegistry::CancelAll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancelled_ = true;
+  for (grpc::ClientContext* ctx : calls_) ctx->TryCancel();
+}
+
 RequestRecord RunOne(v1::LeankService::StubInterface& stub, const v1::GenerateRequest& req,
-                     double timeout_s, Clock* clock) {
+                     double timeout_s, Clock* clock, CallRegistry* calls) {
   RequestRecord rec;
   rec.max_tokens = req.max_tokens();
   grpc::ClientContext ctx;
   ctx.set_deadline(client::DeadlineIn(timeout_s));
+  struct Registration {
+    CallRegistry* calls;
+    grpc::ClientContext* ctx;
+    ~Registration() {
+      if (calls != nullptr) calls->Remove(ctx);
+    }
+  } registration{calls, &ctx};
+  if (calls != nullptr) calls->Add(&ctx);
   rec.send_s = clock->Now();
   std::unique_ptr<grpc::ClientReaderInterface<v1::GenerateResponse>> reader =
       stub.Generate(&ctx, req);
@@ -169,6 +194,18 @@ RunResult RunLoad(std::shared_ptr<v1::LeankService::StubInterface> stub,
   if (prompts.empty() || o.num_requests <= 0) return result;
   std::mutex mu;  // guards result.records
   const double start = clock->Now();
+  CallRegistry calls;
+  // Ctrl-C: cancel what is in flight rather than wait up to the request timeout.
+  std::atomic<bool> finished{false};
+  std::thread canceller([&] {
+    while (!finished.load()) {
+      if (stop_flag != nullptr && stop_flag->load()) {
+        calls.CancelAll();
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
   auto should_stop = [&] {
     if (stop_flag != nullptr && stop_flag->load()) return true;
     if (o.max_errors > 0 && progress->errors.load() >= o.max_errors) return true;
@@ -176,7 +213,7 @@ RunResult RunLoad(std::shared_ptr<v1::LeankService::StubInterface> stub,
   };
   auto run_index = [&](int64_t i) {
     const BenchPrompt& p = prompts[i % static_cast<int64_t>(prompts.size())];
-    RequestRecord rec = RunOne(*stub, BuildRequest(p, base), o.timeout_s, clock);
+    RequestRecord rec = RunOne(*stub, BuildRequest(p, base), o.timeout_s, clock, &calls);
     rec.index = i;
     rec.input_tokens_requested = p.input_tokens;
     progress->output_tokens += rec.output_tokens;
@@ -221,6 +258,8 @@ RunResult RunLoad(std::shared_ptr<v1::LeankService::StubInterface> stub,
         should_stop);
     threads.JoinAll();
   }
+  finished = true;
+  canceller.join();
   double first = std::numeric_limits<double>::infinity(), last = start;
   for (const RequestRecord& r : result.records) {
     first = std::min(first, r.send_s);

@@ -9,6 +9,8 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <vector>
 
 #include "leank/v1/leank.grpc.pb.h"
@@ -21,9 +23,23 @@ namespace leank::bench {
 // The request for `prompt`: its input and max_tokens over `base` (sampling fields).
 v1::GenerateRequest BuildRequest(const BenchPrompt& prompt, const v1::GenerateRequest& base);
 
+// Calls in flight, so that an interrupted run (Ctrl-C) can cancel them instead of
+// waiting for their deadlines. Once CancelAll ran, new calls are cancelled at once.
+class CallRegistry {
+ public:
+  void Add(grpc::ClientContext* ctx);
+  void Remove(grpc::ClientContext* ctx);
+  void CancelAll();
+
+ private:
+  std::mutex mu_;
+  std::set<grpc::ClientContext*> calls_;
+  bool cancelled_ = false;
+};
+
 // One streamed call, timed on `clock` (send_s is clock->Now() at the call).
 RequestRecord RunOne(v1::LeankService::StubInterface& stub, const v1::GenerateRequest& req,
-                     double timeout_s, Clock* clock);
+                     double timeout_s, Clock* clock, CallRegistry* calls = nullptr);
 
 // Live counters, read by the progress bar.
 struct Progress {
@@ -51,8 +67,9 @@ struct RunResult {
   double duration_s = 0;               // first send to last finish, on the clock
 };
 
-// Runs the load. `stop` (may be null) ends sending early (Ctrl-C); requests in flight
-// are waited for (they have deadlines).
+// Runs the load. `stop` (may be null) ends sending early (Ctrl-C) and cancels the
+// requests in flight (they end as CANCELLED); otherwise in-flight requests are waited
+// for (they have deadlines).
 RunResult RunLoad(std::shared_ptr<v1::LeankService::StubInterface> stub,
                   const std::vector<BenchPrompt>& prompts, const v1::GenerateRequest& base,
                   const RunOptions& options, Clock* clock, Progress* progress,

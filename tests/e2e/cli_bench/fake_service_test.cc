@@ -402,6 +402,37 @@ TEST_F(FakeServiceTest, RunnerCountsErrorsByCode) {
   EXPECT_EQ(progress.errors.load(), 6);
 }
 
+TEST_F(FakeServiceTest, StopCancelsRequestsInFlight) {
+  service_.set_step_ms(50);  // 100 tokens in ~3.4 s
+  auto stub = std::shared_ptr<v1::LeankService::StubInterface>(
+      v1::LeankService::NewStub(client::MakeChannel(target_)));
+  std::vector<bench::BenchPrompt> prompts(1);
+  prompts[0].token_ids = {1, 2, 3};
+  prompts[0].output_tokens = 100;
+  bench::RunOptions o;
+  o.concurrency = 2;
+  o.num_requests = 10;
+  o.timeout_s = 120;
+  bench::SteadyClock clock;
+  bench::Progress progress;
+  std::atomic<bool> stop{false};
+  std::thread stopper([&] {
+    for (int i = 0; i < 400 && progress.started.load() < 2; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    stop = true;
+  });
+  bench::RunResult res = bench::RunLoad(stub, prompts, {}, o, &clock, &progress, &stop);
+  stopper.join();
+  ASSERT_EQ(res.records.size(), 2u);  // the two first requests; nothing sent after stop
+  for (const bench::RequestRecord& r : res.records) {
+    EXPECT_FALSE(r.ok);
+    EXPECT_EQ(r.error_code, "CANCELLED");
+    EXPECT_LT(r.output_tokens, 100);  // cut short, not waited for
+  }
+}
+
 TEST(Runner, UnreachableServerGivesErrorsNotAHang) {
   // A port nobody listens on (bound, then closed).
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
