@@ -30,6 +30,10 @@ SERVER_CONTAINER = "leank-server"
 # After the drain timeout the server aborts what is left and waits up to 5 s for it, then
 # gives gRPC 2 s to shut down (server/server.cc RunServer); rounded up for scheduling noise.
 SHUTDOWN_TAIL_S = 10
+# Server env variables the manifests are built around; a rename on the server side must
+# show up here as a readable failure rather than a KeyError.
+RELIED_ON = ("LEANK_MODEL", "LEANK_MASKS", "LEANK_BACKEND", "LEANK_PORT", "LEANK_METRICS_PORT",
+             "LEANK_DRAIN_TIMEOUT")
 
 
 # ---- the server's side --------------------------------------------------------------------
@@ -268,6 +272,10 @@ def check_overlay(docs: list[dict], schema: Schema) -> list[str]:
             if key not in known:
                 p.append(f"ConfigMap {PREP_CONFIGMAP}: {key} is not read by deploy/model-prep.sh "
                          f"(reads: {', '.join(sorted(known))})")
+    gone = [e for e in RELIED_ON if e not in envs]
+    if gone:
+        return p + [f"the server ({schema.source}) has no env variable {e}: renamed or removed? "
+                    "update deploy/ to match" for e in gone]
     if not eff.get(schema, "LEANK_MODEL"):
         p.append("LEANK_MODEL is not set: the server requires a model folder")
 
@@ -468,6 +476,9 @@ def dockerfile_stage(stage: str) -> list[tuple[str, str]]:
 def check_dockerfile(schema: Schema) -> list[str]:
     p = []
     envs = schema.by_env
+    gone = [e for e in ("LEANK_PORT", "LEANK_METRICS_PORT") if e not in envs]
+    if gone:
+        return [f"the server ({schema.source}) has no env variable {e}" for e in gone]
     runtime = dockerfile_stage("runtime")
     if not runtime:
         return ["deploy/Dockerfile: no stage named runtime"]

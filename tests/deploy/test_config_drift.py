@@ -157,6 +157,8 @@ MUTATIONS = [
 
 @pytest.mark.parametrize("mutate,expected", MUTATIONS, ids=[m.__name__[8:] for m, _ in MUTATIONS])
 def test_mismatch_is_reported(mutate, expected, schema, rendered):
+    if drift.check_overlay(rendered["prod"], schema):
+        pytest.skip("prod already disagrees with the server (see test_overlay_matches_server)")
     docs = copy.deepcopy(rendered["prod"])
     mutate(docs)
     problems = drift.check_overlay(docs, schema)
