@@ -50,6 +50,19 @@ def test_adapter_rules_name_server_metrics():
     assert "leank_num_requests_waiting" in drift.adapter_metric_names()
 
 
+def test_bench_job_targets_the_service(rendered):
+    """deploy/k8s/addons/bench-job.yaml sends to the Service's gRPC port."""
+    import yaml
+    job = yaml.safe_load((drift.DEPLOY / "k8s" / "addons" / "bench-job.yaml").read_text())
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    server = next(a.split("=", 1)[1] for a in args if a.startswith("--server="))
+    host, port = server.rsplit(":", 1)
+    service = next(d for d in rendered["prod"] if d["kind"] == "Service")
+    assert host.split(".")[0] == service["metadata"]["name"]
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert int(port) == grpc["port"], f"bench job sends to port {port}, Service grpc is {grpc['port']}"
+
+
 def test_schema_has_what_the_deployment_relies_on(schema):
     for env in ("LEANK_MODEL", "LEANK_MASKS", "LEANK_PORT", "LEANK_METRICS_PORT",
                 "LEANK_DRAIN_TIMEOUT", "LEANK_BACKEND"):
