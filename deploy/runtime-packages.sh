@@ -7,7 +7,7 @@
 set -euo pipefail
 (($#)) || { echo "usage: $0 BINARY..." >&2; exit 2; }
 
-declare -A packages=()
+declare -A packages=() seen=()
 status=0
 for bin in "$@"; do
   while read -r name _ path _; do
@@ -21,6 +21,8 @@ for bin in "$@"; do
     fi
     real=$(realpath "$path")
     case "$real" in /usr/local/cuda*) continue ;; esac
+    [ -z "${seen[$real]:-}" ] || continue
+    seen[$real]=1
     # usrmerge: dpkg may list the file under /usr/lib or /lib; ask for both paths.
     owner=$( { dpkg -S "$real" || dpkg -S "${real#/usr}"; } 2>/dev/null |
       cut -d: -f1 | grep -v -- '-dev$' | head -n1 || true)
