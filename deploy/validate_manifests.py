@@ -15,9 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-import jsonschema
-import kubernetes_validate
-import yaml
+try:
+    import jsonschema
+    import kubernetes_validate
+    import yaml
+except ImportError as e:
+    sys.exit(f"[schema] missing Python package: {e.name} (pip install kubernetes-validate PyYAML)")
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
