@@ -188,3 +188,35 @@ def test_dockerfile_mismatch_is_reported(schema, monkeypatch):
 
     monkeypatch.setattr(drift, "dockerfile_stage", patched)
     assert any("EXPOSE [8080, 50051]" in p for p in drift.check_dockerfile(schema))
+
+
+# ---- the docs name only what exists ------------------------------------------------------
+
+
+DOCS = [drift.REPO / "docs" / "deploy.md", drift.DEPLOY / "README.md"]
+
+
+def test_docs_name_only_server_env_variables(schema):
+    known = set(schema.by_env) | {"LEANK_SERVER_BIN", "LEANK_CACHE_DIR", "LEANK_DEPLOY_RENDERED",
+                                  "LEANK_SETUP_MINIMAL"}
+    for doc in DOCS:
+        unknown = set(re.findall(r"\bLEANK_[A-Z0-9_]*[A-Z0-9]\b", doc.read_text())) - known
+        assert not unknown, f"{doc.name} names env variables the server does not have: {unknown}"
+
+
+def test_docs_use_real_leank_bench_flags():
+    """Every --flag on a leank-bench command line in the docs (and the bench Job) exists in
+    tools/bench/main.cc."""
+    main = (drift.REPO / "tools" / "bench" / "main.cc").read_text()
+    flags = set(re.findall(r'add_(?:option|flag)\("(--[a-z0-9-]+)', main)) | {"--help"}
+    assert "--server" in flags, "tools/bench/main.cc: flag parsing changed; update this test"
+    used = set()
+    for doc in DOCS + [drift.DEPLOY / "k8s" / "addons" / "bench-job.yaml"]:
+        text = doc.read_text()
+        # a leank-bench command and its continuation lines
+        for m in re.finditer(r"leank-bench(?:[^\n]*\\\n)*[^\n]*", text):
+            used |= set(re.findall(r"(?<![\w-])(--[a-z0-9-]+)", m.group(0)))
+        if doc.suffix == ".yaml":
+            used |= set(re.findall(r"^\s+- (--[a-z0-9-]+)", text, re.M))
+    unknown = used - flags
+    assert not unknown, f"leank-bench has no flags {sorted(unknown)} (tools/bench/main.cc)"
