@@ -29,6 +29,7 @@
 #include "cache/mask.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/model/weights.h"
+#include "kernels/model/ops.h"
 #include "nlohmann/json.hpp"
 
 namespace leank {
@@ -251,6 +252,69 @@ struct Bench {
     std::fflush(stdout);
   }
 
+  // Rows-1 matmuls of the model's shapes, GEMV kernel vs cuBLASLt: achieved read GB/s.
+  void GemvShapes() {
+    const ModelConfig& c = model.config;
+    namespace km = kernels::model;
+    struct Shape {
+      const char* name;
+      int n, k;
+    } shapes[] = {{"qkv", c.q_size() + 2 * c.kv_size(), c.hidden_size},
+                  {"o", c.hidden_size, c.q_size()},
+                  {"gate_up", 2 * c.intermediate_size, c.hidden_size},
+                  {"down", c.hidden_size, c.intermediate_size},
+                  {"lm_head", c.vocab_size, c.hidden_size}};
+    km::Gemm gemm;
+    for (const Shape& sh : shapes) {
+      const size_t wbytes = size_t(sh.n) * sh.k * 2;
+      // Several weight copies (> L2) rotated, as the model's layers are.
+      const int copies = std::max<int>(2, static_cast<int>((size_t(1) << 30) / wbytes) + 1);
+      km::bf16 *w = nullptr, *x = nullptr;
+      float* y = nullptr;
+      if (cudaMalloc(&w, wbytes * copies) != cudaSuccess || cudaMalloc(&x, sh.k * 2 * 8) ||
+          cudaMalloc(&y, size_t(sh.n) * 4 * 8))
+        Die("gemv bench: cudaMalloc");
+      km::FillRandomBf16(w, wbytes * copies / 2, 3, nullptr);
+      km::FillRandomBf16(x, sh.k * 8, 4, nullptr);
+      for (int variant = 0; variant < 2; ++variant) {
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        const int iters = 50;
+        for (int it = -5; it < iters; ++it) {
+          if (it == 0) cudaEventRecord(e0);
+          km::bf16* wi = w + size_t((it + 5) % copies) * sh.n * sh.k;
+          if (variant == 0) {
+            km::GemvF32(x, wi, y, 1, sh.n, sh.k, 0.0f, nullptr);
+          } else {
+            gemm.RunF32(x, wi, y, 1, sh.n, sh.k, 0.0f, nullptr);
+          }
+        }
+        cudaEventRecord(e1);
+        cudaEventSynchronize(e1);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e0, e1);
+        const double us = 1e3 * ms / iters, gbps = wbytes / (us * 1e-6) / 1e9;
+        json r = Record("gemv", variant == 0 ? "gemv" : "cublaslt", 1, 0);
+        r["shape"] = sh.name;
+        r["n"] = sh.n;
+        r["k"] = sh.k;
+        r["us"] = us;
+        r["read_GBps"] = gbps;
+        records.push_back(r);
+        std::printf("gemv     %-8s %-8s n %6d k %5d: %7.1f us, %6.0f GB/s (%.0f%% of read bw)\n",
+                    variant == 0 ? "gemv" : "cublaslt", sh.name, sh.n, sh.k, us, gbps,
+                    100 * gbps * 1e9 / read_bw);
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+      }
+      cudaFree(w);
+      cudaFree(x);
+      cudaFree(y);
+    }
+    std::fflush(stdout);
+  }
+
   void Prefill(bool leank) {
     const int64_t ctx = args.prefill_context;
     const ModelConfig& c = model.config;
@@ -350,6 +414,8 @@ int main(int argc, char** argv) {
           bench.Batch1(leank, std::stoll(std::string(cs)));
       } else if (sc == "capacity") {
         bench.Capacity(leank);
+      } else if (sc == "gemv") {
+        if (leank) bench.GemvShapes();
       } else if (sc == "prefill") {
         bench.Prefill(leank);
       }

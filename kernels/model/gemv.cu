@@ -16,9 +16,9 @@ constexpr int kWarps = 8;
 
 __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
   return v;
 }
 
@@ -43,10 +43,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-#pragma unroll 4
-  for (int i = lane; i < k8; i += 32) {
+  // kUnroll 16-byte weight loads per lane issued before any use: enough bytes in flight
+  // per warp to cover the memory latency.
+  constexpr int kUnroll = 4;
+  auto fma_vec = [&](const uint4& wv, int i) {
     float wf[8];
-    Unpack(LoadStreaming(wr + i), wf);
+    Unpack(wv, wf);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       float xf[8];
@@ -54,7 +56,16 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int j = 0; j < 8; ++j) acc[r] = fmaf(wf[j], xf[j], acc[r]);
     }
+  };
+  int i = lane;
+  for (; i + 32 * (kUnroll - 1) < k8; i += 32 * kUnroll) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) wv[u] = LoadStreaming(wr + i + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) fma_vec(wv[u], i + 32 * u);
   }
+  for (; i < k8; i += 32) fma_vec(LoadStreaming(wr + i), i);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
 #pragma unroll
