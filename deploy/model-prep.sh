@@ -25,14 +25,20 @@ die() { log "error: $*"; exit 1; }
 
 TOOLS=${PREP_TOOLS_DIR:-/opt/leank/tools}
 PY=${PYTHON:-python3}
-tag=$(hostname 2>/dev/null || echo $$)
+tag="$(hostname 2>/dev/null || echo pod).$$"  # unique per pod and per process
 
 # ready_stamp DIR SOURCE: true when DIR was completed from SOURCE.
 is_ready() { [ -f "$1/.leank-ready" ] && [ "$(cat "$1/.leank-ready")" = "$2" ]; }
 
-# publish TMP FINAL: moves a finished folder into place; loses gracefully to a faster pod.
+# publish TMP FINAL SOURCE: moves a finished folder into place. A pod that finished first
+# wins: its folder may already be in use by a running server, so it is never replaced.
 publish() {
-  local tmp=$1 final=$2 old="$2.old.$tag"
+  local tmp=$1 final=$2 src=$3 old="$2.old.$tag"
+  if is_ready "$final" "$src"; then
+    log "another pod prepared $final meanwhile; keeping it"
+    rm -rf "$tmp"
+    return
+  fi
   if [ -e "$final" ]; then mv -T "$final" "$old"; fi
   if ! mv -T "$tmp" "$final" 2>/dev/null; then
     log "another pod published $final first; keeping theirs"
@@ -62,7 +68,7 @@ prepare_model() {
   log "preparing $dir from $src"
   case "$src" in
     smollm2) "$PY" "$TOOLS/convert_smollm2.py" --out "$tmp" --force ;;
-    dir:*) cp -a "${src#dir:}/." "$tmp/" 2>/dev/null || { mkdir -p "$tmp" && cp -a "${src#dir:}/." "$tmp/"; } ;;
+    dir:*) mkdir -p "$tmp" && cp -a "${src#dir:}/." "$tmp/" ;;
     url:*)
       mkdir -p "$tmp"
       fetch_url "${src#url:}" "$tmp/.download"
@@ -75,7 +81,7 @@ prepare_model() {
   done
   compgen -G "$tmp/*.safetensors" >/dev/null || die "$src gave no *.safetensors weights"
   echo "$src" >"$tmp/.leank-ready"
-  publish "$tmp" "$dir"
+  publish "$tmp" "$dir" "$src"
   log "model ready: $dir"
 }
 
@@ -113,7 +119,7 @@ EOF
     url:*) fetch_url "${src#url:}" "$tmp" ;;
     *) die "PREP_MASKS_SOURCE '$src': expected random, file:PATH or url:URL" ;;
   esac
-  "$PY" "$TOOLS/import_leank_mask.py" info "$tmp" >&2 || die "$src is not a LeanK masks file"
+  "$PY" "$TOOLS/import_leank_mask.py" info "$tmp" >&2 || { rm -f "$tmp"; die "$src is not a LeanK masks file"; }
   chmod 0644 "$tmp"
   mv -f "$tmp" "$file"
   echo "$src" >"$stamp"
