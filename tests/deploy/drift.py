@@ -276,6 +276,15 @@ def check_overlay(docs: list[dict], schema: Schema) -> list[str]:
     if gone:
         return p + [f"the server ({schema.source}) has no env variable {e}: renamed or removed? "
                     "update deploy/ to match" for e in gone]
+    if prep is not None:
+        shipped = model_prep_image_files()
+        for key in ("PREP_MODEL_SOURCE", "PREP_MASKS_SOURCE"):
+            src = str((prep.get("data") or {}).get(key, ""))
+            kind, _, path = src.partition(":")
+            if kind in ("file", "dir") and path.startswith("/opt/leank/"):
+                if not any(f == path or f.startswith(path.rstrip("/") + "/") for f in shipped):
+                    p.append(f"{key}={src}: the model-prep image ships no such file "
+                             f"(deploy/Dockerfile COPY lines give {sorted(shipped)})")
     if not eff.get(schema, "LEANK_MODEL"):
         p.append("LEANK_MODEL is not set: the server requires a model folder")
 
@@ -470,6 +479,22 @@ def dockerfile_stage(stage: str) -> list[tuple[str, str]]:
             current = rest.split()[-1] if " AS " in rest.upper() else None
         if current == stage:
             out.append((word, rest.strip()))
+    return out
+
+
+def model_prep_image_files() -> set[str]:
+    """Paths inside the model-prep image that its COPY lines put there from the repository."""
+    out = set()
+    for word, rest in dockerfile_stage("model-prep"):
+        if word != "COPY" or "--from=" in rest:
+            continue
+        args = [a for a in rest.split() if not a.startswith("--")]
+        *sources, dest = args
+        for src in sources:
+            for f in sorted(REPO.glob(src)):
+                if f.is_file():
+                    target = dest + f.name if dest.endswith("/") else dest
+                    out.add(target)
     return out
 
 

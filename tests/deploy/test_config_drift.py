@@ -151,6 +151,11 @@ def _mutate_security(docs):
     _server(docs)[1]["securityContext"]["readOnlyRootFilesystem"] = False
 
 
+def _mutate_masks_source(docs):
+    data = drift._configmap(docs, drift.PREP_CONFIGMAP)["data"]
+    data["PREP_MASKS_SOURCE"] = "file:/opt/leank/masks/smollm2-135m-instruct/masks-s99.safetensors"
+
+
 MUTATIONS = [
     (_mutate_probe_port, r"readinessProbe probes port 50052"),
     (_mutate_container_port, r"containerPort 'metrics' is 8080"),
@@ -165,6 +170,7 @@ MUTATIONS = [
     (_mutate_model_mount, r"LEANK_MODEL=/data/model is on no volume"),
     (_mutate_backend, r"GPU is requested but LEANK_BACKEND=cpu"),
     (_mutate_security, r"readOnlyRootFilesystem is not true"),
+    (_mutate_masks_source, r"masks-s99.safetensors: the model-prep image ships no such file"),
 ]
 
 
