@@ -90,9 +90,9 @@ class DeviceMeta {
 
 // One sequence at a decode step, after this step's compaction.
 struct SeqView {
-  int64_t num_tokens = 0;            // n, including the token being decoded
-  std::span<const int32_t> full;     // sink blocks then recent blocks: ceil((n - M(n)) / B)
-  std::span<const int32_t> pruned;   // middle blocks in token order: M(n) / B
+  int64_t num_tokens = 0;           // n, including the token being decoded
+  std::span<const int32_t> full;    // sink blocks then recent blocks: ceil((n - M(n)) / B)
+  std::span<const int32_t> pruned;  // middle blocks in token order: M(n) / B
 };
 
 // full_blocks of an AppendPlan (before compaction) minus the `num_compactions`
@@ -162,8 +162,8 @@ void LaunchCompact(const DeviceMeta& meta, int layer_begin, int layer_end, const
 // One sequence's chunk of new tokens in a prefill step (AppendPlan semantics:
 // storage positions use middle_before; the chunk's K/V are already written).
 struct PrefillSeq {
-  int64_t start_pos = 0;       // tokens cached before this chunk
-  int64_t num_new_tokens = 0;  // queries of this chunk
+  int64_t start_pos = 0;            // tokens cached before this chunk
+  int64_t num_new_tokens = 0;       // queries of this chunk
   std::span<const int32_t> full;    // AppendPlan::full_blocks (before compaction)
   std::span<const int32_t> pruned;  // the first middle_before / B entries are read
 };

@@ -14,8 +14,10 @@ __global__ void __launch_bounds__(256) CompactKernel(const CompactParams p) {
   const int layer = p.layer_begin + blockIdx.y;
   const int H = p.H, B = p.B, D = p.D;
   const int64_t full_block_elems = int64_t(2) * H * B * D;
-  const __nv_bfloat16* src = p.full + (int64_t(layer) * p.num_full_blocks + job.src_full_block) * full_block_elems;
-  __nv_bfloat16* dst = p.pruned + p.layer_base[blockIdx.y] + int64_t(job.dst_pruned_block) * p.block_elems[blockIdx.y];
+  const __nv_bfloat16* src =
+      p.full + (int64_t(layer) * p.num_full_blocks + job.src_full_block) * full_block_elems;
+  __nv_bfloat16* dst = p.pruned + p.layer_base[blockIdx.y] +
+                       int64_t(job.dst_pruned_block) * p.block_elems[blockIdx.y];
   for (int h = 0; h < H; ++h) {
     const int kept = p.kept[layer * H + h];
     if (kept == 0) continue;

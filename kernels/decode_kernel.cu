@@ -31,10 +31,11 @@ constexpr int kPad = 8;  // bf16 elements of row padding: row strides of an odd 
 
 template <int D>
 struct DecodeSmem {
-  static constexpr int kRow = D + kPad;                        // K and V row stride
-  static constexpr int kStageElems = 2 * kTileTokens * kRow;   // K tile then V tile
+  static constexpr int kRow = D + kPad;                       // K and V row stride
+  static constexpr int kStageElems = 2 * kTileTokens * kRow;  // K tile then V tile
   static constexpr int kQElems = kMaxGroup * kRow;
-  static constexpr size_t kBytes = (size_t(kStages) * kStageElems + kQElems) * sizeof(__nv_bfloat16);
+  static constexpr size_t kBytes =
+      (size_t(kStages) * kStageElems + kQElems) * sizeof(__nv_bfloat16);
   static_assert(kWarps * kMaxGroup * (D + 2) * sizeof(float) <= kStages * kStageElems * 2,
                 "warp-merge scratch must fit in the pipeline buffers");
   static_assert((2 * kMaxSplit + 2) * kMaxGroup * sizeof(float) <= kStages * kStageElems * 2,
@@ -62,10 +63,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
       pruned ? p.pruned_idx + p.pruned_ptr[item.seq] : p.full_idx + p.full_ptr[item.seq];
   const int log2b = p.log2_block;
   const int64_t blk_stride = pruned ? p.pruned_block_elems : int64_t(2) * H * B * D;
-  const __nv_bfloat16* kbase =
-      pruned ? p.pruned + p.k_off[kvh] : p.full + int64_t(kvh) * B * D;
-  const __nv_bfloat16* vbase =
-      pruned ? p.pruned + p.v_off[kvh] : p.full + int64_t(H + kvh) * B * D;
+  const __nv_bfloat16* kbase = pruned ? p.pruned + p.k_off[kvh] : p.full + int64_t(kvh) * B * D;
+  const __nv_bfloat16* vbase = pruned ? p.pruned + p.v_off[kvh] : p.full + int64_t(H + kvh) * B * D;
 
   const int tok_begin = item.tok_begin, tok_end = item.tok_end;
   const int num_tiles = (tok_end - tok_begin + kTileTokens - 1) / kTileTokens;
@@ -281,7 +280,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  float* w_s = scratch;                          // [num_slots][G] lse, then weights
+  float* w_s = scratch;                             // [num_slots][G] lse, then weights
   float* gm = scratch + kMaxSplit * 2 * kMaxGroup;  // [G] max, [G] sum
   for (int i = tid; i < num_slots * G; i += kThreads)
     w_s[i] = __ldcg(p.partial_lse + size_t(slot_begin) * G + i);
@@ -300,8 +299,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
   for (int i = tid; i < num_slots * G; i += kThreads) {
     const int g = i % G;
     const float lse = w_s[i];
-    w_s[i] = lse == -INFINITY || gm[kMaxGroup + g] == 0.f ? 0.f
-                                                           : exp2f(lse - gm[g]) / gm[kMaxGroup + g];
+    w_s[i] =
+        lse == -INFINITY || gm[kMaxGroup + g] == 0.f ? 0.f : exp2f(lse - gm[g]) / gm[kMaxGroup + g];
   }
   __syncthreads();
   // float4 columns, 8 slots in flight per thread: the partials sit in L2.
@@ -313,7 +312,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
     for (; s + 8 <= num_slots; s += 8) {
       float4 v[8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = __ldcg(reinterpret_cast<const float4*>(po + size_t(s + j) * G * D));
+      for (int j = 0; j < 8; ++j)
+        v[j] = __ldcg(reinterpret_cast<const float4*>(po + size_t(s + j) * G * D));
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const float w = w_s[(s + j) * G + g];
@@ -342,8 +342,8 @@ void Launch(const DecodeParams& p, int num_items, int num_seqs, cudaStream_t str
   constexpr size_t smem = DecodeSmem<D>::kBytes;
   static bool configured = false;
   if (!configured) {
-    LEANK_CUDA_CHECK(cudaFuncSetAttribute(DecodeKernel<D>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    LEANK_CUDA_CHECK(
+        cudaFuncSetAttribute(DecodeKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
   if (num_items > 0) DecodeKernel<D><<<num_items, kThreads, smem, stream>>>(p);

@@ -69,14 +69,15 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
   // Work lists: every (seq, kv head, region) segment cut into token ranges of about
   // total_bytes / target_ctas bytes, whole 64-token tiles, largest first.
   // CTAs per layer: one resident wave (2 per SM) for small batches, where per-CTA latency
-  // dominates; up to 4 waves for large ones, so that uneven segments balance out
+  // dominates; up to 8 waves of ~1 MB items for large ones, so that the last wave's tail is
+  // short (4 waves left batch 8 x 128K at 83% of read bandwidth, 8 waves: 91%)
   // (measured on H100: docs/benchmarks.md).
   int64_t total_all = 0;
   for (int s = 0; s < S; ++s) total_all += int64_t(seq_tokens[2 * s]) * H * 4 * D;
   const int resident = num_sms_ * 2;
   const int ctas = target_ctas > 0 ? target_ctas
                                    : static_cast<int>(std::clamp<int64_t>(
-                                         total_all / (int64_t(2) << 20), resident, 4 * resident));
+                                         total_all / (int64_t(1) << 20), resident, 8 * resident));
   std::vector<DecodeItem> items;
   std::vector<int32_t> merge_ptr;
   layer_items_.assign(L, 0);
@@ -97,7 +98,8 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
       for (int h = 0; h < H; ++h) {
         segs.push_back({s, h, detail::kRegionFull, n - m, int64_t(4) * D});
         const int kept = meta_.kept(l, h);
-        if (m > 0 && kept > 0) segs.push_back({s, h, detail::kRegionPruned, m, 2 * int64_t(kept + D)});
+        if (m > 0 && kept > 0)
+          segs.push_back({s, h, detail::kRegionPruned, m, 2 * int64_t(kept + D)});
       }
     }
     for (const Seg& g : segs) total += g.tokens * g.bytes_per_token;
@@ -109,13 +111,14 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
       const Seg& g = segs[i];
       if (g.region == detail::kRegionFull) merge_ptr.push_back(slot);  // first seg of (s, h)
       const int max_split = std::min(detail::kMaxSplit, CeilDiv(g.tokens, kTileTokens));
-      const int split = std::clamp(
-          static_cast<int>(std::lround(double(g.tokens * g.bytes_per_token) / target)), 1, max_split);
+      const int split =
+          std::clamp(static_cast<int>(std::lround(double(g.tokens * g.bytes_per_token) / target)),
+                     1, max_split);
       const int chunk = CeilDiv(CeilDiv(g.tokens, split), kTileTokens) * kTileTokens;
       for (int b = 0; b < g.tokens; b += chunk) {
         const int e = std::min(g.tokens, b + chunk);
-        layer_list.push_back({(e - b) * g.bytes_per_token,
-                              DecodeItem{g.seq, g.head, g.region, b, e, slot++}});
+        layer_list.push_back(
+            {(e - b) * g.bytes_per_token, DecodeItem{g.seq, g.head, g.region, b, e, slot++}});
       }
     }
     merge_ptr.push_back(slot);
@@ -156,7 +159,8 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
     LEANK_CUDA_CHECK(cudaMemsetAsync(d_counters_, 0, counters_capacity_ * sizeof(int32_t), stream));
   }
   // The host buffer dies with this call: copy synchronously with respect to the host.
-  LEANK_CUDA_CHECK(cudaMemcpyAsync(d_plan_, buf.data(), buf.size(), cudaMemcpyHostToDevice, stream));
+  LEANK_CUDA_CHECK(
+      cudaMemcpyAsync(d_plan_, buf.data(), buf.size(), cudaMemcpyHostToDevice, stream));
   LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
   num_seqs_ = S;
   return absl::OkStatus();

@@ -10,14 +10,14 @@
 namespace leank::kernels::detail {
 
 // Aborts on a broken invariant (CUDA errors included): these are programming errors.
-#define LEANK_CUDA_CHECK(expr)                                                           \
-  do {                                                                                   \
-    cudaError_t _e = (expr);                                                             \
-    if (_e != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d: CUDA error %s in %s\n", __FILE__, __LINE__,           \
-                   cudaGetErrorString(_e), #expr);                                       \
-      std::abort();                                                                      \
-    }                                                                                    \
+#define LEANK_CUDA_CHECK(expr)                                                 \
+  do {                                                                         \
+    cudaError_t _e = (expr);                                                   \
+    if (_e != cudaSuccess) {                                                   \
+      std::fprintf(stderr, "%s:%d: CUDA error %s in %s\n", __FILE__, __LINE__, \
+                   cudaGetErrorString(_e), #expr);                             \
+      std::abort();                                                            \
+    }                                                                          \
   } while (0)
 
 constexpr int kRegionFull = 0;    // sink + recent tokens, full K/V blocks
@@ -34,7 +34,7 @@ struct DecodeItem {
   int32_t region;     // kRegionFull or kRegionPruned
   int32_t tok_begin;  // region-relative token range [tok_begin, tok_end)
   int32_t tok_end;
-  int32_t slot;       // partial-result slot (slots of a (seq, kv head) are contiguous)
+  int32_t slot;  // partial-result slot (slots of a (seq, kv head) are contiguous)
 };
 
 struct DecodeParams {
@@ -45,23 +45,23 @@ struct DecodeParams {
   const int32_t* seq_tokens;    // [seqs][2]: n, M(n)
   const int32_t* full_ptr;      // [seqs + 1] into full_idx
   const int32_t* full_idx;
-  const int32_t* pruned_ptr;    // [seqs + 1] into pruned_idx
+  const int32_t* pruned_ptr;  // [seqs + 1] into pruned_idx
   const int32_t* pruned_idx;
-  const DecodeItem* items;      // this layer's work list
-  const int32_t* merge_ptr;     // [seqs * H + 1]: slot range of each (seq, kv head)
-  const int32_t* kept;          // [H] (this layer)
-  const int32_t* k_off;         // [H]
-  const int32_t* v_off;         // [H]
-  const uint8_t* channels;      // [H][D]
+  const DecodeItem* items;   // this layer's work list
+  const int32_t* merge_ptr;  // [seqs * H + 1]: slot range of each (seq, kv head)
+  const int32_t* kept;       // [H] (this layer)
+  const int32_t* k_off;      // [H]
+  const int32_t* v_off;      // [H]
+  const uint8_t* channels;   // [H][D]
   int64_t pruned_block_elems;
-  float* partial_o;             // [slots][G][D]
-  float* partial_lse;           // [slots][G] (log2 domain)
-  int32_t* counters;            // [seqs * H] finished CTAs per (seq, kv head); zero between launches
+  float* partial_o;    // [slots][G][D]
+  float* partial_lse;  // [slots][G] (log2 domain)
+  int32_t* counters;   // [seqs * H] finished CTAs per (seq, kv head); zero between launches
   int num_kv_heads;
-  int group;                    // query heads per kv head
+  int group;  // query heads per kv head
   int block_size;
   int log2_block;
-  float scale_log2;             // scale * log2(e)
+  float scale_log2;  // scale * log2(e)
 };
 
 void LaunchDecode(const DecodeParams& p, int head_dim, int num_items, int num_seqs,
@@ -83,7 +83,7 @@ struct PrefillSeqInfo {
 };
 
 struct PrefillParams {
-  const __nv_bfloat16* q;       // [total_new][Hq][D]
+  const __nv_bfloat16* q;  // [total_new][Hq][D]
   const __nv_bfloat16* full;
   const __nv_bfloat16* pruned;
   __nv_bfloat16* out;
@@ -120,10 +120,10 @@ struct CompactParams {
   const __nv_bfloat16* full;
   __nv_bfloat16* pruned;
   const CompactJobRaw* jobs;
-  const int32_t* kept;      // [layers][H]
-  const int32_t* k_off;     // [layers][H]
-  const int32_t* v_off;     // [layers][H]
-  const uint8_t* channels;  // [layers][H][D]
+  const int32_t* kept;              // [layers][H]
+  const int32_t* k_off;             // [layers][H]
+  const int32_t* v_off;             // [layers][H]
+  const uint8_t* channels;          // [layers][H][D]
   int64_t layer_base[kMaxLayers];   // per launched layer: pruned arena start (elements)
   int64_t block_elems[kMaxLayers];  // per launched layer
   int64_t num_full_blocks;
@@ -131,8 +131,7 @@ struct CompactParams {
   int H, B, D;
 };
 
-void LaunchCompactKernel(const CompactParams& p, int num_jobs, int num_layers,
-                         cudaStream_t stream);
+void LaunchCompactKernel(const CompactParams& p, int num_jobs, int num_layers, cudaStream_t stream);
 
 void LaunchPrefill(const PrefillParams& p, int head_dim, int num_tiles, cudaStream_t stream);
 

@@ -20,8 +20,7 @@ namespace {
 absl::Status CheckShape(const AttentionShape& s) {
   if (s.num_layers <= 0 || s.num_kv_heads <= 0 || s.num_q_heads <= 0)
     return absl::InvalidArgumentError("AttentionShape: layers and heads must be positive");
-  if (s.num_q_heads % s.num_kv_heads != 0 ||
-      s.num_q_heads / s.num_kv_heads > detail::kMaxGroup)
+  if (s.num_q_heads % s.num_kv_heads != 0 || s.num_q_heads / s.num_kv_heads > detail::kMaxGroup)
     return absl::InvalidArgumentError(absl::StrCat(
         "AttentionShape: num_q_heads ", s.num_q_heads, " must be a multiple of num_kv_heads ",
         s.num_kv_heads, " with group <= ", detail::kMaxGroup));
@@ -53,8 +52,7 @@ absl::StatusOr<DeviceMeta> DeviceMeta::Create(
   DeviceMeta m;
   m.shape_ = shape;
   m.dense_ = kept_channels.empty();
-  const int L = shape.num_layers, H = shape.num_kv_heads, D = shape.head_dim,
-            B = shape.block_size;
+  const int L = shape.num_layers, H = shape.num_kv_heads, D = shape.head_dim, B = shape.block_size;
   if (!m.dense_ && static_cast<int>(kept_channels.size()) != L)
     return absl::InvalidArgumentError(
         absl::StrCat("kept_channels: ", kept_channels.size(), " layers, expected ", L));
@@ -66,8 +64,8 @@ absl::StatusOr<DeviceMeta> DeviceMeta::Create(
   std::vector<uint8_t> channels(size_t(L) * H * D);
   for (int l = 0; l < L; ++l) {
     if (!m.dense_ && static_cast<int>(kept_channels[l].size()) != H)
-      return absl::InvalidArgumentError(
-          absl::StrCat("kept_channels[", l, "]: ", kept_channels[l].size(), " heads, expected ", H));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "kept_channels[", l, "]: ", kept_channels[l].size(), " heads, expected ", H));
     int64_t sum_kept = 0, live = 0;
     for (int h = 0; h < H; ++h) {
       uint8_t* ch = &channels[(size_t(l) * H + h) * D];
@@ -80,8 +78,9 @@ absl::StatusOr<DeviceMeta> DeviceMeta::Create(
       }
       const auto& kc = kept_channels[l][h];
       if (kc.size() % 16 != 0 || static_cast<int>(kc.size()) > D)
-        return absl::InvalidArgumentError(absl::StrCat("kept_channels[", l, "][", h, "]: ",
-                                                       kc.size(), " channels, not a multiple of 16 <= ", D));
+        return absl::InvalidArgumentError(absl::StrCat("kept_channels[", l, "][", h,
+                                                       "]: ", kc.size(),
+                                                       " channels, not a multiple of 16 <= ", D));
       for (size_t i = 0; i < kc.size(); ++i) {
         if (kc[i] < 0 || kc[i] >= D || (i > 0 && kc[i] <= kc[i - 1]))
           return absl::InvalidArgumentError(
@@ -142,7 +141,9 @@ void DeviceMeta::Release() {
   d_channels_ = nullptr;
 }
 
-int DeviceMeta::kept(int layer, int head) const { return kept_[layer * shape_.num_kv_heads + head]; }
+int DeviceMeta::kept(int layer, int head) const {
+  return kept_[layer * shape_.num_kv_heads + head];
+}
 int32_t DeviceMeta::pruned_k_offset(int layer, int head) const {
   return k_off_[layer * shape_.num_kv_heads + head];
 }

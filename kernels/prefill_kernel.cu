@@ -106,8 +106,8 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
   // One phase over `ntok` region tokens. pos(t): logical position of region token t.
   auto run_phase = [&](bool pruned_phase, int ntok) {
     const int kdim = pruned_phase ? kept : D;
-    const int32_t* table = pruned_phase ? p.pruned_idx + p.pruned_ptr[tile.seq]
-                                        : p.full_idx + p.full_ptr[tile.seq];
+    const int32_t* table =
+        pruned_phase ? p.pruned_idx + p.pruned_ptr[tile.seq] : p.full_idx + p.full_ptr[tile.seq];
     const int64_t blk_stride = pruned_phase ? p.pruned_block_elems : int64_t(2) * H * B * D;
     const __nv_bfloat16* kbase =
         pruned_phase ? p.pruned + p.k_off[kvh] : p.full + int64_t(kvh) * B * D;
@@ -129,7 +129,8 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
           const bool valid = tok < ntok;
           const __nv_bfloat16* src = p.full;
           if (valid)
-            src = kbase + table[tok >> p.log2_block] * blk_stride + (tok & (B - 1)) * kdim + k_col * 8;
+            src = kbase + table[tok >> p.log2_block] * blk_stride + (tok & (B - 1)) * kdim +
+                  k_col * 8;
           CpAsync16(ks + r * kstride + k_col * 8, src, valid);
         }
       }
@@ -139,7 +140,8 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
         const int tok = t0 + r;
         const bool valid = tok < ntok;
         const __nv_bfloat16* src = p.full;
-        if (valid) src = vbase + table[tok >> p.log2_block] * blk_stride + (tok & (B - 1)) * D + v_col * 8;
+        if (valid)
+          src = vbase + table[tok >> p.log2_block] * blk_stride + (tok & (B - 1)) * D + v_col * 8;
         CpAsync16(vs + r * Smem::kRow + v_col * 8, src, valid);
       }
     };
@@ -155,9 +157,11 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
       const int t0 = t * kTileTokens;
       const int pos0 = pruned_phase ? S + t0 : (t0 < S ? t0 : t0 + Mb);
       // Middle keys in full storage: positions [S + Mb, last_bound) can meet this tile.
-      const int pos_hi = pruned_phase ? pos0 + kTileTokens : (t0 + kTileTokens <= S ? t0 + kTileTokens : t0 + kTileTokens + Mb);
-      const bool need_masked = !pruned_phase && kept > 0 && kept < D && !dense &&
-                               pos_hi > S + Mb && pos0 < last_bound;
+      const int pos_hi = pruned_phase
+                             ? pos0 + kTileTokens
+                             : (t0 + kTileTokens <= S ? t0 + kTileTokens : t0 + kTileTokens + Mb);
+      const bool need_masked =
+          !pruned_phase && kept > 0 && kept < D && !dense && pos_hi > S + Mb && pos0 < last_bound;
       float s[8][4], sm[8][4];
 #pragma unroll
       for (int n = 0; n < 8; ++n)
@@ -167,13 +171,16 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
       for (int kstep = 0; kstep < D / 16; ++kstep) {
         if (kstep * 16 < kdim) {
           uint32_t a[4], am[4];
-          LdMatrixX4(a, q_s + (warp * 16 + (mi & 1) * 8 + rr) * Smem::kRow + kstep * 16 + (mi >> 1) * 8);
+          LdMatrixX4(
+              a, q_s + (warp * 16 + (mi & 1) * 8 + rr) * Smem::kRow + kstep * 16 + (mi >> 1) * 8);
           if (need_masked)
-            LdMatrixX4(am, qm_s + (warp * 16 + (mi & 1) * 8 + rr) * Smem::kRow + kstep * 16 + (mi >> 1) * 8);
+            LdMatrixX4(am, qm_s + (warp * 16 + (mi & 1) * 8 + rr) * Smem::kRow + kstep * 16 +
+                               (mi >> 1) * 8);
 #pragma unroll
           for (int np = 0; np < 4; ++np) {
             uint32_t b[4];
-            LdMatrixX4(b, ks + (np * 16 + (mi >> 1) * 8 + rr) * kstride + kstep * 16 + (mi & 1) * 8);
+            LdMatrixX4(b,
+                       ks + (np * 16 + (mi >> 1) * 8 + rr) * kstride + kstep * 16 + (mi & 1) * 8);
             MmaBf16(s[2 * np], a, b[0], b[1]);
             MmaBf16(s[2 * np + 1], a, b[2], b[3]);
             if (need_masked) {
@@ -241,7 +248,8 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
 #pragma unroll
         for (int dp = 0; dp < D / 16; ++dp) {
           uint32_t b[4];
-          LdMatrixX4Trans(b, vs + (kk * 16 + (mi & 1) * 8 + rr) * Smem::kRow + dp * 16 + (mi >> 1) * 8);
+          LdMatrixX4Trans(
+              b, vs + (kk * 16 + (mi & 1) * 8 + rr) * Smem::kRow + dp * 16 + (mi >> 1) * 8);
           MmaBf16(o[2 * dp], pa, b[0], b[1]);
           MmaBf16(o[2 * dp + 1], pa, b[2], b[3]);
         }
@@ -280,8 +288,8 @@ void Launch(const PrefillParams& p, int num_tiles, cudaStream_t stream) {
   constexpr size_t smem = PrefillSmem<D>::kBytes;
   static bool configured = false;
   if (!configured) {
-    LEANK_CUDA_CHECK(cudaFuncSetAttribute(PrefillKernel<D>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    LEANK_CUDA_CHECK(
+        cudaFuncSetAttribute(PrefillKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
   if (num_tiles > 0) PrefillKernel<D><<<num_tiles, kThreads, smem, stream>>>(p);

@@ -45,9 +45,9 @@ absl::Status PrefillAttention::Plan(std::span<const PrefillSeq> seqs, cudaStream
     const int64_t need_full = (total - mb + B - 1) / B;
     if (static_cast<int64_t>(ps.full.size()) < need_full ||
         static_cast<int64_t>(ps.pruned.size()) < mb / B)
-      return absl::InvalidArgumentError(absl::StrCat(
-          "prefill seq ", s, ": ", ps.full.size(), " full / ", ps.pruned.size(),
-          " pruned blocks, need ", need_full, " / ", mb / B));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prefill seq ", s, ": ", ps.full.size(), " full / ", ps.pruned.size(),
+                       " pruned blocks, need ", need_full, " / ", mb / B));
     info.push_back({static_cast<int32_t>(ps.start_pos), static_cast<int32_t>(ps.num_new_tokens),
                     static_cast<int32_t>(mb), static_cast<int32_t>(q_offset)});
     full_idx.insert(full_idx.end(), ps.full.begin(), ps.full.begin() + need_full);
@@ -81,7 +81,8 @@ absl::Status PrefillAttention::Plan(std::span<const PrefillSeq> seqs, cudaStream
     plan_capacity_ = buf.size() * 2;
     LEANK_CUDA_CHECK(cudaMalloc(&d_plan_, plan_capacity_));
   }
-  LEANK_CUDA_CHECK(cudaMemcpyAsync(d_plan_, buf.data(), buf.size(), cudaMemcpyHostToDevice, stream));
+  LEANK_CUDA_CHECK(
+      cudaMemcpyAsync(d_plan_, buf.data(), buf.size(), cudaMemcpyHostToDevice, stream));
   LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
   num_seqs_ = static_cast<int>(seqs.size());
   num_tiles_ = static_cast<int>(tile_list.size());

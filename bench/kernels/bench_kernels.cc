@@ -34,18 +34,19 @@ using kernels::DeviceMeta;
 using kernels::SeqView;
 using Mask = std::vector<std::vector<std::vector<int>>>;
 
-#define CK(expr)                                                                        \
-  do {                                                                                  \
-    cudaError_t _e = (expr);                                                            \
-    if (_e != cudaSuccess) {                                                            \
+#define CK(expr)                                                                                  \
+  do {                                                                                            \
+    cudaError_t _e = (expr);                                                                      \
+    if (_e != cudaSuccess) {                                                                      \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(_e)); \
-      std::exit(1);                                                                     \
-    }                                                                                   \
+      std::exit(1);                                                                               \
+    }                                                                                             \
   } while (0)
 
 struct Options {
   std::string json_path;
-  std::string mask_path = std::string(LEANK_SOURCE_DIR) + "/bench/kernels/data/llama3.1-8b-instruct.json";
+  std::string mask_path =
+      std::string(LEANK_SOURCE_DIR) + "/bench/kernels/data/llama3.1-8b-instruct.json";
   std::vector<int> batches = {1, 8, 32, 64};
   std::vector<int> contexts = {4096, 16384, 32768, 65536, 131072};
   int iters = 50;
@@ -53,7 +54,8 @@ struct Options {
   int block_size = 16;
   int ctas = 0;
   bool shuffle = true;
-  bool prefill = true;  // shuffled block tables (a fragmented pool) or in order  // the plan's target CTA count per layer (0: its default)
+  bool prefill = true;  // shuffled block tables (a fragmented pool) or in order  // the plan's
+                        // target CTA count per layer (0: its default)
   std::string git_commit = "unknown";
 };
 
@@ -94,7 +96,8 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
   const int64_t M = kernels::MiddleTokens(shape, dense, context);
   const int nfull = static_cast<int>((context - M + B - 1) / B), npruned = static_cast<int>(M / B);
   int64_t max_pruned_elems = 0;
-  for (int l = 0; l < L; ++l) max_pruned_elems = std::max(max_pruned_elems, meta.pruned_block_elems(l));
+  for (int l = 0; l < L; ++l)
+    max_pruned_elems = std::max(max_pruned_elems, meta.pruned_block_elems(l));
   const size_t full_elems = size_t(batch) * nfull * meta.full_block_elems();
   const size_t pruned_elems = size_t(batch) * npruned * max_pruned_elems;
   const size_t copy_bytes = (full_elems + pruned_elems) * sizeof(bf16);
@@ -247,20 +250,32 @@ int Main(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     auto arg = [&](const char* name) { return std::strcmp(argv[i], name) == 0 && i + 1 < argc; };
-    if (arg("--json")) o.json_path = argv[++i];
-    else if (arg("--mask")) o.mask_path = argv[++i];
-    else if (arg("--batches")) o.batches = ParseList(argv[++i]);
-    else if (arg("--contexts")) o.contexts = ParseList(argv[++i]);
-    else if (arg("--iters")) o.iters = std::stoi(argv[++i]);
-    else if (arg("--block")) o.block_size = std::stoi(argv[++i]);
-    else if (arg("--ctas")) o.ctas = std::stoi(argv[++i]);
-    else if (arg("--shuffle")) o.shuffle = std::stoi(argv[++i]) != 0;
-    else if (arg("--prefill")) o.prefill = std::stoi(argv[++i]) != 0;
-    else if (arg("--git-commit")) o.git_commit = argv[++i];
+    if (arg("--json"))
+      o.json_path = argv[++i];
+    else if (arg("--mask"))
+      o.mask_path = argv[++i];
+    else if (arg("--batches"))
+      o.batches = ParseList(argv[++i]);
+    else if (arg("--contexts"))
+      o.contexts = ParseList(argv[++i]);
+    else if (arg("--iters"))
+      o.iters = std::stoi(argv[++i]);
+    else if (arg("--block"))
+      o.block_size = std::stoi(argv[++i]);
+    else if (arg("--ctas"))
+      o.ctas = std::stoi(argv[++i]);
+    else if (arg("--shuffle"))
+      o.shuffle = std::stoi(argv[++i]) != 0;
+    else if (arg("--prefill"))
+      o.prefill = std::stoi(argv[++i]) != 0;
+    else if (arg("--git-commit"))
+      o.git_commit = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 4096,...] "
-                   "[--iters N] [--block 16] [--ctas N] [--shuffle 0|1] [--prefill 0|1] [--git-commit SHA]\n", argv[0]);
+                   "[--iters N] [--block 16] [--ctas N] [--shuffle 0|1] [--prefill 0|1] "
+                   "[--git-commit SHA]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -285,30 +300,31 @@ int Main(int argc, char** argv) {
       for (int k = 0; k < 2; ++k) {
         const Result& r = k == 0 ? d : l;
         const double gbps = r.bytes / (r.time_us * 1e-6) / 1e9;
-        records.push_back({{"impl", k == 0 ? "dense" : "leank"},
-                           {"batch", batch},
-                           {"context", context},
-                           {"time_us", r.time_us},
-                           {"bytes", r.bytes},
-                           {"gbps", gbps},
-                           {"read_gbps", read_gbps},
-                           {"frac_read", gbps / read_gbps},
-                           {"speedup_vs_dense", d.time_us / r.time_us},
-                           {"plan_us_all_layers", r.plan_us},
-                           {"ctas_per_layer", r.items},
-                           {"block_size", o.block_size},
-                           {"target_ctas", o.ctas},
-                           {"block_tables", o.shuffle ? "shuffled" : "in order"},
-                           {"layers", 32},
-                           {"sink", 128},
-                           {"recent", 768},
-                           {"shape", "llama-3.1-8b: 32 q heads, 8 kv heads, head_dim 128, bf16"},
-                           {"mask", k == 0 ? "none (dense mode)" : "LeanK released llama3.1-8b-instruct"},
-                           {"timing", "median of iters sweeps over 32 layers / 32, CUDA events"},
-                           {"iters", o.iters},
-                           {"device", prop.name},
-                           {"date", Today()},
-                           {"git_commit", o.git_commit}});
+        records.push_back(
+            {{"impl", k == 0 ? "dense" : "leank"},
+             {"batch", batch},
+             {"context", context},
+             {"time_us", r.time_us},
+             {"bytes", r.bytes},
+             {"gbps", gbps},
+             {"read_gbps", read_gbps},
+             {"frac_read", gbps / read_gbps},
+             {"speedup_vs_dense", d.time_us / r.time_us},
+             {"plan_us_all_layers", r.plan_us},
+             {"ctas_per_layer", r.items},
+             {"block_size", o.block_size},
+             {"target_ctas", o.ctas},
+             {"block_tables", o.shuffle ? "shuffled" : "in order"},
+             {"layers", 32},
+             {"sink", 128},
+             {"recent", 768},
+             {"shape", "llama-3.1-8b: 32 q heads, 8 kv heads, head_dim 128, bf16"},
+             {"mask", k == 0 ? "none (dense mode)" : "LeanK released llama3.1-8b-instruct"},
+             {"timing", "median of iters sweeps over 32 layers / 32, CUDA events"},
+             {"iters", o.iters},
+             {"device", prop.name},
+             {"date", Today()},
+             {"git_commit", o.git_commit}});
       }
       std::printf("%6d %7d %10.1f %10.1f %7.1f%% %7.1f%% %8.0f %8.0f %6.2fx\n", batch, context,
                   d.time_us, l.time_us, 100 * d.bytes / (d.time_us * 1e3) / read_gbps,
@@ -323,8 +339,8 @@ int Main(int argc, char** argv) {
     const Result r = TimePrefill(o, k == 0 ? nullptr : &mask, n);
     const double flops = 4.0 * 128 * 32 * double(n) * n / 2;
     const double tflops = flops / (r.time_us * 1e-6) / 1e12;
-    std::printf("prefill %s 8K causal: %.1f us per layer, %.1f TFLOP/s\n", k == 0 ? "dense" : "leank",
-                r.time_us, tflops);
+    std::printf("prefill %s 8K causal: %.1f us per layer, %.1f TFLOP/s\n",
+                k == 0 ? "dense" : "leank", r.time_us, tflops);
     records.push_back({{"impl", k == 0 ? "prefill_dense" : "prefill_leank"},
                        {"batch", 1},
                        {"context", n},

@@ -8,13 +8,13 @@
 namespace leank::bench {
 namespace {
 
-#define BENCH_CUDA(expr)                                                                  \
-  do {                                                                                    \
-    cudaError_t _e = (expr);                                                              \
-    if (_e != cudaSuccess) {                                                              \
+#define BENCH_CUDA(expr)                                                                          \
+  do {                                                                                            \
+    cudaError_t _e = (expr);                                                                      \
+    if (_e != cudaSuccess) {                                                                      \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(_e)); \
-      std::exit(1);                                                                       \
-    }                                                                                     \
+      std::exit(1);                                                                               \
+    }                                                                                             \
   } while (0)
 
 __device__ uint64_t Mix(uint64_t x) {

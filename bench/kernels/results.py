@@ -51,10 +51,12 @@ def plot(path, png):
     for bi, b in enumerate(batches):
         ctxs = sorted(c for bb, c in t if bb == b)
         for impl, col in colors.items():
+            if b not in (batches[0], batches[-1]):
+                break  # bandwidth panel: smallest and largest batch only, for legibility
             pts = [(c, t[(b, c)][impl]["gbps"]) for c in ctxs if impl in t[(b, c)]]
             if pts:
                 axes[0].plot([p[0] for p in pts], [p[1] for p in pts], styles[bi % 4], color=col,
-                             marker="o", ms=3, label=f"{impl} b{b}" if bi == 0 or impl in ("dense", "leank") else None)
+                             marker="o", ms=3, label=f"{impl}, batch {b}")
         sp = [(c, t[(b, c)]["dense"]["time_us"] / t[(b, c)]["leank"]["time_us"]) for c in ctxs
               if "dense" in t[(b, c)] and "leank" in t[(b, c)]]
         axes[1].plot([p[0] for p in sp], [p[1] for p in sp], styles[bi % 4], color="tab:red", marker="o",

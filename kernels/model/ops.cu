@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -15,82 +16,89 @@ namespace leank::kernels::model {
 namespace {
 
 __global__ void EmbeddingKernel(const int32_t* tokens, const bf16* table, int hidden, float* x) {
-  const int r = blockIdx.x;
-  const bf16* src = table + int64_t(tokens[r]) * hidden;
-  float* dst = x + int64_t(r) * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = __bfloat162float(src[i]);
+  const int r = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x;
+  if (i < hidden)
+    x[int64_t(r) * hidden + i] = __bfloat162float(table[int64_t(tokens[r]) * hidden + i]);
 }
 
+// One row per block; each thread keeps its kPer elements (stride blockDim) in registers,
+// so the row is read once with all loads in flight (a single CTA per row at batch 1).
+template <int kPer>
 __global__ void RmsNormKernel(const float* x, const int32_t* row_index, int hidden,
                               const bf16* weight, float eps, bf16* out) {
   const int r = blockIdx.x;
   const int src_row = row_index ? row_index[r] : r;
   const float* xr = x + int64_t(src_row) * hidden;
+  float v[kPer];
   float ss = 0;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) ss += xr[i] * xr[i];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    v[j] = i < hidden ? xr[i] : 0.0f;
+    ss += v[j] * v[j];
+  }
   ss = BlockSum(ss);
   const float inv = rsqrtf(ss / hidden + eps);
   bf16* o = out + int64_t(r) * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    o[i] = __float2bfloat16(__bfloat162float(weight[i]) * (xr[i] * inv));
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    if (i < hidden) o[i] = __float2bfloat16(__bfloat162float(weight[i]) * (v[j] * inv));
   }
 }
 
+// Block (row, head): heads 0..Hq-1 are q heads, Hq..Hq+H-1 k heads (RoPE), then H v
+// heads. One block per head keeps the work of a decode row spread over many SMs.
 __global__ void QkvRopeWriteKernel(const float* qkv, const bf16* bias, const float* inv_freq,
                                    int num_q_heads, CacheMetaView meta, StepTables tables,
                                    bf16* q_out, bf16* full_layer) {
-  const int r = blockIdx.x;
+  const int r = blockIdx.x, head = blockIdx.y;
   const int H = meta.num_kv_heads, D = meta.head_dim, B = meta.block_size, half = D / 2;
   const StepSeq s = tables.seqs[tables.row_seq[r]];
   const int pos = s.start_pos + (r - s.row_begin);
-  const int row_width = (num_q_heads + 2 * H) * D;
-  const float* src = qkv + int64_t(r) * row_width;
-  // Storage slot of this token (AppendPlan: new tokens are never in the pruned region).
-  int table_pos, slot;
-  if (pos < meta.sink) {
-    table_pos = pos / B;
-    slot = pos % B;
+  const float* src = qkv + int64_t(r) * (num_q_heads + 2 * H) * D + int64_t(head) * D;
+  const bf16* b = bias ? bias + int64_t(head) * D : nullptr;
+  auto value = [&](int i) { return src[i] + (b ? __bfloat162float(b[i]) : 0.0f); };
+  bf16* dst;
+  if (head < num_q_heads) {
+    dst = q_out + (int64_t(r) * num_q_heads + head) * D;
   } else {
-    const int rel = pos - meta.sink - s.middle_before;
-    table_pos = meta.sink / B + rel / B;
-    slot = rel % B;
-  }
-  const int64_t blk = tables.full_idx[s.full_begin + table_pos];
-  auto cache_at = [&](int kv, int h) {
-    return full_layer + (((blk * 2 + kv) * H + h) * B + slot) * int64_t(D);
-  };
-  auto value = [&](int i) { return src[i] + (bias ? __bfloat162float(bias[i]) : 0.0f); };
-  const int rope_pairs = (num_q_heads + H) * half;
-  for (int idx = threadIdx.x; idx < rope_pairs; idx += blockDim.x) {
-    const int head = idx / half, i = idx % half;  // heads: q heads, then k heads
-    const int base = head * D;
-    const float a = value(base + i), b = value(base + i + half);
-    float sn, cs;
-    sincosf(static_cast<float>(pos) * inv_freq[i], &sn, &cs);
-    const float ra = a * cs - b * sn, rb = b * cs + a * sn;
-    if (head < num_q_heads) {
-      bf16* q = q_out + (int64_t(r) * num_q_heads + head) * D;
-      q[i] = __float2bfloat16(ra);
-      q[i + half] = __float2bfloat16(rb);
+    // Storage slot of this token (AppendPlan: new tokens are never in the pruned region).
+    int table_pos, slot;
+    if (pos < meta.sink) {
+      table_pos = pos / B;
+      slot = pos % B;
     } else {
-      bf16* k = cache_at(0, head - num_q_heads);
-      k[i] = __float2bfloat16(ra);
-      k[i + half] = __float2bfloat16(rb);
+      const int rel = pos - meta.sink - s.middle_before;
+      table_pos = meta.sink / B + rel / B;
+      slot = rel % B;
     }
+    const int64_t blk = tables.full_idx[s.full_begin + table_pos];
+    const int kv = head < num_q_heads + H ? 0 : 1;
+    const int h = head - num_q_heads - kv * H;
+    dst = full_layer + (((blk * 2 + kv) * H + h) * B + slot) * int64_t(D);
   }
-  const int v_base = (num_q_heads + H) * D;
-  for (int idx = threadIdx.x; idx < H * D; idx += blockDim.x) {
-    cache_at(1, idx / D)[idx % D] = __float2bfloat16(value(v_base + idx));
+  if (head < num_q_heads + H) {
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      const float a = value(i), c = value(i + half);
+      float sn, cs;
+      sincosf(static_cast<float>(pos) * inv_freq[i], &sn, &cs);
+      dst[i] = __float2bfloat16(a * cs - c * sn);
+      dst[i + half] = __float2bfloat16(c * cs + a * sn);
+    }
+  } else {
+    for (int i = threadIdx.x; i < D; i += blockDim.x) dst[i] = __float2bfloat16(value(i));
   }
 }
 
-__global__ void SiluMulKernel(const bf16* gu, int inter, bf16* out) {
-  const int r = blockIdx.x;
-  const bf16* g = gu + int64_t(r) * 2 * inter;
-  bf16* o = out + int64_t(r) * inter;
-  for (int i = threadIdx.x; i < inter; i += blockDim.x) {
+__global__ void SiluMulKernel(const bf16* gu, int rows, int inter, bf16* out) {
+  const int64_t total = int64_t(rows) * inter;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = e / inter, i = e - r * inter;
+    const bf16* g = gu + r * 2 * inter;
     const float x = __bfloat162float(g[i]);
-    o[i] = __float2bfloat16(x / (1.0f + expf(-x)) * __bfloat162float(g[inter + i]));
+    out[e] = __float2bfloat16(x / (1.0f + expf(-x)) * __bfloat162float(g[inter + i]));
   }
 }
 
@@ -169,14 +177,25 @@ void ReadProbe(const char* data, size_t bytes, float* sink, cudaStream_t stream)
 void Embedding(const int32_t* tokens, int rows, const bf16* table, int hidden, float* x,
                cudaStream_t stream) {
   if (rows == 0) return;
-  EmbeddingKernel<<<rows, 256, 0, stream>>>(tokens, table, hidden, x);
+  EmbeddingKernel<<<dim3(rows, (hidden + 255) / 256), 256, 0, stream>>>(tokens, table, hidden, x);
   LEANK_MODEL_CHECK_LAUNCH();
 }
 
 void RmsNorm(const float* x, const int32_t* row_index, int rows, int hidden, const bf16* weight,
              float eps, bf16* out, cudaStream_t stream) {
   if (rows == 0) return;
-  RmsNormKernel<<<rows, 256, 0, stream>>>(x, row_index, hidden, weight, eps, out);
+  constexpr int kThreads = 512;
+  const int per = (hidden + kThreads - 1) / kThreads;
+  if (per <= 1) {
+    RmsNormKernel<1><<<rows, kThreads, 0, stream>>>(x, row_index, hidden, weight, eps, out);
+  } else if (per <= 4) {
+    RmsNormKernel<4><<<rows, kThreads, 0, stream>>>(x, row_index, hidden, weight, eps, out);
+  } else if (per <= 16) {
+    RmsNormKernel<16><<<rows, kThreads, 0, stream>>>(x, row_index, hidden, weight, eps, out);
+  } else {
+    std::fprintf(stderr, "RmsNorm: hidden %d > %d\n", hidden, 16 * kThreads);
+    std::abort();
+  }
   LEANK_MODEL_CHECK_LAUNCH();
 }
 
@@ -184,14 +203,17 @@ void QkvRopeWrite(const float* qkv, const bf16* bias, const float* inv_freq, int
                   int num_q_heads, const CacheMetaView& meta, const StepTables& tables, bf16* q_out,
                   bf16* full_layer, cudaStream_t stream) {
   if (rows == 0) return;
-  QkvRopeWriteKernel<<<rows, 256, 0, stream>>>(qkv, bias, inv_freq, num_q_heads, meta, tables,
-                                               q_out, full_layer);
+  const dim3 grid(rows, num_q_heads + 2 * meta.num_kv_heads);
+  QkvRopeWriteKernel<<<grid, 64, 0, stream>>>(qkv, bias, inv_freq, num_q_heads, meta, tables, q_out,
+                                              full_layer);
   LEANK_MODEL_CHECK_LAUNCH();
 }
 
 void SiluMul(const bf16* gate_up, int rows, int inter, bf16* out, cudaStream_t stream) {
   if (rows == 0) return;
-  SiluMulKernel<<<rows, 512, 0, stream>>>(gate_up, inter, out);
+  const int64_t total = int64_t(rows) * inter;
+  const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 132 * 16));
+  SiluMulKernel<<<blocks, 256, 0, stream>>>(gate_up, rows, inter, out);
   LEANK_MODEL_CHECK_LAUNCH();
 }
 

@@ -103,7 +103,7 @@ void ReadProbe(const char* data, size_t bytes, float* sink, cudaStream_t stream)
 
 // Small-batch GEMV (decode): same contract as Gemm below for rows <= kMaxGemvRows and
 // k % 8 == 0 (16-byte rows; x, w, y 16-byte aligned).
-constexpr int kMaxGemvRows = 8;
+constexpr int kMaxGemvRows = 16;
 bool GemvApplies(int rows, int k);
 void GemvF32(const bf16* x, const bf16* w, float* y, int rows, int n, int k, float beta,
              cudaStream_t stream);

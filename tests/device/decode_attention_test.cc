@@ -21,8 +21,19 @@ struct DecodeCase {
 constexpr double kTol = 1.5e-2;  // relative L2 error of bf16 outputs (P rounded to bf16)
 
 std::vector<int64_t> BoundaryLengths(int S, int W, int B, std::mt19937_64& rng) {
-  std::vector<int64_t> v = {1, 2, 17, S - 1, S, S + 1, S + W - 1, S + W, S + W + 1,
-                            S + W + B - 1, S + W + B, S + W + B + 1, S + W + 3 * B + 5};
+  std::vector<int64_t> v = {1,
+                            2,
+                            17,
+                            S - 1,
+                            S,
+                            S + 1,
+                            S + W - 1,
+                            S + W,
+                            S + W + 1,
+                            S + W + B - 1,
+                            S + W + B,
+                            S + W + B + 1,
+                            S + W + 3 * B + 5};
   for (int i = 0; i < 3; ++i) v.push_back(S + W + 1 + static_cast<int64_t>(rng() % 1500));
   v.erase(std::remove_if(v.begin(), v.end(), [](int64_t n) { return n < 1; }), v.end());
   return v;
@@ -39,7 +50,8 @@ Problem MakeProblem(const DecodeCase& c, std::mt19937_64& rng) {
   p.shape = AttentionShape{2, 4, 4 * c.group, c.head_dim, c.block_size, c.sink, c.recent};
   if (c.mode == MaskMode::kRandom) p.mask = RandomMask(p.shape, rng);
   if (c.mode == MaskMode::kAllOnes) p.mask = AllOnesMask(p.shape);
-  auto lengths = c.lengths.empty() ? BoundaryLengths(c.sink, c.recent, c.block_size, rng) : c.lengths;
+  auto lengths =
+      c.lengths.empty() ? BoundaryLengths(c.sink, c.recent, c.block_size, rng) : c.lengths;
   const int H = p.shape.num_kv_heads, D = c.head_dim;
   for (int64_t n : lengths) {
     SeqData sd;
@@ -64,8 +76,8 @@ TEST_P(DecodeTest, MatchesReference) {
   const int L = pb.shape.num_layers, Hq = pb.shape.num_q_heads, D = c.head_dim;
   std::vector<int64_t> middle;
   for (const auto& s : pb.seqs) middle.push_back(MiddleTokens(pb.shape, meta->dense(), s.n));
-  PagedPools pools = BuildPools(*meta, pb.mask, pb.seqs, middle,
-                                std::vector<int>(pb.seqs.size(), 0), rng);
+  PagedPools pools =
+      BuildPools(*meta, pb.mask, pb.seqs, middle, std::vector<int>(pb.seqs.size(), 0), rng);
   DeviceBuffer<__nv_bfloat16> d_full(pools.full.size()), d_pruned(pools.pruned.size());
   d_full.Upload(pools.full);
   d_pruned.Upload(pools.pruned);
@@ -82,7 +94,8 @@ TEST_P(DecodeTest, MatchesReference) {
   const float scale = 1.0f / std::sqrt(float(D));
   for (int layer = 0; layer < L; ++layer) {
     CUDA_OK(cudaMemset(d_out.ptr, 0xff, d_out.n * sizeof(__nv_bfloat16)));  // NaN poison
-    const __nv_bfloat16* full = d_full.ptr + size_t(layer) * pools.num_full * meta->full_block_elems();
+    const __nv_bfloat16* full =
+        d_full.ptr + size_t(layer) * pools.num_full * meta->full_block_elems();
     const __nv_bfloat16* pruned = d_pruned.ptr + meta->pruned_layer_base(layer, pools.num_pruned);
     attn.Run(layer, d_q.ptr, full, pruned, scale, d_out.ptr, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
@@ -103,9 +116,18 @@ std::vector<DecodeCase> Cases() {
     for (int b : {16, 32, 64}) {
       const int S = b == 64 ? 64 : 32, W = b == 64 ? 128 : 64;
       for (MaskMode m : {MaskMode::kDense, MaskMode::kRandom, MaskMode::kAllOnes}) {
-        const char* mn = m == MaskMode::kDense ? "dense" : m == MaskMode::kRandom ? "random" : "allones";
-        v.push_back({std::string(mn) + "_d" + std::to_string(d) + "_b" + std::to_string(b), d, b, 4,
-                     S, W, m, {}, 0});
+        const char* mn = m == MaskMode::kDense    ? "dense"
+                         : m == MaskMode::kRandom ? "random"
+                                                  : "allones";
+        v.push_back({std::string(mn) + "_d" + std::to_string(d) + "_b" + std::to_string(b),
+                     d,
+                     b,
+                     4,
+                     S,
+                     W,
+                     m,
+                     {},
+                     0});
       }
     }
   }
@@ -140,8 +162,8 @@ TEST(CompactTest, CompactsThenDecodes) {
         before.push_back(MiddleTokens(pb.shape, false, s.n - 1));
         ASSERT_EQ(MiddleTokens(pb.shape, false, s.n), before.back() + b);
       }
-      PagedPools pools = BuildPools(*meta, pb.mask, pb.seqs, before,
-                                    std::vector<int>(pb.seqs.size(), 1), rng);
+      PagedPools pools =
+          BuildPools(*meta, pb.mask, pb.seqs, before, std::vector<int>(pb.seqs.size(), 1), rng);
       DeviceBuffer<__nv_bfloat16> d_full(pools.full.size()), d_pruned(pools.pruned.size());
       d_full.Upload(pools.full);
       d_pruned.Upload(pools.pruned);
@@ -157,8 +179,9 @@ TEST(CompactTest, CompactsThenDecodes) {
       auto pruned = d_pruned.Download();
       for (size_t i = 0; i < pb.seqs.size(); ++i) {
         for (int l = 0; l < L; ++l) {
-          const __nv_bfloat16* blk = &pruned[meta->pruned_layer_base(l, pools.num_pruned) +
-                                             jobs[i].dst_pruned_block * meta->pruned_block_elems(l)];
+          const __nv_bfloat16* blk =
+              &pruned[meta->pruned_layer_base(l, pools.num_pruned) +
+                      jobs[i].dst_pruned_block * meta->pruned_block_elems(l)];
           for (int h = 0; h < H; ++h) {
             const int kept = meta->kept(l, h);
             for (int slot = 0; slot < b && kept > 0; ++slot) {
@@ -190,7 +213,8 @@ TEST(CompactTest, CompactsThenDecodes) {
       const float scale = 1.0f / std::sqrt(float(d));
       for (int layer = 0; layer < L; ++layer) {
         CUDA_OK(cudaMemset(d_out.ptr, 0xff, d_out.n * sizeof(__nv_bfloat16)));
-        attn.Run(layer, d_q.ptr, d_full.ptr + size_t(layer) * pools.num_full * meta->full_block_elems(),
+        attn.Run(layer, d_q.ptr,
+                 d_full.ptr + size_t(layer) * pools.num_full * meta->full_block_elems(),
                  d_pruned.ptr + meta->pruned_layer_base(layer, pools.num_pruned), scale, d_out.ptr,
                  nullptr);
         CUDA_OK(cudaDeviceSynchronize());

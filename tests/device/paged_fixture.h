@@ -37,9 +37,9 @@ inline bool HasGpu() {
 inline uint64_t TestSeed() {
   static uint64_t seed = [] {
     const char* env = std::getenv("LEANK_TEST_SEED");
-    uint64_t s = env ? std::strtoull(env, nullptr, 10)
-                     : static_cast<uint64_t>(
-                           std::chrono::steady_clock::now().time_since_epoch().count());
+    uint64_t s =
+        env ? std::strtoull(env, nullptr, 10)
+            : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
     std::printf("[ seed     ] LEANK_TEST_SEED=%llu\n", static_cast<unsigned long long>(s));
     return s;
   }();
@@ -63,11 +63,13 @@ struct DeviceBuffer {
   ~DeviceBuffer() { cudaFree(ptr); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   void Upload(const std::vector<T>& h) {
-    if (cudaMemcpy(ptr, h.data(), n * sizeof(T), cudaMemcpyHostToDevice) != cudaSuccess) std::abort();
+    if (cudaMemcpy(ptr, h.data(), n * sizeof(T), cudaMemcpyHostToDevice) != cudaSuccess)
+      std::abort();
   }
   std::vector<T> Download() const {
     std::vector<T> h(n);
-    if (cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost) != cudaSuccess) std::abort();
+    if (cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost) != cudaSuccess)
+      std::abort();
     return h;
   }
 };
@@ -75,7 +77,7 @@ struct DeviceBuffer {
 // kept_channels[layer][head]: random subsets with counts multiple of 16; head 0 keeps 0
 // channels and head 1 keeps all (when there are >= 2 heads) so both edge cases run.
 inline std::vector<std::vector<std::vector<int>>> RandomMask(const AttentionShape& s,
-                                                            std::mt19937_64& rng) {
+                                                             std::mt19937_64& rng) {
   std::vector<std::vector<std::vector<int>>> mask(s.num_layers);
   for (int l = 0; l < s.num_layers; ++l) {
     mask[l].resize(s.num_kv_heads);

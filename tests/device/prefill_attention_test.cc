@@ -48,8 +48,8 @@ TEST_P(PrefillTest, MatchesReference) {
     seqs.push_back(std::move(sd));
     storage_middle.push_back(MiddleTokens(shape, meta->dense(), ch.start));
   }
-  PagedPools pools = BuildPools(*meta, mask, seqs, storage_middle,
-                                std::vector<int>(seqs.size(), 0), rng);
+  PagedPools pools =
+      BuildPools(*meta, mask, seqs, storage_middle, std::vector<int>(seqs.size(), 0), rng);
   DeviceBuffer<__nv_bfloat16> d_full(pools.full.size()), d_pruned(pools.pruned.size());
   d_full.Upload(pools.full);
   d_pruned.Upload(pools.pruned);
@@ -84,7 +84,8 @@ TEST_P(PrefillTest, MatchesReference) {
                                << chunks[i].start + t;
       }
     }
-    std::printf("[ info     ] %s layer %d: worst relative error %.2e\n", c.name.c_str(), layer, worst);
+    std::printf("[ info     ] %s layer %d: worst relative error %.2e\n", c.name.c_str(), layer,
+                worst);
   }
 }
 
