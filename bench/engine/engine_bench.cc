@@ -271,12 +271,13 @@ struct Bench {
       const int copies = std::max<int>(2, static_cast<int>((size_t(1) << 30) / wbytes) + 1);
       km::bf16 *w = nullptr, *x = nullptr;
       float* y = nullptr;
-      if (cudaMalloc(&w, wbytes * copies) != cudaSuccess || cudaMalloc(&x, sh.k * 2 * 8) ||
-          cudaMalloc(&y, size_t(sh.n) * 4 * 8))
+      if (cudaMalloc(&w, wbytes * copies) != cudaSuccess || cudaMalloc(&x, sh.k * 2 * 16) ||
+          cudaMalloc(&y, size_t(sh.n) * 4 * 16))
         Die("gemv bench: cudaMalloc");
       km::FillRandomBf16(w, wbytes * copies / 2, 3, nullptr);
-      km::FillRandomBf16(x, sh.k * 8, 4, nullptr);
-      for (int variant = 0; variant < 2; ++variant) {
+      km::FillRandomBf16(x, sh.k * 16, 4, nullptr);
+      for (int variant = 0; variant < 4; ++variant) {
+        const int rows = variant < 2 ? 1 : 16;
         cudaEvent_t e0, e1;
         cudaEventCreate(&e0);
         cudaEventCreate(&e1);
@@ -284,10 +285,10 @@ struct Bench {
         for (int it = -5; it < iters; ++it) {
           if (it == 0) cudaEventRecord(e0);
           km::bf16* wi = w + size_t((it + 5) % copies) * sh.n * sh.k;
-          if (variant == 0) {
-            km::GemvF32(x, wi, y, 1, sh.n, sh.k, 0.0f, nullptr);
+          if (variant % 2 == 0) {
+            km::GemvF32(x, wi, y, rows, sh.n, sh.k, 0.0f, nullptr);
           } else {
-            gemm.RunF32(x, wi, y, 1, sh.n, sh.k, 0.0f, nullptr);
+            gemm.RunF32(x, wi, y, rows, sh.n, sh.k, 0.0f, nullptr);
           }
         }
         cudaEventRecord(e1);
@@ -295,15 +296,15 @@ struct Bench {
         float ms = 0;
         cudaEventElapsedTime(&ms, e0, e1);
         const double us = 1e3 * ms / iters, gbps = wbytes / (us * 1e-6) / 1e9;
-        json r = Record("gemv", variant == 0 ? "gemv" : "cublaslt", 1, 0);
+        json r = Record("gemv", variant % 2 == 0 ? "gemv" : "cublaslt", rows, 0);
         r["shape"] = sh.name;
         r["n"] = sh.n;
         r["k"] = sh.k;
         r["us"] = us;
         r["read_GBps"] = gbps;
         records.push_back(r);
-        std::printf("gemv     %-8s %-8s n %6d k %5d: %7.1f us, %6.0f GB/s (%.0f%% of read bw)\n",
-                    variant == 0 ? "gemv" : "cublaslt", sh.name, sh.n, sh.k, us, gbps,
+        std::printf("gemv     %-8s %-8s rows %2d n %6d k %5d: %7.1f us, %6.0f GB/s (%.0f%%)\n",
+                    variant % 2 == 0 ? "gemv" : "cublaslt", sh.name, rows, sh.n, sh.k, us, gbps,
                     100 * gbps * 1e9 / read_bw);
         cudaEventDestroy(e0);
         cudaEventDestroy(e1);

@@ -28,7 +28,7 @@ fi
 if [[ $mode == bench || $mode == all ]]; then
   echo "== leank-bench-engine"
   $B/run leank-bench-engine --model $model --mask tests/data/cache/llama3.1-8b-instruct.leank.safetensors \
-    --git-commit "$commit" --json "$OUT/engine.json" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
+    --git-commit "$commit" --scenarios gemv,batch1,capacity,prefill --json "$OUT/engine.json" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
 fi
 if [[ $mode == bench || $mode == all ]]; then
   echo "== variants (batch 1, 1K, dense): without CUDA graphs, without the GEMV kernel"
