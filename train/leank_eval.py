@@ -91,7 +91,14 @@ def main(argv=None) -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--root", default=".")
+    ap.add_argument("--server", action="append", default=[], metavar="[NAME=]HOST:PORT",
+                    help="evaluate through running leank-server(s) instead (train/eval_server.py);"
+                         " NAME (dense, leank-sNN) defaults to what GetModelInfo reports")
+    ap.add_argument("--server-bin", help="evaluate through leank-server: start one loopback "
+                    "server per method (dense + leank at each sparsity), one at a time")
     a = ap.parse_args(argv)
+    if a.server or a.server_bin:
+        return main_server(a)
     cfg = load_config(a.config, a.set)
     root = Path(a.root)
     dev = cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu")
@@ -196,6 +203,32 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out} in {results['elapsed_s']:.0f}s")
+
+
+def main_server(a) -> None:
+    """--server / --server-bin: the evaluation through the gRPC server, cross-checked against
+    PyTorch on the same samples (train/eval_server.py; config e.g. smollm2-eval-server.json)."""
+    from train import eval_server as es
+    cfg = load_config(a.config, a.set)
+    root = Path(a.root)
+    torch.set_num_threads(cfg.get("torch_threads", torch.get_num_threads()))
+    model = LlamaModel.load_hf(resolve(root, cfg["model"]), device=cfg.get("device", "cpu"),
+                               dtype=getattr(torch, cfg.get("dtype", "float32")))
+    servers = {}
+    for item in a.server:
+        name, _, target = item.rpartition("=")
+        if not name:
+            cl = es.ServerClient(target)
+            cl.wait_serving(60)
+            name = es.method_name(cl.info())
+            cl.close()
+        servers[name] = target
+    res = es.run(cfg, root, model, servers or None, a.server_bin,
+                 log=lambda m: print(m, flush=True))
+    out = resolve(root, cfg["out"])
+    es.write(res, out)
+    print(es.markdown(res))
+    print(f"wrote {out} in {res['elapsed_s']:.0f}s")
 
 
 if __name__ == "__main__":
