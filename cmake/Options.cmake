@@ -17,7 +17,9 @@ if(LEANK_CUDA)
     set(CMAKE_CUDA_ARCHITECTURES 90a CACHE STRING "CUDA architectures" FORCE)
   endif()
   enable_language(CUDA)
-  set(CMAKE_CUDA_STANDARD 20)
+  # CMake 3.25 knows no C++20 flag for nvcc, so .cu files are C++17 (they include only
+  # kernel-internal headers; the public C++20 headers are compiled by the host compiler).
+  set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 endif()
 
