@@ -161,15 +161,21 @@ class CudaBackend final : public Backend {
     }
     graphs_.clear();
   }
+  // The GEMV kernel beats cuBLASLt at 1 row (lm head 101% vs 90% of the read bandwidth on
+  // H100) but loses at 16 rows (37-58% vs 64-89%): bench/results/engine-*.json, "gemv".
+  static constexpr int kGemvMaxRows = 2;
+  bool UseGemv(int rows, int k) const {
+    return options_.small_batch_gemv && rows <= kGemvMaxRows && km::GemvApplies(rows, k);
+  }
   void MatMulF32(const bf16* x, const bf16* w, float* y, int rows, int n, int k, float beta) {
-    if (options_.small_batch_gemv && km::GemvApplies(rows, k)) {
+    if (UseGemv(rows, k)) {
       km::GemvF32(x, w, y, rows, n, k, beta, stream_);
     } else {
       gemm_.RunF32(x, w, y, rows, n, k, beta, stream_);
     }
   }
   void MatMulBf16(const bf16* x, const bf16* w, bf16* y, int rows, int n, int k) {
-    if (options_.small_batch_gemv && km::GemvApplies(rows, k)) {
+    if (UseGemv(rows, k)) {
       km::GemvBf16(x, w, y, rows, n, k, stream_);
     } else {
       gemm_.RunBf16(x, w, y, rows, n, k, stream_);

@@ -32,7 +32,7 @@ struct CudaBackendOptions {
   // batch size (the attention kernels' work lists change every step, so they are
   // launched directly between the graphs).
   bool cuda_graphs = true;
-  // GEMMs of at most 16 rows through the small-batch GEMV kernel instead of cuBLASLt.
+  // GEMMs of 1-2 rows through the small-batch GEMV kernel instead of cuBLASLt.
   bool small_batch_gemv = true;
 };
 
