@@ -25,7 +25,7 @@ int Fail(int code, std::string_view what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Generate text with the leank engine (CPU reference backend)."};
+  CLI::App app{"Generate text with the leank engine."};
   leank::EngineOptions eo;
   std::string model, masks, prompt, chat, system, log_level = "warn";
   leank::GenerationParams gp;
@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   app.add_option("--masks", masks, "LeanK mask file (masks.safetensors); none = dense");
   app.add_option("--sink", sink, "Sink tokens kept full (default: the mask's metadata)");
   app.add_option("--recent", recent, "Recent tokens kept full (default: the mask's metadata)");
+  app.add_option("--backend", eo.backend, "cpu | cuda")->capture_default_str();
   app.add_option("--block-size", eo.block_size, "KV block size in tokens")->capture_default_str();
   app.add_option("--kv-cache-memory", eo.kv_cache_bytes, "KV cache budget in bytes (0: 1 GiB)");
   app.add_option("--threads", eo.num_threads, "CPU threads (0: all cores)");
