@@ -48,6 +48,9 @@ const FlagSpec kFlagTable[] = {
      "Tokens per engine step (prefill chunks + decodes)"},
     {"max-waiting", "LEANK_MAX_WAITING", &ServerConfig::max_waiting, false,
      "Queued requests at most; beyond it RESOURCE_EXHAUSTED"},
+    {"admission", "LEANK_ADMISSION", &ServerConfig::admission, false,
+     "reserve: admit only when running requests fit at prompt + max_tokens (no preemption); "
+     "optimistic: admit when the next chunk fits, preempt by recompute when blocks run out"},
     {"num-threads", "LEANK_NUM_THREADS", &ServerConfig::num_threads, false,
      "CPU backend threads; 0: all cores"},
     {"host", "LEANK_HOST", &ServerConfig::host, false, "Address to listen on"},
@@ -111,6 +114,7 @@ EngineOptions ServerConfig::ToEngineOptions() const {
   o.max_num_seqs = max_num_seqs;
   o.max_batched_tokens = max_batched_tokens;
   o.max_waiting = max_waiting;
+  o.admission = admission;
   o.num_threads = num_threads;
   return o;
 }
@@ -189,6 +193,9 @@ absl::Status CheckConfig(const ServerConfig& c) {
   if (c.max_num_seqs <= 0) return bad("max-num-seqs", "must be > 0");
   if (c.max_batched_tokens <= 0) return bad("max-batched-tokens", "must be > 0");
   if (c.max_waiting <= 0) return bad("max-waiting", "must be > 0");
+  if (c.admission != "reserve" && c.admission != "optimistic") {
+    return bad("admission", "must be 'reserve' or 'optimistic', got '" + c.admission + "'");
+  }
   if (c.max_model_len < 0) return bad("max-model-len", "must be >= 0");
   if (c.sink < -1) return bad("sink", "must be >= 0 (or -1 for the mask's)");
   if (c.recent < -1) return bad("recent", "must be >= 0 (or -1 for the mask's)");

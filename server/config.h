@@ -28,6 +28,7 @@ struct ServerConfig {
   int max_num_seqs = 64;
   int max_batched_tokens = 512;
   int max_waiting = 1024;  // queued requests beyond this: RESOURCE_EXHAUSTED
+  std::string admission = "reserve";  // reserve | optimistic (engine/core/scheduler.h)
   int num_threads = 0;     // CPU backend threads; 0: all cores
   // Network.
   std::string host = "0.0.0.0";

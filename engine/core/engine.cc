@@ -185,8 +185,14 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache budget of ", budget,
                                                    " bytes holds no useful sequence"));
   }
-  scheduler_ = std::make_unique<Scheduler>(
-      SchedulerOptions{options.max_num_seqs, options.max_batched_tokens}, cache_.get());
+  SchedulerOptions so{options.max_num_seqs, options.max_batched_tokens};
+  if (options.admission == "optimistic") {
+    so.admission = SchedulerOptions::Admission::kOptimistic;
+  } else if (options.admission != "reserve") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "admission must be 'reserve' or 'optimistic', got '", options.admission, "'"));
+  }
+  scheduler_ = std::make_unique<Scheduler>(so, cache_.get());
 
   info_.model = cfg.name;
   info_.architecture = cfg.architecture;
@@ -280,6 +286,7 @@ absl::Status EngineImpl::AddRequest(RequestId id, std::vector<int32_t> prompt,
   const uint64_t seed = params.sampling.has_seed ? params.sampling.seed : seed_source_();
   auto r = std::make_unique<EngineRequest>(id, *tokenizer_, std::move(params), seed);
   r->prompt_len = static_cast<int>(prompt.size());
+  r->seq.max_total_tokens = static_cast<int64_t>(prompt.size()) + r->params.max_tokens;
   r->seq.tokens = std::move(prompt);
   r->seq.arrival = next_arrival_++;
   r->arrival = Clock::now();

@@ -33,6 +33,10 @@ struct EngineOptions {
   int max_num_seqs = 64;             // running sequences at most
   int max_batched_tokens = 512;      // tokens per step (prefill chunks + decodes)
   int max_waiting = 1024;            // queue bound: AddRequest -> ResourceExhausted beyond it
+  // "reserve": admit only when every running request fits at prompt + max_tokens (no
+  // preemption for requests that run to max_tokens); "optimistic": admit when the next
+  // chunk fits, preempt by recompute when blocks run out (scheduler.h).
+  std::string admission = "reserve";
   int num_threads = 0;               // CPU backend threads; 0: hardware concurrency
 };
 

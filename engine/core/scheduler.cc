@@ -12,11 +12,50 @@ void Scheduler::AddWaiting(SchedSeq* seq) { waiting_.push_back(seq); }
 void Scheduler::Remove(SchedSeq* seq) {
   std::erase(running_, seq);
   std::erase(waiting_, seq);
+  Unreserve(seq);
   cache_->Free(seq->id);
+}
+
+cache::BlockDemand Scheduler::FinalBlocks(const SchedSeq* seq) const {
+  const cache::CacheLayout& layout = cache_->layout();
+  const int64_t b = layout.block_size();
+  const int64_t n = std::max<int64_t>(seq->max_total_tokens, seq->tokens.size());
+  const int64_t middle = layout.MiddleTokens(n);
+  return {(n - middle + b - 1) / b, middle / b};
+}
+
+bool Scheduler::FitsReservation(const SchedSeq* seq) const {
+  const cache::BlockDemand need = FinalBlocks(seq);
+  const cache::PoolSizes& pool = cache_->sizes();
+  // With a mask, full blocks also hold a step's prefill tokens until compaction: keep
+  // that headroom (at most a quarter of the full blocks; chunks shrink to fit anyway).
+  const int64_t b = cache_->layout().block_size();
+  const int64_t headroom =
+      cache_->layout().dense()
+          ? 0
+          : std::min<int64_t>((options_.max_batched_tokens + b - 1) / b + 1, pool.num_full_blocks / 4);
+  return reserved_.full + need.full <= pool.num_full_blocks - headroom &&
+         reserved_.pruned + need.pruned <= pool.num_pruned_blocks;
+}
+
+void Scheduler::Reserve(SchedSeq* seq) {
+  if (options_.admission != SchedulerOptions::Admission::kReserve || seq->reserved) return;
+  seq->reservation = FinalBlocks(seq);
+  reserved_.full += seq->reservation.full;
+  reserved_.pruned += seq->reservation.pruned;
+  seq->reserved = true;
+}
+
+void Scheduler::Unreserve(SchedSeq* seq) {
+  if (!seq->reserved) return;
+  reserved_.full -= seq->reservation.full;
+  reserved_.pruned -= seq->reservation.pruned;
+  seq->reserved = false;
 }
 
 void Scheduler::Preempt(SchedSeq* seq) {
   std::erase(running_, seq);
+  Unreserve(seq);
   cache_->Release(seq->id);  // not part of this step: its blocks can serve others now
   seq->num_cached = 0;
   ++seq->num_preemptions;
@@ -69,6 +108,7 @@ Schedule Scheduler::Step() {
       if (running_.size() == 1 && out.seqs.empty()) {
         // Alone with the whole pool and still no room: it can never run.
         std::erase(running_, seq);
+        Unreserve(seq);
         cache_->Release(seq->id);
         out.unschedulable.push_back(seq);
       } else {
@@ -89,6 +129,14 @@ Schedule Scheduler::Step() {
     while (!waiting_.empty() && budget > 0 &&
            static_cast<int>(running_.size()) < options_.max_num_seqs) {
       SchedSeq* seq = waiting_.front();
+      if (options_.admission == SchedulerOptions::Admission::kReserve && !FitsReservation(seq)) {
+        if (running_.empty() && out.seqs.empty()) {
+          waiting_.pop_front();  // larger than the whole pool at its final length
+          out.unschedulable.push_back(seq);
+          continue;
+        }
+        break;  // FCFS: wait for running sequences to finish
+      }
       int64_t chunk = std::min(seq->remaining(), budget);
       if (chunk > 1 && !cache_->CanAppend(seq->id, chunk)) chunk = LargestFittingChunk(seq, chunk);
       if (!cache_->CanAppend(seq->id, chunk)) {
@@ -104,6 +152,7 @@ Schedule Scheduler::Step() {
       if (!plan.ok()) break;
       waiting_.pop_front();
       running_.push_back(seq);
+      Reserve(seq);
       out.seqs.push_back({seq, *std::move(plan), seq->num_cached + chunk == (int64_t)seq->tokens.size()});
       budget -= chunk;
     }

@@ -20,6 +20,13 @@ namespace leank {
 struct SchedulerOptions {
   int max_num_seqs = 64;
   int max_batched_tokens = 512;
+  // Admission. kReserve admits a sequence only when the blocks of every running
+  // sequence at its final length (prompt + max_tokens) fit with it, so requests that
+  // run to max_tokens are never preempted (what TGI does). kOptimistic admits whenever
+  // the next chunk fits (vLLM's default) and preempts by recompute when blocks run
+  // out: more sequences at once, but long prompts can thrash under pressure.
+  enum class Admission { kReserve, kOptimistic };
+  Admission admission = Admission::kReserve;
 };
 
 // What the scheduler needs to know of a sequence. The engine owns it.
@@ -28,7 +35,10 @@ struct SchedSeq {
   std::vector<int32_t> tokens;  // prompt + generated so far
   int64_t num_cached = 0;       // tokens whose K/V are in the cache
   int64_t arrival = 0;          // FCFS order (smaller = older)
+  int64_t max_total_tokens = 0; // prompt + max_tokens: what kReserve admission reserves
   int num_preemptions = 0;
+  bool reserved = false;        // `reservation` is counted in the scheduler's total
+  cache::BlockDemand reservation;  // its blocks at its final length (kReserve)
 
   int64_t remaining() const { return static_cast<int64_t>(tokens.size()) - num_cached; }
 };
@@ -64,12 +74,19 @@ class Scheduler {
   void Preempt(SchedSeq* seq);
   // The largest n <= chunk with CanAppend(seq, n), or 1.
   int64_t LargestFittingChunk(const SchedSeq* seq, int64_t chunk) const;
+  // kReserve: blocks of a sequence at its final length; whether it fits beside the
+  // reservations of the running ones; and the bookkeeping.
+  cache::BlockDemand FinalBlocks(const SchedSeq* seq) const;
+  bool FitsReservation(const SchedSeq* seq) const;
+  void Reserve(SchedSeq* seq);
+  void Unreserve(SchedSeq* seq);
 
   SchedulerOptions options_;
   cache::KvCacheManager* cache_;
   std::vector<SchedSeq*> running_;  // oldest first
   std::deque<SchedSeq*> waiting_;
   int64_t num_preemptions_ = 0;
+  cache::BlockDemand reserved_;  // sum of FinalBlocks over reserved running sequences
 };
 
 }  // namespace leank

@@ -47,7 +47,7 @@ Flavor MakeFlavor(const std::string& name) {
   if (name == "fake") {
     // KV: 10 blocks of 16 tokens (the fake counts 1 KiB per token).
     return {"fake", LEANK_FAKE_SERVER_BIN,        {"--model=fake"}, 24,
-            1500,   {"--kv-cache-memory=163840"}, seconds(30)};
+            1500,   {"--kv-cache-memory=163840", "--admission=optimistic"}, seconds(30)};
   }
   if (name == "smollm2_leank") {
     // LeanK layout: a random 50% K mask, sink 16 + recent 16, so generations of 40+
@@ -60,7 +60,7 @@ Flavor MakeFlavor(const std::string& name) {
              "--sink=16", "--recent=16", "--max-batched-tokens=32"},
             40,
             96,
-            {"--kv-cache-memory=8000000", "--target-context=128"},
+            {"--kv-cache-memory=8000000", "--target-context=128", "--admission=optimistic"},
             seconds(300)};
   }
   // SmolLM2-135M, fp32 KV: 30 layers x 3 kv heads x 64 x 2 x 4 B = 46080 B per token.
@@ -70,7 +70,7 @@ Flavor MakeFlavor(const std::string& name) {
           {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2", "--max-model-len=512"},
           8,
           96,
-          {"--kv-cache-memory=" + std::to_string(6 * 16 * 46080)},
+          {"--kv-cache-memory=" + std::to_string(6 * 16 * 46080), "--admission=optimistic"},
           seconds(300)};
 }
 

@@ -93,7 +93,7 @@ TEST_F(SchedulerTest, DecodesFirstThenFcfsAdmissionUnderTheSequenceCap) {
 }
 
 TEST_F(SchedulerTest, PreemptsTheNewestWhenBlocksRunOutAndRecomputesLater) {
-  Make(4, {8, 256});  // 64 tokens in all
+  Make(4, SchedulerOptions{8, 256, SchedulerOptions::Admission::kOptimistic});  // 64 tokens in all
   SchedSeq* a = NewSeq(32);
   SchedSeq* b = NewSeq(32);
   Apply(sched_->Step());  // both prefilled: 2 blocks each, pool full
@@ -117,7 +117,7 @@ TEST_F(SchedulerTest, PreemptsTheNewestWhenBlocksRunOutAndRecomputesLater) {
 }
 
 TEST_F(SchedulerTest, ARequestLargerThanThePoolIsUnschedulable) {
-  Make(2, {8, 256});
+  Make(2, SchedulerOptions{8, 256, SchedulerOptions::Admission::kOptimistic});
   SchedSeq* big = NewSeq(40);
   // Its first chunk shrinks to the 32 tokens that fit; the rest never can.
   Schedule s = sched_->Step();
@@ -132,15 +132,49 @@ TEST_F(SchedulerTest, ARequestLargerThanThePoolIsUnschedulable) {
   EXPECT_EQ(cache_->free_full_blocks(), 2);
 }
 
-// Random workload: the invariants hold at every step and everything finishes.
-TEST_F(SchedulerTest, RandomWorkloadFinishesWithEveryBlockFree) {
-  Make(24, {6, 48});
+TEST_F(SchedulerTest, ReserveAdmissionRefusesAtOnceWhatCanNeverFit) {
+  Make(2, {8, 256});
+  SchedSeq* big = NewSeq(20);
+  big->max_total_tokens = 40;  // 3 blocks at its final length, the pool has 2
+  Schedule s = sched_->Step();
+  ASSERT_EQ(s.unschedulable.size(), 1u);
+  EXPECT_EQ(s.unschedulable[0], big);
+  EXPECT_TRUE(s.seqs.empty());
+}
+
+TEST_F(SchedulerTest, ReserveAdmissionWaitsInsteadOfOvercommitting) {
+  Make(4, {8, 256});  // 64 tokens
+  SchedSeq* a = NewSeq(16);
+  a->max_total_tokens = 40;  // 3 blocks reserved
+  SchedSeq* b = NewSeq(16);
+  b->max_total_tokens = 32;  // 2 more would make 5 > 4: b waits although its prompt fits now
+  Schedule s = sched_->Step();
+  ASSERT_EQ(s.seqs.size(), 1u);
+  EXPECT_EQ(s.seqs[0].seq, a);
+  EXPECT_EQ(sched_->num_waiting(), 1);
+  Apply(s);
+  sched_->Remove(a);
+  cache_->EndStep();
+  s = sched_->Step();
+  ASSERT_EQ(s.seqs.size(), 1u);
+  EXPECT_EQ(s.seqs[0].seq, b);
+}
+
+// Random workload: the invariants hold at every step and everything finishes. With
+// optimistic admission the small pool forces preemptions; with reserve admission and
+// known final lengths there are none.
+class SchedulerWorkloadTest : public SchedulerTest,
+                              public ::testing::WithParamInterface<SchedulerOptions::Admission> {};
+
+TEST_P(SchedulerWorkloadTest, RandomWorkloadFinishesWithEveryBlockFree) {
+  Make(24, {6, 48, GetParam()});
   std::mt19937 rng(1234);
   std::vector<int> target(200);
   int finished = 0;
   for (int i = 0; i < 40; ++i) {
     SchedSeq* s = NewSeq(1 + rng() % 60);
     target[s->id] = static_cast<int>(s->tokens.size()) + 1 + rng() % 40;
+    s->max_total_tokens = target[s->id];
   }
   for (int step = 0; step < 20000 && finished < 40; ++step) {
     Schedule s = sched_->Step();
@@ -159,8 +193,16 @@ TEST_F(SchedulerTest, RandomWorkloadFinishesWithEveryBlockFree) {
   }
   EXPECT_EQ(finished, 40);
   EXPECT_EQ(cache_->free_full_blocks(), 24);
-  EXPECT_GT(sched_->num_preemptions(), 0);  // the pool is small enough to force some
+  if (GetParam() == SchedulerOptions::Admission::kOptimistic) {
+    EXPECT_GT(sched_->num_preemptions(), 0);  // the pool is small enough to force some
+  } else {
+    EXPECT_EQ(sched_->num_preemptions(), 0);
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Admission, SchedulerWorkloadTest,
+                         ::testing::Values(SchedulerOptions::Admission::kOptimistic,
+                                           SchedulerOptions::Admission::kReserve));
 
 }  // namespace
 }  // namespace leank

@@ -76,6 +76,11 @@ TEST(CheckConfig, NamesTheBadFlag) {
   c.backend = "tpu";
   EXPECT_NE(CheckConfig(c).message().find("--backend"), absl::string_view::npos);
   c.backend = "cpu";
+  c.admission = "greedy";
+  EXPECT_NE(CheckConfig(c).message().find("--admission"), absl::string_view::npos);
+  c.admission = "optimistic";
+  EXPECT_TRUE(CheckConfig(c).ok());
+  EXPECT_EQ(c.ToEngineOptions().admission, "optimistic");
   c.model.clear();
   EXPECT_NE(CheckConfig(c).message().find("--model"), absl::string_view::npos);
 }
