@@ -255,14 +255,17 @@ def select_samples(cfg: dict, root: Path) -> List[dict]:
 
 
 def run(cfg: dict, root: Path, model: LlamaModel, servers: Optional[Dict[str, str]] = None,
-        server_bin: Optional[str] = None, log=print) -> dict:
+        server_bin: Optional[str] = None, log=print, keep_outputs: bool = False) -> dict:
     """Evaluates cfg's methods through servers (given targets, or spawned from server_bin one
-    at a time) and PyTorch on the same samples; returns the result dict (see module doc)."""
+    at a time) and PyTorch on the same samples; returns the result dict (see module doc).
+    cfg["methods"] (optional) restricts the methods; keep_outputs keeps the raw server outputs
+    (tokens, top-20 logprobs) in res["server_outputs"]."""
     mid = cfg["middle"]
     S, W, B = mid["sink"], mid["recent"], mid["block"]
     samples = select_samples(cfg, root)
     torch_side = TorchSide(model, S, W, B)
     names = ["dense"] + [f"leank-{sparsity_tag(s)}" for s in cfg["sparsities"]]
+    names = [n for n in names if n in cfg.get("methods", names)]
     if servers:
         names = [n for n in names if n in servers] + [n for n in servers if n not in names]
     t_start = time.time()
@@ -317,6 +320,8 @@ def run(cfg: dict, root: Path, model: LlamaModel, servers: Optional[Dict[str, st
             if name == "dense":
                 lp_dense[s["id"]] = lps[0]
         log(f"{name}: pytorch done ({time.time() - t_start:.0f}s)")
+    if keep_outputs:
+        res["server_outputs"] = srv_out
     res["summary"] = summarise(res, samples)
     res["elapsed_s"] = time.time() - t_start
     return res

@@ -22,8 +22,8 @@ def test_bucket_kl_is_exact_with_full_lists_and_a_lower_bound_otherwise():
     g = torch.Generator().manual_seed(5)
     for trial in range(20):
         v = 50
-        p = torch.log_softmax(torch.randn(v, generator=g) * 2, -1)
-        q = torch.log_softmax(p + 0.5 * torch.randn(v, generator=g), -1)
+        p = torch.log_softmax(torch.randn(v, generator=g, dtype=torch.float64) * 2, -1)
+        q = torch.log_softmax(p + 0.5 * torch.randn(v, generator=g, dtype=torch.float64), -1)
         full = float((p.exp() * (p - q)).sum())
         assert es.bucket_kl(es.top_list(p, v), es.top_list(q, v)) == pytest.approx(full, rel=1e-4,
                                                                                   abs=1e-6)
@@ -80,37 +80,52 @@ def _server_bin():
 
 MODEL = Path(os.environ.get("LEANK_E2E_MODEL", ROOT / ".cache/models/smollm2-135m-instruct"))
 MASK = ROOT / "train/masks/smollm2-135m-instruct/masks-s70.safetensors"
+# ~14 s on torch 2.x; ~150 s on Debian's torch 1.13 (its CPU matmuls are ~15x slower here), so
+# there (train/run_tests.sh's default interpreter) it runs only when asked for.
+LIVE = os.environ.get("LEANK_LIVE_SERVER_TEST",
+                      "1" if int(torch.__version__.split(".")[0]) >= 2 else "0") == "1"
 
 
+@pytest.mark.skipif(not LIVE, reason="slow on torch < 2: set LEANK_LIVE_SERVER_TEST=1")
 @pytest.mark.skipif(_server_bin() is None or not (MODEL / "model.safetensors").exists()
                     or importlib.util.find_spec("grpc") is None or shutil.which("protoc") is None
                     or not MASK.exists(),
                     reason="needs a built leank-server, the SmolLM2 model, grpcio and protoc")
 def test_live_server_agrees_with_pytorch(tmp_path):
-    """2 needle samples (384 tokens, sink 64 / recent 128: 192 middle tokens pruned), dense and
-    LeanK 70%: the server's greedy tokens are PyTorch's, its top-20 logprobs match PyTorch's
-    to 1e-3, and the masked server really differs from the dense one."""
+    """2 needle samples (384 tokens, sink 64 / recent 128: 192 middle tokens pruned) through a
+    LeanK 70% server: its greedy tokens are PyTorch's, its top-20 logprobs match PyTorch's with
+    the same mask to 1e-3, and they are measurably off PyTorch's dense ones (the server really
+    prunes)."""
     from train.model import LlamaModel
     torch.set_num_threads(2)
     cfg = {"model": str(MODEL), "middle": {"sink": 64, "recent": 128, "block": 16},
-           "sparsities": [0.7], "leank_masks": str(MASK).replace("s70", "{tag}"),
+           "sparsities": [0.7], "methods": ["leank-s70"],
+           "leank_masks": str(MASK).replace("s70", "{tag}"),
            "cells": [{"file": str(DATA / "smollm2-needles-384.npz.xz"),
                       "tasks": ["number", "multikey"], "n": 1}],
            "server_threads": 2, "kv_cache_memory": "64MiB", "out": str(tmp_path / "e.json")}
     model = LlamaModel.load_hf(MODEL)
-    res = es.run(cfg, ROOT, model, server_bin=_server_bin(), log=lambda m: None)
-    assert res["servers"]["leank-s70"]["masked"] and res["servers"]["leank-s70"]["sink"] == 64
-    for name in ("dense", "leank-s70"):
-        a = res["summary"][name]["agreement"]
-        assert a["samples"] == 2
-        # A near-tie (margin < 1e-3 on either side) may legitimately flip greedy between two
-        # f32 implementations; anything else is a semantic mismatch.
-        for d in a["first_diffs"]:
-            assert min(d["server_margin"], d["torch_margin"]) < 1e-3, d
-        assert a["lp_max_abs_diff"] < 1e-3, a
-        for r in res["per_sample"][name].values():
-            if r["greedy_equal"]:
-                assert r["server_correct"] == r["torch_correct"]
-    fid = res["summary"]["leank-s70"]["fidelity"]
-    assert fid["torch_kl"] > 1e-6  # the mask changes the model: pruning really happens
-    assert fid["srv_bucket_kl"] == pytest.approx(fid["torch_bucket_kl"], rel=0.05, abs=1e-5)
+    res = es.run(cfg, ROOT, model, server_bin=_server_bin(), log=lambda m: None,
+                 keep_outputs=True)
+    info = res["servers"]["leank-s70"]
+    assert info["masked"] and (info["sink"], info["recent"]) == (64, 128)
+    a = res["summary"]["leank-s70"]["agreement"]
+    assert a["samples"] == 2
+    # A near-tie (margin < 1e-3 on either side) may legitimately flip greedy between two f32
+    # implementations; anything else is a semantic mismatch.
+    for d in a["first_diffs"]:
+        assert min(d["server_margin"], d["torch_margin"]) < 1e-3, d
+    assert a["lp_max_abs_diff"] < 1e-3, a
+    for r in res["per_sample"]["leank-s70"].values():
+        if r["greedy_equal"]:
+            assert r["server_correct"] == r["torch_correct"]
+    # against PyTorch dense on the same context: the bucket KL is far above the same-mask one
+    ts = es.TorchSide(model, 64, 128, 16)
+    kl_dense, n = 0.0, 0
+    for s in es.select_samples(cfg, ROOT):
+        g = res["server_outputs"]["leank-s70"][s["id"]]
+        (lp,) = ts.answer_logprobs(s["prompt"], [g["tokens"]], None)
+        for t, top in enumerate(g["top"]):
+            kl_dense += es.bucket_kl(top, es.top_list(lp[t]))
+            n += 1
+    assert kl_dense / n > 1e-5 > 100 * a["lp_bucket_kl_mean"], (kl_dense / n, a)
