@@ -209,9 +209,7 @@ class CudaBackend final : public Backend {
   // Fast kernels (head_dim 64/128), absent when the shape has no instantiation.
   std::optional<kernels::DeviceMeta> meta_;
   std::unique_ptr<kernels::DecodeAttention> decode_;
-#ifdef LEANK_HAVE_PREFILL_KERNEL
   std::unique_ptr<kernels::PrefillAttention> prefill_;
-#endif
   km::Gemm gemm_;
 
   // Activations for `rows_cap_` rows and `logit_cap_` logit rows.
@@ -303,9 +301,7 @@ absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weight
       }
       meta_.emplace(*std::move(meta));
       decode_ = std::make_unique<kernels::DecodeAttention>(*meta_);
-#ifdef LEANK_HAVE_PREFILL_KERNEL
       prefill_ = std::make_unique<kernels::PrefillAttention>(*meta_);
-#endif
     }
   }
   if (auto s = EnsureRows(options_.max_batched_tokens, options_.max_num_seqs); !s.ok()) return s;
@@ -465,7 +461,6 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   }
 
   bool prefill_fast = false;
-#ifdef LEANK_HAVE_PREFILL_KERNEL
   if (prefill_ && num_decode < nseq) {
     std::vector<kernels::PrefillSeq> pseqs;
     for (int k = num_decode; k < nseq; ++k) {
@@ -477,7 +472,6 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     }
     prefill_fast = true;
   }
-#endif
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -514,10 +508,8 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     }
     if (num_decode == rows) return;
     if (prefill_fast) {
-#ifdef LEANK_HAVE_PREFILL_KERNEL
       prefill_->Run(l, q_.as<bf16>() + num_decode * q_row, FullLayer(l), PrunedLayer(l), scale,
                     attn_.as<bf16>() + num_decode * q_row, stream_);
-#endif
     } else {
       km::GenericAttention(q_.as<bf16>(), num_decode, rows - num_decode, c.num_heads, l, meta_view_,
                            tables, FullLayer(l), PrunedLayer(l), PrunedBlockElems(l), scale,
