@@ -51,7 +51,8 @@ if [[ ${PHASES:-12} == *2* ]]; then
   echo "== 2. serving: random Llama-3.1-8B shape, 16K in / 256 out"
   L=/tmp/llama8b
   [[ -f $L/config.json ]] || PYTHONUNBUFFERED=1 python3 tools/make_random_llama.py --out $L --seed 0 | tail -1
-  cp /tmp/smollm2/tokenizer.json /tmp/smollm2/tokenizer_config.json $L/ 2>/dev/null || true
+  T=${TOKENIZER_DIR:-/tmp/smollm2}  # the random model borrows SmolLM2's tokenizer
+  cp $T/tokenizer.json $T/tokenizer_config.json $L/
   for impl in dense leank; do
     args=(--model $L --backend cuda --kv-cache-memory 40GiB --max-num-seqs 64 --max-batched-tokens 8192
           --max-model-len 17000)
@@ -69,3 +70,5 @@ if [[ ${PHASES:-12} == *2* ]]; then
   done
 fi
 echo "commit $commit"
+# The device tool brings back at most 8 files: pack the serving results into one.
+(cd "$OUT" && ls serving-*.json serve-*.log serving.txt >/dev/null 2>&1 && tar czf serving.tgz serving-*.json serving.txt serve-*.log && rm -f serving-*.json serve-*.log) || true
