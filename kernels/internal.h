@@ -7,18 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 
-namespace leank::kernels::detail {
+#include "kernels/cuda_check.h"
 
-// Aborts on a broken invariant (CUDA errors included): these are programming errors.
-#define LEANK_CUDA_CHECK(expr)                                                 \
-  do {                                                                         \
-    cudaError_t _e = (expr);                                                   \
-    if (_e != cudaSuccess) {                                                   \
-      std::fprintf(stderr, "%s:%d: CUDA error %s in %s\n", __FILE__, __LINE__, \
-                   cudaGetErrorString(_e), #expr);                             \
-      std::abort();                                                            \
-    }                                                                          \
-  } while (0)
+namespace leank::kernels::detail {
 
 constexpr int kRegionFull = 0;    // sink + recent tokens, full K/V blocks
 constexpr int kRegionPruned = 1;  // middle tokens, pruned blocks

@@ -116,7 +116,7 @@ class CudaBackend final : public Backend {
   void FillRandom(uint64_t seed) {
     km::FillRandomBf16(kv_full_.as<bf16>(), kv_full_.bytes() / 2, seed, stream_);
     km::FillRandomBf16(kv_pruned_.as<bf16>(), kv_pruned_.bytes() / 2, seed + 1, stream_);
-    LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
   std::string name() const override { return "cuda"; }
@@ -137,19 +137,19 @@ class CudaBackend final : public Backend {
     }
     while (events_.size() < 2 * (marks_.size() + 1)) {
       cudaEvent_t e;
-      LEANK_CUDA_OK(cudaEventCreate(&e));
+      LEANK_CUDA_CHECK(cudaEventCreate(&e));
       events_.push_back(e);
     }
     cudaEvent_t e0 = events_[2 * marks_.size()], e1 = events_[2 * marks_.size() + 1];
-    LEANK_CUDA_OK(cudaEventRecord(e0, stream_));
+    LEANK_CUDA_CHECK(cudaEventRecord(e0, stream_));
     f();
-    LEANK_CUDA_OK(cudaEventRecord(e1, stream_));
+    LEANK_CUDA_CHECK(cudaEventRecord(e1, stream_));
     marks_.push_back(kind);
   }
   void CollectProfile(bool count) {  // count: a decode-only step (prefill steps skipped)
     for (size_t i = 0; i < marks_.size() && count; ++i) {
       float ms = 0;
-      LEANK_CUDA_OK(cudaEventElapsedTime(&ms, events_[2 * i], events_[2 * i + 1]));
+      LEANK_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[2 * i], events_[2 * i + 1]));
       profile_ms_[marks_[i]] += ms;
     }
     marks_.clear();
@@ -230,12 +230,12 @@ class CudaBackend final : public Backend {
 
 absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weights) {
   const ModelConfig& c = config_;
-  LEANK_CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  LEANK_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   weights_ = std::move(weights);
 
   std::vector<float> inv_freq = cpu::Rope(c).inv_freq();
   if (auto s = inv_freq_.Allocate(inv_freq.size() * 4, "rope table"); !s.ok()) return s;
-  LEANK_CUDA_OK(cudaMemcpy(inv_freq_.as<float>(), inv_freq.data(), inv_freq.size() * 4,
+  LEANK_CUDA_CHECK(cudaMemcpy(inv_freq_.as<float>(), inv_freq.data(), inv_freq.size() * 4,
                            cudaMemcpyHostToDevice));
 
   // KV pools. Poisoned with NaN bits in debug spirit? No: zeros are never read (every
@@ -266,9 +266,9 @@ absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weight
   }
   if (auto s = meta_buf_.Allocate(ints.size() * 4 + chans.size(), "cache metadata"); !s.ok())
     return s;
-  LEANK_CUDA_OK(
+  LEANK_CUDA_CHECK(
       cudaMemcpy(meta_buf_.as<char>(), ints.data(), ints.size() * 4, cudaMemcpyHostToDevice));
-  LEANK_CUDA_OK(cudaMemcpy(meta_buf_.as<char>() + ints.size() * 4, chans.data(), chans.size(),
+  LEANK_CUDA_CHECK(cudaMemcpy(meta_buf_.as<char>() + ints.size() * 4, chans.data(), chans.size(),
                            cudaMemcpyHostToDevice));
   meta_view_.kept = meta_buf_.as<int32_t>();
   meta_view_.k_off = meta_buf_.as<int32_t>() + L * H;
@@ -305,14 +305,14 @@ absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weight
     }
   }
   if (auto s = EnsureRows(options_.max_batched_tokens, options_.max_num_seqs); !s.ok()) return s;
-  LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+  LEANK_CUDA_CHECK(cudaStreamSynchronize(stream_));
   return absl::OkStatus();
 }
 
 absl::Status CudaBackend::EnsureRows(int64_t rows, int64_t logit_rows) {
   const ModelConfig& c = config_;
   if (rows > rows_cap_) {
-    LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream_));
     const int64_t hidden = c.hidden_size, qkv = c.q_size() + 2 * c.kv_size();
     for (auto [buf, bytes, what] :
          {std::tuple{&x_, 4 * hidden, "residual"}, std::tuple{&h_, 2 * hidden, "normed"},
@@ -326,7 +326,7 @@ absl::Status CudaBackend::EnsureRows(int64_t rows, int64_t logit_rows) {
     ClearGraphs();
   }
   if (logit_rows > logit_cap_) {
-    LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream_));
     if (auto s = logits_.Allocate(AlignUp(int64_t{4} * c.vocab_size * logit_rows), "logits");
         !s.ok())
       return s;
@@ -433,13 +433,13 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   const size_t o_jobs = AppendWords(words, jobs.data(), jobs.size());
   const size_t bytes = words.size() * 4;
   if (bytes > step_buf_.bytes()) {
-    LEANK_CUDA_OK(cudaStreamSynchronize(stream_));
+    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream_));
     if (auto s = step_buf_.Allocate(AlignUp(bytes * 2), "step tables"); !s.ok()) return s;
     ClearGraphs();
   }
   staging_.Reserve(bytes);
   std::memcpy(staging_.as<int32_t>(), words.data(), bytes);
-  LEANK_CUDA_OK(cudaMemcpyAsync(step_buf_.as<int32_t>(), staging_.as<int32_t>(), bytes,
+  LEANK_CUDA_CHECK(cudaMemcpyAsync(step_buf_.as<int32_t>(), staging_.as<int32_t>(), bytes,
                                 cudaMemcpyHostToDevice, stream_));
   const int32_t* d = step_buf_.as<int32_t>();
   km::StepTables tables{reinterpret_cast<const km::StepSeq*>(d + o_seqs), d + o_row_seq, d + o_full,
@@ -532,7 +532,7 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
       MatMulF32(final_h_.as<bf16>(), weights_->lm_head, logits_.as<float>(), num_logits,
                 static_cast<int>(vocab), c.hidden_size, 0.0f);
     });
-    LEANK_CUDA_OK(cudaMemcpyAsync(logits_host_.as<float>(), logits_.as<float>(),
+    LEANK_CUDA_CHECK(cudaMemcpyAsync(logits_host_.as<float>(), logits_.as<float>(),
                                   size_t(num_logits) * vocab * 4, cudaMemcpyDeviceToHost, stream_));
   };
   // Segment s of a step: s = 0 embedding + pre(0); 0 < s < L: post(s-1) + pre(s);
@@ -556,13 +556,13 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
       graphs = &graphs_[rows];
       if (graphs->empty()) {
         for (int s = 0; s <= L; ++s) {
-          LEANK_CUDA_OK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+          LEANK_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
           segment(s);
           cudaGraph_t g = nullptr;
-          LEANK_CUDA_OK(cudaStreamEndCapture(stream_, &g));
+          LEANK_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
           cudaGraphExec_t exec = nullptr;
-          LEANK_CUDA_OK(cudaGraphInstantiate(&exec, g, 0));
-          LEANK_CUDA_OK(cudaGraphDestroy(g));
+          LEANK_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+          LEANK_CUDA_CHECK(cudaGraphDestroy(g));
           graphs->push_back(exec);
         }
       }
@@ -570,7 +570,7 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   }
   for (int s = 0; s <= L; ++s) {
     if (graphs) {
-      LEANK_CUDA_OK(cudaGraphLaunch((*graphs)[s], stream_));
+      LEANK_CUDA_CHECK(cudaGraphLaunch((*graphs)[s], stream_));
     } else {
       segment(s);
     }
@@ -665,16 +665,16 @@ absl::StatusOr<double> MeasureCudaReadBandwidth(int64_t bytes, int device) {
   if (auto s = sink.Allocate(4096, "bandwidth probe"); !s.ok()) return s;
   km::FillRandomBf16(buf.as<bf16>(), bytes / 2, 1, nullptr);
   cudaEvent_t e0, e1;
-  LEANK_CUDA_OK(cudaEventCreate(&e0));
-  LEANK_CUDA_OK(cudaEventCreate(&e1));
+  LEANK_CUDA_CHECK(cudaEventCreate(&e0));
+  LEANK_CUDA_CHECK(cudaEventCreate(&e1));
   std::vector<float> ms;
   for (int i = 0; i < 12; ++i) {
-    LEANK_CUDA_OK(cudaEventRecord(e0));
+    LEANK_CUDA_CHECK(cudaEventRecord(e0));
     km::ReadProbe(buf.as<char>(), bytes, sink.as<float>(), nullptr);
-    LEANK_CUDA_OK(cudaEventRecord(e1));
-    LEANK_CUDA_OK(cudaEventSynchronize(e1));
+    LEANK_CUDA_CHECK(cudaEventRecord(e1));
+    LEANK_CUDA_CHECK(cudaEventSynchronize(e1));
     float t = 0;
-    LEANK_CUDA_OK(cudaEventElapsedTime(&t, e0, e1));
+    LEANK_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
     if (i >= 2) ms.push_back(t);  // two warm-up runs
   }
   cudaEventDestroy(e0);

@@ -11,15 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
-#define LEANK_CUDA_OK(expr)                                                    \
-  do {                                                                         \
-    cudaError_t _e = (expr);                                                   \
-    if (_e != cudaSuccess) {                                                   \
-      std::fprintf(stderr, "%s:%d: CUDA error %s in %s\n", __FILE__, __LINE__, \
-                   cudaGetErrorString(_e), #expr);                             \
-      std::abort();                                                            \
-    }                                                                          \
-  } while (0)
+#include "kernels/cuda_check.h"
 
 namespace leank::cuda {
 
@@ -73,7 +65,7 @@ class PinnedBuffer {
     if (bytes <= bytes_) return;
     cudaFreeHost(ptr_);
     bytes_ = bytes * 3 / 2 + 4096;
-    LEANK_CUDA_OK(cudaMallocHost(&ptr_, bytes_));
+    LEANK_CUDA_CHECK(cudaMallocHost(&ptr_, bytes_));
   }
   template <typename T>
   T* as() const {

@@ -83,7 +83,7 @@ absl::Status PackedWeights::Upload(const ModelConfig& c, const ModelWeights& w,
   for (size_t i = 0; i < slots.size(); ++i) {
     int64_t n = 0;
     for (const TensorView* t : slots[i].parts) n += t->numel();
-    LEANK_CUDA_OK(cudaStreamSynchronize(stream));  // the stage is reused
+    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));  // the stage is reused
     stage.Reserve(2 * n);
     uint16_t* p = stage.as<uint16_t>();
     for (const TensorView* t : slots[i].parts) {
@@ -91,10 +91,10 @@ absl::Status PackedWeights::Upload(const ModelConfig& c, const ModelWeights& w,
       p += t->numel();
     }
     char* dst = storage.as<char>() + offsets[i];
-    LEANK_CUDA_OK(cudaMemcpyAsync(dst, stage.as<char>(), 2 * n, cudaMemcpyHostToDevice, stream));
+    LEANK_CUDA_CHECK(cudaMemcpyAsync(dst, stage.as<char>(), 2 * n, cudaMemcpyHostToDevice, stream));
     *slots[i].dst = reinterpret_cast<const bf16*>(dst);
   }
-  LEANK_CUDA_OK(cudaStreamSynchronize(stream));
+  LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (tied) lm_head = embed;
   return absl::OkStatus();
 }

@@ -6,17 +6,9 @@
 #include <cstdio>
 #include <cstdlib>
 
-// A failed launch or CUDA call here is a programming error: abort with the location.
-#define LEANK_MODEL_CUDA_CHECK(expr)                                           \
-  do {                                                                         \
-    cudaError_t _e = (expr);                                                   \
-    if (_e != cudaSuccess) {                                                   \
-      std::fprintf(stderr, "%s:%d: CUDA error %s in %s\n", __FILE__, __LINE__, \
-                   cudaGetErrorString(_e), #expr);                             \
-      std::abort();                                                            \
-    }                                                                          \
-  } while (0)
-#define LEANK_MODEL_CHECK_LAUNCH() LEANK_MODEL_CUDA_CHECK(cudaGetLastError())
+#include "kernels/cuda_check.h"
+
+#define LEANK_MODEL_CHECK_LAUNCH() LEANK_CUDA_CHECK(cudaGetLastError())
 
 namespace leank::kernels::model {
 

@@ -167,8 +167,8 @@ void FillRandomBf16(bf16* data, size_t n, uint64_t seed, cudaStream_t stream) {
 
 void ReadProbe(const char* data, size_t bytes, float* sink, cudaStream_t stream) {
   int dev = 0, sms = 0;
-  LEANK_MODEL_CUDA_CHECK(cudaGetDevice(&dev));
-  LEANK_MODEL_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  LEANK_CUDA_CHECK(cudaGetDevice(&dev));
+  LEANK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   ReadProbeKernel<<<sms * 8, 512, 0, stream>>>(reinterpret_cast<const uint4*>(data), bytes / 16,
                                                sink);
   LEANK_MODEL_CHECK_LAUNCH();

@@ -30,23 +30,6 @@ v1::GenerateRequest BuildRequest(const BenchPrompt& prompt, const v1::GenerateRe
 
 namespace {
 
-const char* FinishName(v1::FinishReason r) {
-  switch (r) {
-    case v1::FINISH_REASON_STOP:
-      return "stop";
-    case v1::FINISH_REASON_LENGTH:
-      return "length";
-    case v1::FINISH_REASON_EOS:
-      return "eos";
-    case v1::FINISH_REASON_ABORT:
-      return "abort";
-    case v1::FINISH_REASON_ERROR:
-      return "error";
-    default:
-      return "";
-  }
-}
-
 // Threads of the open loop: finished ones are joined as new ones start, the rest at
 // the end, so a long run does not pile up unjoined threads.
 class ThreadSet {
@@ -161,7 +144,7 @@ RequestRecord RunOne(v1::LeankService::StubInterface& stub, const v1::GenerateRe
       rec.output_tokens += chunk.token_ids_size();
     }
     if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-      rec.finish_reason = FinishName(chunk.finish_reason());
+      rec.finish_reason = client::FinishReasonName(chunk.finish_reason());
       if (chunk.has_usage()) {
         rec.server_prompt_tokens = chunk.usage().prompt_tokens();
         rec.server_completion_tokens = chunk.usage().completion_tokens();

@@ -40,23 +40,6 @@ std::string ToJsonLine(const google::protobuf::Message& m) {
   return s;
 }
 
-const char* FinishName(v1::FinishReason r) {
-  switch (r) {
-    case v1::FINISH_REASON_STOP:
-      return "stop";
-    case v1::FINISH_REASON_LENGTH:
-      return "length";
-    case v1::FINISH_REASON_EOS:
-      return "eos";
-    case v1::FINISH_REASON_ABORT:
-      return "abort";
-    case v1::FINISH_REASON_ERROR:
-      return "error";
-    default:
-      return "unfinished";
-  }
-}
-
 // One Generate stream, written to io.out as it arrives. `text` receives the whole output.
 // Returns an exit code.
 int StreamGenerate(v1::LeankService::Stub& stub, const v1::GenerateRequest& req, const Options& o,
@@ -100,7 +83,7 @@ int StreamGenerate(v1::LeankService::Stub& stub, const v1::GenerateRequest& req,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double ttft = first ? std::chrono::duration<double>(*first - start).count() : 0.0;
     const double decode = e2e - ttft;
-    io.err << "[finish=" << FinishName(last.finish_reason())
+    io.err << "[finish=" << FinishReasonName(last.finish_reason(), "unfinished")
            << " prompt_tokens=" << last.usage().prompt_tokens()
            << " completion_tokens=" << last.usage().completion_tokens()
            << " ttft=" << static_cast<int>(ttft * 1000) << "ms e2e=" << static_cast<int>(e2e * 1000)

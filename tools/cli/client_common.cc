@@ -110,4 +110,21 @@ std::chrono::system_clock::time_point DeadlineIn(double seconds) {
              std::chrono::duration<double>(seconds));
 }
 
+const char* FinishReasonName(v1::FinishReason r, const char* unfinished) {
+  switch (r) {
+    case v1::FINISH_REASON_STOP:
+      return "stop";
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    case v1::FINISH_REASON_EOS:
+      return "eos";
+    case v1::FINISH_REASON_ABORT:
+      return "abort";
+    case v1::FINISH_REASON_ERROR:
+      return "error";
+    default:
+      return unfinished;
+  }
+}
+
 }  // namespace leank::client

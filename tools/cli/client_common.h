@@ -59,6 +59,8 @@ void ApplySampling(const SamplingFlags& flags, v1::GenerateRequest* req);
 
 // "UNAVAILABLE", "INVALID_ARGUMENT", ... (the canonical upper-case names).
 std::string StatusCodeName(grpc::StatusCode code);
+// "stop", "length", "eos", "abort", "error"; `unfinished` for FINISH_REASON_UNSPECIFIED.
+const char* FinishReasonName(v1::FinishReason r, const char* unfinished = "");
 
 // Insecure channel to `target` ("host:port"). Messages up to 64 MiB (long prompts
 // as token ids).
