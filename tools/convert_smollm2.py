@@ -75,6 +75,13 @@ def ensure_package(module: str, pip_args: list[str]) -> None:
     log(f"installing {' '.join(pip_args)} (module '{module}' is missing)")
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", *pip_args]
     result = subprocess.run(cmd)
+    if result.returncode != 0:
+        # Debian's own python3 is "externally managed" (PEP 668): install beside it, per user
+        # when not root.
+        user = [] if os.geteuid() == 0 else ["--user"]
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--break-system-packages", *user,
+               *pip_args]
+        result = subprocess.run(cmd)
     importlib.invalidate_caches()
     if result.returncode != 0 or importlib.util.find_spec(module) is None:
         sys.exit(

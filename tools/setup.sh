@@ -41,7 +41,8 @@ for p in "${PIP_PACKAGES[@]}"; do
 done
 if ((${#need_pip[@]})); then
   echo "[setup] pip install ${need_pip[*]}"
+  user=(); [ "$(id -u)" -ne 0 ] && user=(--user)  # Debian's python3 is externally managed (PEP 668)
   $PY -m pip install -q --disable-pip-version-check "${need_pip[@]}" 2>/dev/null ||
-    $PY -m pip install -q --disable-pip-version-check --break-system-packages "${need_pip[@]}"
+    $PY -m pip install -q --disable-pip-version-check --break-system-packages "${user[@]}" "${need_pip[@]}"
 fi
 echo "[setup] dependencies ready"
