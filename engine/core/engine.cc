@@ -380,7 +380,9 @@ std::vector<RequestOutput> EngineImpl::Step() {
     if (!can_stop) {
       // Before min_tokens, EOS and stop tokens cannot be drawn at all.
       if (!p.ignore_eos) {
-        for (int e : model_.config.eos_token_ids) l[e] = -INFINITY;
+        for (int e : model_.config.eos_token_ids) {
+          if (e >= 0 && e < static_cast<int>(l.size())) l[e] = -INFINITY;
+        }
       }
       for (int32_t t : p.stop_token_ids) l[t] = -INFINITY;
     }
