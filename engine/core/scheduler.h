@@ -7,7 +7,8 @@
 // the cache cannot hold them, the newest running sequence is preempted (its blocks
 // freed, it goes back to the front of the waiting queue and recomputes later).
 // Then, if nothing was preempted, waiting sequences are admitted in FCFS order
-// while the budget, the running cap and free blocks allow (no skipping ahead).
+// while the budget, the running cap and free blocks allow (no skipping ahead), and,
+// with Admission::kReserve, while every admitted sequence fits at its final length.
 
 #include <cstdint>
 #include <deque>
