@@ -183,19 +183,22 @@ TEST(MaskTest, LoadRefusesEachBadInput) {
   expect_bad("sparsity", s, "\"target_sparsity\" must be a number in [0, 1]");
   s = {};
   s.dtype = "F32";
-  expect_bad("dtype", s, "dtype \"F32\", expected \"U8\"");
+  expect_bad("dtype", s, "x F32 needs 512");  // the reader refuses the size first
+  s.data.resize(512);  // a well-formed F32 tensor: refused for its dtype
+  s.offsets = {0, 512};
+  expect_bad("dtype_f32", s, "dtype \"F32\", expected \"U8\"");
   s = {};
   s.shape = {4, 32};
   expect_bad("rank", s, "expected [layers, kv_heads, head_dim]");
   s = {};
   s.shape = {2, 0, 32};
-  expect_bad("zero_dim", s, "dimensions must be positive");
+  expect_bad("zero_dim", s, "shape [2, 0, 32] x U8 needs 0");
   s = {};
   s.offsets = {0, 256};
-  expect_bad("offsets", s, "data_offsets [0, 256]");
+  expect_bad("offsets", s, "data_offsets [0,256] reach past the data section");
   s = {};
   s.data.resize(100);
-  expect_bad("short_data", s, "100-byte data section");
+  expect_bad("short_data", s, "data section (100 bytes)");
 }
 
 TEST(MaskTest, LoadRefusesBrokenFiles) {
@@ -203,16 +206,16 @@ TEST(MaskTest, LoadRefusesBrokenFiles) {
             absl::StatusCode::kNotFound);
   const auto path = TempPath("broken");
   WriteRaw(path, "{not json", "");
-  EXPECT_THAT(LoadMask(path, kTiny).status().message(), HasSubstr("not a JSON object"));
+  EXPECT_THAT(LoadMask(path, kTiny).status().message(), HasSubstr("not a valid JSON object"));
   std::ofstream(path, std::ios::binary) << "abc";
-  EXPECT_THAT(LoadMask(path, kTiny).status().message(), HasSubstr("shorter than"));
+  EXPECT_THAT(LoadMask(path, kTiny).status().message(), HasSubstr("less than the 8-byte header length"));
   std::string huge(8, '\xff');
   std::ofstream(path, std::ios::binary) << huge << "{}";
   EXPECT_THAT(LoadMask(path, kTiny).status().message(), HasSubstr("header length"));
   WriteRaw(path, R"({"__metadata__": {"format": "leank-mask/1"}})", "");
   EXPECT_THAT(LoadMask(path, kTiny).status().message(), HasSubstr("no tensor \"leank.kept\""));
   WriteRaw(path, R"({"__metadata__": {"format": "leank-mask/1", "sink": 128}})", "");
-  EXPECT_THAT(LoadMask(path, kTiny).status().message(), HasSubstr("\"sink\" is not a string"));
+  EXPECT_THAT(LoadMask(path, kTiny).status().message(), HasSubstr("value of 'sink' is not a string"));
 }
 
 TEST(MaskTest, ReleasedLlamaMaskCounts) {
