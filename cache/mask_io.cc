@@ -42,7 +42,8 @@ absl::StatusOr<Mask> ReadMask(const std::filesystem::path& path) {
   }
   // The reader's messages already start with the path.
   auto raw = ReadSafetensorsRaw(path);
-  if (!raw.ok()) return absl::InvalidArgumentError(absl::StrCat("mask file ", raw.status().message()));
+  if (!raw.ok())
+    return absl::InvalidArgumentError(absl::StrCat("mask file ", raw.status().message()));
   const std::map<std::string, std::string>& meta = raw->metadata;
   auto format = meta.find("format");
   if (format == meta.end()) {

@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
                   batch * prompt_tokens / prefill_s, decode_tps, threads);
     records += buf;
     std::fprintf(stderr, "batch %d: prefill %.1f tok/s, decode %.2f tok/s\n", batch,
-                batch * prompt_tokens / prefill_s, decode_tps);
+                 batch * prompt_tokens / prefill_s, decode_tps);
   }
   records += "]\n";
   if (!json_out.empty()) std::ofstream(json_out) << records;

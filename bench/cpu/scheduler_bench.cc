@@ -51,8 +51,10 @@ int main(int argc, char** argv) {
     bool all_decoding = true;
     for (auto& x : s.seqs) {
       x.seq->num_cached += x.cache.num_new_tokens;
-      if (x.want_logits) x.seq->tokens.push_back(3);
-      else all_decoding = false;
+      if (x.want_logits)
+        x.seq->tokens.push_back(3);
+      else
+        all_decoding = false;
     }
     manager.EndStep();
     if (all_decoding && sched.num_waiting() == 0 && (int)s.seqs.size() == num_seqs) break;
@@ -74,9 +76,10 @@ int main(int argc, char** argv) {
     }
   }
   std::sort(us.begin(), us.end());
-  std::printf("{\"bench\": \"scheduler\", \"running_seqs\": %d, \"steps\": %d, "
-              "\"median_us\": %.2f, \"p90_us\": %.2f, \"p99_us\": %.2f, \"preemptions\": %lld}\n",
-              num_seqs, steps, us[us.size() / 2], us[us.size() * 9 / 10], us[us.size() * 99 / 100],
-              static_cast<long long>(sched.num_preemptions()));
+  std::printf(
+      "{\"bench\": \"scheduler\", \"running_seqs\": %d, \"steps\": %d, "
+      "\"median_us\": %.2f, \"p90_us\": %.2f, \"p99_us\": %.2f, \"preemptions\": %lld}\n",
+      num_seqs, steps, us[us.size() / 2], us[us.size() * 9 / 10], us[us.size() * 99 / 100],
+      static_cast<long long>(sched.num_preemptions()));
   return 0;
 }

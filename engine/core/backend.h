@@ -16,9 +16,9 @@ namespace leank {
 
 // One sequence's share of a step: a chunk of its prompt or one decode token.
 struct SeqWork {
-  cache::AppendPlan cache;            // where the new tokens go (cache.start_pos = position of tokens[0])
-  std::vector<int32_t> tokens;        // the new tokens
-  bool want_logits = false;           // logits of the last new token are returned
+  cache::AppendPlan cache;      // where the new tokens go (cache.start_pos = position of tokens[0])
+  std::vector<int32_t> tokens;  // the new tokens
+  bool want_logits = false;     // logits of the last new token are returned
 };
 
 struct StepPlan {

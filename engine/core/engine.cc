@@ -102,9 +102,9 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   if (!tokenizer.ok()) return tokenizer.status();
   tokenizer_ = *std::move(tokenizer);
   if (tokenizer_->vocab_size() > cfg.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tokenizer.json has ", tokenizer_->vocab_size(), " tokens but config.json vocab_size is ",
-        cfg.vocab_size));
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer.json has ", tokenizer_->vocab_size(),
+                                                   " tokens but config.json vocab_size is ",
+                                                   cfg.vocab_size));
   }
   auto tmpl = ChatTemplate::Load(options.model_dir / "tokenizer_config.json");
   if (tmpl.ok()) {
@@ -127,8 +127,7 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   lo.block_size = options.block_size;
   lo.elem_bytes = options.backend == "cuda" ? 2 : 4;  // bf16 cache on the GPU
   if (!options.mask_path.empty()) {
-    auto m = cache::LoadMask(options.mask_path,
-                             {cfg.num_layers, cfg.num_kv_heads, cfg.head_dim});
+    auto m = cache::LoadMask(options.mask_path, {cfg.num_layers, cfg.num_kv_heads, cfg.head_dim});
     if (!m.ok()) return m.status();
     mask = *std::move(m);
     lo.sink = mask->sink;
@@ -143,13 +142,12 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   const int64_t target = options.target_context > 0 ? options.target_context : max_model_len_;
   int64_t budget = options.kv_cache_bytes > 0 ? options.kv_cache_bytes : kDefaultCpuKvBytes;
   cache::PoolSizes sizes;
-  absl::StatusOr<std::unique_ptr<Backend>> backend =
-      absl::UnimplementedError(absl::StrCat("backend '", options.backend,
-                                            "' is not available in this build (have: cpu",
+  absl::StatusOr<std::unique_ptr<Backend>> backend = absl::UnimplementedError(
+      absl::StrCat("backend '", options.backend, "' is not available in this build (have: cpu",
 #ifdef LEANK_HAVE_CUDA
-                                            ", cuda",
+                   ", cuda",
 #endif
-                                            ")"));
+                   ")"));
   if (options.backend == "cpu") {
     sizes = cache::SplitBudget(*layout_, budget, target, options.max_batched_tokens);
     backend = CreateCpuBackend(cfg, model_.weights, *layout_, sizes,
@@ -164,13 +162,13 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
       // Default: 90% of what the weights and activations leave free.
       auto free_bytes = CudaFreeMemory(co.device);
       if (!free_bytes.ok()) return free_bytes.status();
-      const int64_t fixed = CudaWeightBytes(cfg) +
-                            CudaActivationBytes(cfg, co.max_batched_tokens, co.max_num_seqs);
+      const int64_t fixed =
+          CudaWeightBytes(cfg) + CudaActivationBytes(cfg, co.max_batched_tokens, co.max_num_seqs);
       budget = static_cast<int64_t>(0.9 * static_cast<double>(*free_bytes - fixed));
       if (budget <= 0) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "the model does not fit on the GPU: weights + activations need ", fixed,
-            " bytes, ", *free_bytes, " are free"));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("the model does not fit on the GPU: weights + activations need ", fixed,
+                         " bytes, ", *free_bytes, " are free"));
       }
     }
     sizes = cache::SplitBudget(*layout_, budget, target, options.max_batched_tokens);
@@ -182,15 +180,15 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   cache_ = std::make_unique<cache::KvCacheManager>(*layout_, sizes);
   kv_capacity_tokens_ = cache_->TokenCapacity();
   if (kv_capacity_tokens_ < 2) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache budget of ", budget,
-                                                   " bytes holds no useful sequence"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache budget of ", budget, " bytes holds no useful sequence"));
   }
   SchedulerOptions so{options.max_num_seqs, options.max_batched_tokens};
   if (options.admission == "optimistic") {
     so.admission = SchedulerOptions::Admission::kOptimistic;
   } else if (options.admission != "reserve") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "admission must be 'reserve' or 'optimistic', got '", options.admission, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("admission must be 'reserve' or 'optimistic', got '", options.admission, "'"));
   }
   scheduler_ = std::make_unique<Scheduler>(so, cache_.get());
 
@@ -206,11 +204,12 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   info_.block_size = lo.block_size;
   info_.kv_capacity_tokens = kv_capacity_tokens_;
   info_.vocab_size = cfg.vocab_size;
-  spdlog::info("engine: {} ({}), {} layers, max_model_len {}, cache {} ({} full + {} pruned blocks "
-               "of {} tokens), capacity {} tokens",
-               cfg.name, cfg.architecture, cfg.num_layers, max_model_len_,
-               mask ? absl::StrCat("LeanK, K sparsity ", info_.k_sparsity) : "dense",
-               sizes.num_full_blocks, sizes.num_pruned_blocks, lo.block_size, kv_capacity_tokens_);
+  spdlog::info(
+      "engine: {} ({}), {} layers, max_model_len {}, cache {} ({} full + {} pruned blocks "
+      "of {} tokens), capacity {} tokens",
+      cfg.name, cfg.architecture, cfg.num_layers, max_model_len_,
+      mask ? absl::StrCat("LeanK, K sparsity ", info_.k_sparsity) : "dense", sizes.num_full_blocks,
+      sizes.num_pruned_blocks, lo.block_size, kv_capacity_tokens_);
   return absl::OkStatus();
 }
 
@@ -335,8 +334,9 @@ std::vector<RequestOutput> EngineImpl::Step() {
   Schedule schedule = scheduler_->Step();
   for (SchedSeq* seq : schedule.unschedulable) {
     auto it = requests_.find(seq->id);
-    outputs.push_back(Finish(*it->second, FinishReason::kError,
-                             absl::ResourceExhaustedError("the request does not fit in the KV cache")));
+    outputs.push_back(
+        Finish(*it->second, FinishReason::kError,
+               absl::ResourceExhaustedError("the request does not fit in the KV cache")));
     requests_.erase(it);
   }
   if (schedule.seqs.empty()) {

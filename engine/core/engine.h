@@ -22,30 +22,30 @@ namespace leank {
 
 struct EngineOptions {
   std::filesystem::path model_dir;
-  std::filesystem::path mask_path;   // empty: dense
-  std::string backend = "cpu";       // "cpu" | "cuda"
+  std::filesystem::path mask_path;  // empty: dense
+  std::string backend = "cpu";      // "cpu" | "cuda"
   int block_size = 16;
-  std::optional<int> sink;           // default: the mask's metadata (128)
-  std::optional<int> recent;         // default: the mask's metadata (768)
-  int64_t kv_cache_bytes = 0;        // 0: backend default (CPU: 1 GiB)
-  int64_t target_context = 0;        // for the full/pruned split; 0: max_model_len
-  int max_model_len = 0;             // 0: config.max_position_embeddings
-  int max_num_seqs = 64;             // running sequences at most
-  int max_batched_tokens = 512;      // tokens per step (prefill chunks + decodes)
-  int max_waiting = 1024;            // queue bound: AddRequest -> ResourceExhausted beyond it
+  std::optional<int> sink;       // default: the mask's metadata (128)
+  std::optional<int> recent;     // default: the mask's metadata (768)
+  int64_t kv_cache_bytes = 0;    // 0: backend default (CPU: 1 GiB)
+  int64_t target_context = 0;    // for the full/pruned split; 0: max_model_len
+  int max_model_len = 0;         // 0: config.max_position_embeddings
+  int max_num_seqs = 64;         // running sequences at most
+  int max_batched_tokens = 512;  // tokens per step (prefill chunks + decodes)
+  int max_waiting = 1024;        // queue bound: AddRequest -> ResourceExhausted beyond it
   // "reserve": admit only when every running request fits at prompt + max_tokens (no
   // preemption for requests that run to max_tokens); "optimistic": admit when the next
   // chunk fits, preempt by recompute when blocks run out (scheduler.h).
   std::string admission = "reserve";
-  int num_threads = 0;               // CPU backend threads; 0: hardware concurrency
+  int num_threads = 0;  // CPU backend threads; 0: hardware concurrency
 };
 
 struct EngineStats {
   int running = 0;
   int waiting = 0;
-  double kv_usage = 0;               // fraction of KV bytes in use
-  int64_t kv_capacity_tokens = 0;    // tokens one sequence could hold in an empty pool
-  int64_t num_preemptions = 0;       // since start
+  double kv_usage = 0;             // fraction of KV bytes in use
+  int64_t kv_capacity_tokens = 0;  // tokens one sequence could hold in an empty pool
+  int64_t num_preemptions = 0;     // since start
   int64_t free_full_blocks = 0;
   int64_t free_pruned_blocks = 0;
 };
@@ -54,10 +54,10 @@ struct ModelInfo {
   std::string model;
   std::string architecture;
   int max_model_len = 0;
-  std::string dtype;                 // compute dtype of the backend ("float32" on CPU)
+  std::string dtype;  // compute dtype of the backend ("float32" on CPU)
   std::string backend;
   bool masked = false;
-  double k_sparsity = 0;             // 1 - kept fraction (0 when dense)
+  double k_sparsity = 0;  // 1 - kept fraction (0 when dense)
   int sink = 0, recent = 0, block_size = 0;
   int64_t kv_capacity_tokens = 0;
   int vocab_size = 0;

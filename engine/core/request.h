@@ -17,12 +17,12 @@ using RequestId = int64_t;
 struct GenerationParams {
   SamplingParams sampling;
   int max_tokens = 256;
-  int min_tokens = 0;                      // EOS and stops are ignored before this many
-  std::vector<int32_t> stop_token_ids;     // besides the model's EOS ids
-  std::vector<std::string> stop;           // stop strings, matched on the decoded text
+  int min_tokens = 0;                   // EOS and stops are ignored before this many
+  std::vector<int32_t> stop_token_ids;  // besides the model's EOS ids
+  std::vector<std::string> stop;        // stop strings, matched on the decoded text
   bool ignore_eos = false;
   bool include_stop_str_in_output = false;
-  int logprobs = -1;                       // -1: none; n >= 0: chosen token + top-n
+  int logprobs = -1;  // -1: none; n >= 0: chosen token + top-n
 };
 
 enum class FinishReason { kNone, kStop, kLength, kEos, kAbort, kError };
@@ -41,12 +41,12 @@ struct RequestOutput {
   std::string text;                 // text delta (complete UTF-8 only; stop strings cut)
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
-  absl::Status error;               // set when finish_reason == kError
+  absl::Status error;  // set when finish_reason == kError
   int prompt_tokens = 0;
   int completion_tokens = 0;
   int cached_tokens = 0;
-  double queue_time_s = 0;          // from AddRequest to first scheduled
-  double ttft_s = 0;                // from AddRequest to first token (set once it exists)
+  double queue_time_s = 0;  // from AddRequest to first scheduled
+  double ttft_s = 0;        // from AddRequest to first token (set once it exists)
 };
 
 }  // namespace leank

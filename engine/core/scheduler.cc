@@ -30,10 +30,10 @@ bool Scheduler::FitsReservation(const SchedSeq* seq) const {
   // With a mask, full blocks also hold a step's prefill tokens until compaction: keep
   // that headroom (at most a quarter of the full blocks; chunks shrink to fit anyway).
   const int64_t b = cache_->layout().block_size();
-  const int64_t headroom =
-      cache_->layout().dense()
-          ? 0
-          : std::min<int64_t>((options_.max_batched_tokens + b - 1) / b + 1, pool.num_full_blocks / 4);
+  const int64_t headroom = cache_->layout().dense()
+                               ? 0
+                               : std::min<int64_t>((options_.max_batched_tokens + b - 1) / b + 1,
+                                                   pool.num_full_blocks / 4);
   return reserved_.full + need.full <= pool.num_full_blocks - headroom &&
          reserved_.pruned + need.pruned <= pool.num_pruned_blocks;
 }
@@ -119,7 +119,8 @@ Schedule Scheduler::Step() {
     }
     auto plan = cache_->Append(seq->id, chunk);
     if (!plan.ok()) break;  // CanAppend said yes; treat as full to stay safe
-    out.seqs.push_back({seq, *std::move(plan), seq->num_cached + chunk == (int64_t)seq->tokens.size()});
+    out.seqs.push_back(
+        {seq, *std::move(plan), seq->num_cached + chunk == (int64_t)seq->tokens.size()});
     budget -= chunk;
     ++i;
   }
@@ -153,7 +154,8 @@ Schedule Scheduler::Step() {
       waiting_.pop_front();
       running_.push_back(seq);
       Reserve(seq);
-      out.seqs.push_back({seq, *std::move(plan), seq->num_cached + chunk == (int64_t)seq->tokens.size()});
+      out.seqs.push_back(
+          {seq, *std::move(plan), seq->num_cached + chunk == (int64_t)seq->tokens.size()});
       budget -= chunk;
     }
   }

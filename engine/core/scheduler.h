@@ -33,12 +33,12 @@ struct SchedulerOptions {
 // What the scheduler needs to know of a sequence. The engine owns it.
 struct SchedSeq {
   cache::SeqId id = 0;
-  std::vector<int32_t> tokens;  // prompt + generated so far
-  int64_t num_cached = 0;       // tokens whose K/V are in the cache
-  int64_t arrival = 0;          // FCFS order (smaller = older)
-  int64_t max_total_tokens = 0; // prompt + max_tokens: what kReserve admission reserves
+  std::vector<int32_t> tokens;   // prompt + generated so far
+  int64_t num_cached = 0;        // tokens whose K/V are in the cache
+  int64_t arrival = 0;           // FCFS order (smaller = older)
+  int64_t max_total_tokens = 0;  // prompt + max_tokens: what kReserve admission reserves
   int num_preemptions = 0;
-  bool reserved = false;        // `reservation` is counted in the scheduler's total
+  bool reserved = false;           // `reservation` is counted in the scheduler's total
   cache::BlockDemand reservation;  // its blocks at its final length (kReserve)
 
   int64_t remaining() const { return static_cast<int64_t>(tokens.size()) - num_cached; }
@@ -46,8 +46,8 @@ struct SchedSeq {
 
 struct ScheduledSeq {
   SchedSeq* seq = nullptr;
-  cache::AppendPlan cache;  // cache.num_new_tokens tokens from seq->num_cached
-  bool want_logits = false; // the chunk reaches the end of seq->tokens
+  cache::AppendPlan cache;   // cache.num_new_tokens tokens from seq->num_cached
+  bool want_logits = false;  // the chunk reaches the end of seq->tokens
 };
 
 struct Schedule {

@@ -16,7 +16,7 @@ class StopChecker {
   StopChecker(const Tokenizer& tokenizer, std::vector<std::string> stop, bool include_stop);
 
   struct Result {
-    std::string text;   // newly released text
+    std::string text;      // newly released text
     bool stopped = false;  // a stop string matched (text is cut there)
   };
   // Adds a generated token. `check_stops` is false before min_tokens.
@@ -29,8 +29,8 @@ class StopChecker {
   bool include_stop_;
   size_t max_stop_len_ = 0;
   IncrementalDecoder decoder_;
-  std::string text_;       // complete UTF-8 decoded so far
-  size_t released_ = 0;    // bytes of text_ already released
+  std::string text_;     // complete UTF-8 decoded so far
+  size_t released_ = 0;  // bytes of text_ already released
   bool done_ = false;
 };
 

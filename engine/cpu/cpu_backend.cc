@@ -31,7 +31,11 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend(const ModelConfig& config, const cache::CacheLayout& layout, cache::PoolSizes sizes,
              const CpuBackendOptions& options)
-      : config_(config), layout_(layout), sizes_(sizes), pool_(options.num_threads), rope_(config) {}
+      : config_(config),
+        layout_(layout),
+        sizes_(sizes),
+        pool_(options.num_threads),
+        rope_(config) {}
 
   void Load(const ModelWeights& w) {
     embed_ = w.embed_tokens.ToFloat();
@@ -57,8 +61,8 @@ class CpuBackend final : public Backend {
       Append(dst.gate_up, src.up_proj);
       dst.down = src.down_proj.ToFloat();
     }
-    int64_t full_elems = layout_.options().num_layers * sizes_.num_full_blocks *
-                         layout_.full_block_elems();
+    int64_t full_elems =
+        layout_.options().num_layers * sizes_.num_full_blocks * layout_.full_block_elems();
     const int last = config_.num_layers - 1;
     const int64_t pruned_elems =
         layout_.dense() ? 0

@@ -10,7 +10,7 @@ namespace {
 // Dot product with independent partial sums so the compiler vectorises it
 // without -ffast-math; cloned for AVX2/FMA with a run-time dispatch.
 __attribute__((target_clones("avx2,fma", "default"))) float Dot(const float* a, const float* b,
-                                                               int64_t k) {
+                                                                int64_t k) {
   float acc[16] = {};
   int64_t i = 0;
   for (; i + 16 <= k; i += 16) {
@@ -40,8 +40,7 @@ void MatMulT(ThreadPool& pool, const float* x, int64_t rows, const float* w, int
   });
 }
 
-void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, double eps,
-             float* y) {
+void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, double eps, float* y) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;

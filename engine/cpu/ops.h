@@ -15,8 +15,7 @@ void MatMulT(ThreadPool& pool, const float* x, int64_t rows, const float* w, int
              const float* bias, float* y);
 
 // Row-wise RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight. x, y: [rows][dim].
-void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, double eps,
-             float* y);
+void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, double eps, float* y);
 
 // Rotary embedding tables (HF rotate_half convention: channel i pairs with i + dim/2).
 class Rope {

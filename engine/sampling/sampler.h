@@ -32,8 +32,8 @@ struct TokenLogprob {
 
 struct SampleResult {
   int32_t token = 0;
-  float logprob = 0.0f;              // of the chosen token, under the model's distribution
-  std::vector<TokenLogprob> top;     // top-n alternatives when asked for
+  float logprob = 0.0f;           // of the chosen token, under the model's distribution
+  std::vector<TokenLogprob> top;  // top-n alternatives when asked for
 };
 
 class Sampler {

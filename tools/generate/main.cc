@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   bool stats = false, raw_ids = false;
   app.add_option("--model", model, "Model folder (HF layout)")->required();
   auto* prompt_opt = app.add_option("--prompt", prompt, "Raw text prompt");
-  auto* chat_opt = app.add_option("--chat", chat, "A user message, rendered with the chat template");
+  auto* chat_opt =
+      app.add_option("--chat", chat, "A user message, rendered with the chat template");
   prompt_opt->excludes(chat_opt);
   app.add_option("--system", system, "System message for --chat")->needs(chat_opt);
   app.add_option("--masks", masks, "LeanK mask file (masks.safetensors); none = dense");
@@ -88,8 +89,9 @@ int main(int argc, char** argv) {
   bool add_special = true;
   if (chat_opt->count() > 0) {
     const leank::ChatTemplate* tmpl = e.chat_template();
-    if (!tmpl) return Fail(3, "the model has no usable chat template: " +
-                                  e.chat_template_status().ToString());
+    if (!tmpl)
+      return Fail(3,
+                  "the model has no usable chat template: " + e.chat_template_status().ToString());
     std::vector<leank::ChatMessage> messages;
     if (!system.empty()) messages.push_back({"system", system});
     messages.push_back({"user", chat});
@@ -133,8 +135,7 @@ int main(int argc, char** argv) {
                  "[stats] prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens, decode "
                  "%.2f tok/s; finish: %s\n",
                  prompt_tokens, prefill_s, prompt_tokens / prefill_s, generated,
-                 generated > 1 ? (generated - 1) / decode_s : 0.0,
-                 leank::FinishReasonName(reason));
+                 generated > 1 ? (generated - 1) / decode_s : 0.0, leank::FinishReasonName(reason));
   }
   return 0;
 }
