@@ -23,6 +23,7 @@
 #include "bench/kernels/bench_util.h"
 #include "kernels/attention.h"
 #include "nlohmann/json.hpp"
+#include "kernels/cuda_check.h"
 
 namespace leank::bench {
 namespace {
@@ -33,15 +34,6 @@ using kernels::DecodeAttention;
 using kernels::DeviceMeta;
 using kernels::SeqView;
 using Mask = std::vector<std::vector<std::vector<int>>>;
-
-#define CK(expr)                                                                                  \
-  do {                                                                                            \
-    cudaError_t _e = (expr);                                                                      \
-    if (_e != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(_e)); \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
 
 struct Options {
   std::string json_path;
@@ -102,15 +94,15 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
   const size_t pruned_elems = size_t(batch) * npruned * max_pruned_elems;
   const size_t copy_bytes = (full_elems + pruned_elems) * sizeof(bf16);
   size_t free_b = 0, total_b = 0;
-  CK(cudaMemGetInfo(&free_b, &total_b));
+  LEANK_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   int copies = static_cast<int>(std::clamp<size_t>((size_t(512) << 20) / copy_bytes + 1, 1, 32));
   if (copy_bytes * copies + (size_t(1) << 30) > free_b) copies = 1;
   if (copy_bytes + (size_t(1) << 30) > free_b) return Result{-1, 0, 0, 0};  // does not fit
 
   std::vector<bf16*> full(copies), pruned(copies);
   for (int c = 0; c < copies; ++c) {
-    CK(cudaMalloc(&full[c], std::max<size_t>(full_elems, 8) * sizeof(bf16)));
-    CK(cudaMalloc(&pruned[c], std::max<size_t>(pruned_elems, 8) * sizeof(bf16)));
+    LEANK_CUDA_CHECK(cudaMalloc(&full[c], std::max<size_t>(full_elems, 8) * sizeof(bf16)));
+    LEANK_CUDA_CHECK(cudaMalloc(&pruned[c], std::max<size_t>(pruned_elems, 8) * sizeof(bf16)));
     FillRandomBf16(full[c], full_elems, 11 + c, nullptr);
     FillRandomBf16(pruned[c], pruned_elems, 1000 + c, nullptr);
   }
@@ -129,12 +121,12 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
                      std::span<const int32_t>(pperm).subspan(size_t(s) * npruned, npruned)});
   bf16 *q = nullptr, *out = nullptr;
   const size_t q_elems = size_t(batch) * shape.num_q_heads * shape.head_dim;
-  CK(cudaMalloc(&q, q_elems * sizeof(bf16)));
-  CK(cudaMalloc(&out, q_elems * sizeof(bf16)));
+  LEANK_CUDA_CHECK(cudaMalloc(&q, q_elems * sizeof(bf16)));
+  LEANK_CUDA_CHECK(cudaMalloc(&out, q_elems * sizeof(bf16)));
   FillRandomBf16(q, q_elems, 77, nullptr);
 
   cudaStream_t stream;
-  CK(cudaStreamCreate(&stream));
+  LEANK_CUDA_CHECK(cudaStreamCreate(&stream));
   DecodeAttention attn(meta);
   const auto t0 = std::chrono::steady_clock::now();
   auto st = attn.Plan(views, stream, o.ctas);
@@ -159,20 +151,20 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
     }
   };
   cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
+  LEANK_CUDA_CHECK(cudaEventCreate(&a));
+  LEANK_CUDA_CHECK(cudaEventCreate(&b));
   for (int i = 0; i < o.warmup; ++i) sweep();
   std::vector<float> ms;
   for (int i = 0; i < o.iters; ++i) {
-    CK(cudaEventRecord(a, stream));
+    LEANK_CUDA_CHECK(cudaEventRecord(a, stream));
     sweep();
-    CK(cudaEventRecord(b, stream));
-    CK(cudaEventSynchronize(b));
+    LEANK_CUDA_CHECK(cudaEventRecord(b, stream));
+    LEANK_CUDA_CHECK(cudaEventSynchronize(b));
     float t = 0;
-    CK(cudaEventElapsedTime(&t, a, b));
+    LEANK_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
     ms.push_back(t);
   }
-  CK(cudaGetLastError());
+  LEANK_CUDA_CHECK(cudaGetLastError());
   std::sort(ms.begin(), ms.end());
   r.time_us = ms[ms.size() / 2] * 1e3 / L;
   cudaEventDestroy(a);
@@ -198,10 +190,10 @@ Result TimePrefill(const Options& o, const Mask* mask, int n) {
   const size_t full_elems = size_t(nfull) * meta.full_block_elems();
   bf16 *full = nullptr, *pruned = nullptr, *q = nullptr, *out = nullptr;
   const size_t q_elems = size_t(n) * shape.num_q_heads * shape.head_dim;
-  CK(cudaMalloc(&full, full_elems * sizeof(bf16)));
-  CK(cudaMalloc(&pruned, 64));
-  CK(cudaMalloc(&q, q_elems * sizeof(bf16)));
-  CK(cudaMalloc(&out, q_elems * sizeof(bf16)));
+  LEANK_CUDA_CHECK(cudaMalloc(&full, full_elems * sizeof(bf16)));
+  LEANK_CUDA_CHECK(cudaMalloc(&pruned, 64));
+  LEANK_CUDA_CHECK(cudaMalloc(&q, q_elems * sizeof(bf16)));
+  LEANK_CUDA_CHECK(cudaMalloc(&out, q_elems * sizeof(bf16)));
   FillRandomBf16(full, full_elems, 5, nullptr);
   FillRandomBf16(q, q_elems, 6, nullptr);
   std::vector<int32_t> blocks(nfull);
@@ -215,19 +207,19 @@ Result TimePrefill(const Options& o, const Mask* mask, int n) {
   };
   sweep();
   cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
+  LEANK_CUDA_CHECK(cudaEventCreate(&a));
+  LEANK_CUDA_CHECK(cudaEventCreate(&b));
   std::vector<float> ms;
   for (int i = 0; i < 5; ++i) {
-    CK(cudaEventRecord(a));
+    LEANK_CUDA_CHECK(cudaEventRecord(a));
     sweep();
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
+    LEANK_CUDA_CHECK(cudaEventRecord(b));
+    LEANK_CUDA_CHECK(cudaEventSynchronize(b));
     float t = 0;
-    CK(cudaEventElapsedTime(&t, a, b));
+    LEANK_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
     ms.push_back(t);
   }
-  CK(cudaGetLastError());
+  LEANK_CUDA_CHECK(cudaGetLastError());
   std::sort(ms.begin(), ms.end());
   Result r;
   r.time_us = ms[ms.size() / 2] * 1e3 / L;
@@ -281,7 +273,7 @@ int Main(int argc, char** argv) {
   }
   const Mask mask = LoadMask(o.mask_path);
   cudaDeviceProp prop{};
-  CK(cudaGetDeviceProperties(&prop, 0));
+  LEANK_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double read_gbps = MeasureReadBandwidth(size_t(4) << 30, 20);
   std::printf("device %s, read-only bandwidth %.0f GB/s\n", prop.name, read_gbps);
   nlohmann::json records = nlohmann::json::array();

@@ -4,18 +4,10 @@
 #include <vector>
 
 #include "bench/kernels/bench_util.h"
+#include "kernels/cuda_check.h"
 
 namespace leank::bench {
 namespace {
-
-#define BENCH_CUDA(expr)                                                                          \
-  do {                                                                                            \
-    cudaError_t _e = (expr);                                                                      \
-    if (_e != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(_e)); \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
 
 __device__ uint64_t Mix(uint64_t x) {
   x ^= x >> 33;
@@ -47,30 +39,30 @@ __global__ void ReduceKernel(const uint4* p, size_t n, unsigned* sink) {
 
 void FillRandomBf16(__nv_bfloat16* p, size_t n, uint64_t seed, cudaStream_t stream) {
   FillKernel<<<4096, 256, 0, stream>>>(p, n, seed);
-  BENCH_CUDA(cudaGetLastError());
+  LEANK_CUDA_CHECK(cudaGetLastError());
 }
 
 double MeasureReadBandwidth(size_t bytes, int iters) {
   uint4* buf = nullptr;
   unsigned* sink = nullptr;
-  BENCH_CUDA(cudaMalloc(&buf, bytes));
-  BENCH_CUDA(cudaMalloc(&sink, sizeof(unsigned)));
-  BENCH_CUDA(cudaMemset(buf, 1, bytes));
+  LEANK_CUDA_CHECK(cudaMalloc(&buf, bytes));
+  LEANK_CUDA_CHECK(cudaMalloc(&sink, sizeof(unsigned)));
+  LEANK_CUDA_CHECK(cudaMemset(buf, 1, bytes));
   int dev = 0, sms = 0;
-  BENCH_CUDA(cudaGetDevice(&dev));
-  BENCH_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  LEANK_CUDA_CHECK(cudaGetDevice(&dev));
+  LEANK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   cudaEvent_t a, b;
-  BENCH_CUDA(cudaEventCreate(&a));
-  BENCH_CUDA(cudaEventCreate(&b));
+  LEANK_CUDA_CHECK(cudaEventCreate(&a));
+  LEANK_CUDA_CHECK(cudaEventCreate(&b));
   std::vector<float> ms;
   const size_t n = bytes / sizeof(uint4);
   for (int i = 0; i < iters + 3; ++i) {
-    BENCH_CUDA(cudaEventRecord(a));
+    LEANK_CUDA_CHECK(cudaEventRecord(a));
     ReduceKernel<<<sms * 8, 512>>>(buf, n, sink);
-    BENCH_CUDA(cudaEventRecord(b));
-    BENCH_CUDA(cudaEventSynchronize(b));
+    LEANK_CUDA_CHECK(cudaEventRecord(b));
+    LEANK_CUDA_CHECK(cudaEventSynchronize(b));
     float t = 0;
-    BENCH_CUDA(cudaEventElapsedTime(&t, a, b));
+    LEANK_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
     if (i >= 3) ms.push_back(t);
   }
   std::sort(ms.begin(), ms.end());
