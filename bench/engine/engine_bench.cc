@@ -50,7 +50,7 @@ struct Args {
   int prefill_context = 8192;
   int chunk = 8192;
   int block = 16;
-  bool graphs = true, gemv = true;
+  bool graphs = true, gemv = true, fused = true, pdl = true;
 };
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
@@ -97,6 +97,7 @@ struct Bench {
     o.max_num_seqs = max_seqs;
     o.cuda_graphs = args.graphs;
     o.small_batch_gemv = args.gemv;
+    o.fused_gemv = args.fused;
     auto b = CreateCudaBackend(model.config, weights, layout, sizes, o);
     if (!b.ok()) Die(std::string(b.status().message()));
     return *std::move(b);
@@ -137,7 +138,9 @@ struct Bench {
                 {"model", model.config.name},
                 {"block_size", args.block},
                 {"cuda_graphs", args.graphs},
-                {"small_batch_gemv", args.gemv}};
+                {"small_batch_gemv", args.gemv},
+                {"fused_gemv", args.fused},
+                {"programmatic_launch", args.pdl}};
   }
 
   // Prefill `ctx` tokens in chunks, then time decode steps at batch 1.
@@ -376,8 +379,12 @@ int main(int argc, char** argv) {
   app.add_option("--chunk", a.chunk, "prefill chunk for batch-1 contexts");
   app.add_option("--block-size", a.block);
   app.add_option("--graphs", a.graphs, "CUDA graphs for decode steps (default true)");
-  app.add_option("--gemv", a.gemv, "small-batch GEMV kernel for <= 8 rows (default true)");
+  app.add_option("--gemv", a.gemv, "small-batch GEMV kernel for 1-2 rows (default true)");
+  app.add_option("--fused-gemv", a.fused,
+                 "RMSNorm/SwiGLU fused into the 1-2 row GEMVs (default true)");
+  app.add_option("--pdl", a.pdl, "programmatic dependent launch of the model kernels (default true)");
   CLI11_PARSE(app, argc, argv);
+  leank::kernels::model::SetProgrammaticLaunch(a.pdl);
 
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) Die("no CUDA device");

@@ -167,6 +167,11 @@ class CudaBackend final : public Backend {
   bool UseGemv(int rows, int k) const {
     return options_.small_batch_gemv && rows <= kGemvMaxRows && km::GemvApplies(rows, k);
   }
+  // RMSNorm / SwiGLU fused into the GEMV (1-2 rows): one launch and one dependency
+  // hop fewer each.
+  bool UseFusedGemv(int rows, int k) const {
+    return options_.small_batch_gemv && options_.fused_gemv && km::FusedGemvApplies(rows, k);
+  }
   void MatMulF32(const bf16* x, const bf16* w, float* y, int rows, int n, int k, float beta) {
     if (UseGemv(rows, k)) {
       km::GemvF32(x, w, y, rows, n, k, beta, stream_);
@@ -483,8 +488,15 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   // attention (compaction, decode, prefill), after attention (O, MLP); then the LM head.
   auto pre = [&](int l) {
     const cuda::PackedLayer& w = weights_->layers[l];
-    Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.input_norm, eps, h, stream_); });
-    Timed(0, [&] { MatMulF32(h, w.qkv, qkv_.as<float>(), rows, qkv_n, c.hidden_size, 0.0f); });
+    if (UseFusedGemv(rows, c.hidden_size)) {
+      Timed(0, [&] {
+        km::GemvRmsNormF32(x, w.input_norm, eps, w.qkv, qkv_.as<float>(), rows, qkv_n,
+                           c.hidden_size, stream_);
+      });
+    } else {
+      Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.input_norm, eps, h, stream_); });
+      Timed(0, [&] { MatMulF32(h, w.qkv, qkv_.as<float>(), rows, qkv_n, c.hidden_size, 0.0f); });
+    }
     Timed(6, [&] {
       km::QkvRopeWrite(qkv_.as<float>(), w.qkv_bias, inv_freq_.as<float>(), rows, c.num_heads,
                        meta_view_, tables, q_.as<bf16>(), FullLayerMut(l), stream_);
@@ -519,6 +531,17 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   auto post = [&](int l) {
     const cuda::PackedLayer& w = weights_->layers[l];
     Timed(1, [&] { MatMulF32(attn_.as<bf16>(), w.o, x, rows, c.hidden_size, c.q_size(), 1.0f); });
+    if (UseFusedGemv(rows, c.hidden_size) && UseFusedGemv(rows, inter)) {
+      // RMSNorm fused into the gate/up GEMV, SwiGLU into the down GEMV.
+      Timed(2, [&] {
+        km::GemvRmsNormBf16(x, w.post_norm, eps, w.gate_up, gu_.as<bf16>(), rows, 2 * inter,
+                            c.hidden_size, stream_);
+      });
+      Timed(3, [&] {
+        km::GemvSiluMulF32(gu_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f, stream_);
+      });
+      return;
+    }
     Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_); });
     Timed(2, [&] { MatMulBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size); });
     Timed(6, [&] { km::SiluMul(gu_.as<bf16>(), rows, inter, act_.as<bf16>(), stream_); });

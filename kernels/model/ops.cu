@@ -17,6 +17,8 @@ namespace {
 
 __global__ void EmbeddingKernel(const int32_t* tokens, const bf16* table, int hidden, float* x) {
   const int r = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x;
+  PdlTrigger();
+  PdlWait();
   if (i < hidden)
     x[int64_t(r) * hidden + i] = __bfloat162float(table[int64_t(tokens[r]) * hidden + i]);
 }
@@ -27,6 +29,8 @@ template <int kPer>
 __global__ void RmsNormKernel(const float* x, const int32_t* row_index, int hidden,
                               const bf16* weight, float eps, bf16* out) {
   const int r = blockIdx.x;
+  PdlTrigger();
+  PdlWait();
   const int src_row = row_index ? row_index[r] : r;
   const float* xr = x + int64_t(src_row) * hidden;
   float v[kPer];
@@ -53,6 +57,8 @@ __global__ void QkvRopeWriteKernel(const float* qkv, const bf16* bias, const flo
                                    int num_q_heads, CacheMetaView meta, StepTables tables,
                                    bf16* q_out, bf16* full_layer) {
   const int r = blockIdx.x, head = blockIdx.y;
+  PdlTrigger();
+  PdlWait();
   const int H = meta.num_kv_heads, D = meta.head_dim, B = meta.block_size, half = D / 2;
   const StepSeq s = tables.seqs[tables.row_seq[r]];
   const int pos = s.start_pos + (r - s.row_begin);
@@ -92,13 +98,15 @@ __global__ void QkvRopeWriteKernel(const float* qkv, const bf16* bias, const flo
 }
 
 __global__ void SiluMulKernel(const bf16* gu, int rows, int inter, bf16* out) {
+  PdlTrigger();
+  PdlWait();
   const int64_t total = int64_t(rows) * inter;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = e / inter, i = e - r * inter;
     const bf16* g = gu + r * 2 * inter;
     const float x = __bfloat162float(g[i]);
-    out[e] = __float2bfloat16(x / (1.0f + expf(-x)) * __bfloat162float(g[inter + i]));
+    out[e] = __float2bfloat16(SiluMulValue(x, __bfloat162float(g[inter + i])));
   }
 }
 
@@ -159,6 +167,19 @@ __global__ void ReadProbeKernel(const uint4* data, size_t n, float* sink) {
 
 }  // namespace
 
+namespace {
+bool& PdlFlag() {
+  static bool enabled = [] {
+    const char* env = std::getenv("LEANK_CUDA_PDL");
+    return !(env && env[0] == '0');
+  }();
+  return enabled;
+}
+}  // namespace
+
+bool ProgrammaticLaunchEnabled() { return PdlFlag(); }
+void SetProgrammaticLaunch(bool enabled) { PdlFlag() = enabled; }
+
 void FillRandomBf16(bf16* data, size_t n, uint64_t seed, cudaStream_t stream) {
   if (n == 0) return;
   FillRandomKernel<<<4096, 256, 0, stream>>>(data, n, seed);
@@ -177,7 +198,8 @@ void ReadProbe(const char* data, size_t bytes, float* sink, cudaStream_t stream)
 void Embedding(const int32_t* tokens, int rows, const bf16* table, int hidden, float* x,
                cudaStream_t stream) {
   if (rows == 0) return;
-  EmbeddingKernel<<<dim3(rows, (hidden + 255) / 256), 256, 0, stream>>>(tokens, table, hidden, x);
+  LaunchPdl(EmbeddingKernel, dim3(rows, (hidden + 255) / 256), dim3(256), 0, stream, tokens, table,
+            hidden, x);
   LEANK_MODEL_CHECK_LAUNCH();
 }
 
@@ -187,11 +209,14 @@ void RmsNorm(const float* x, const int32_t* row_index, int rows, int hidden, con
   constexpr int kThreads = 512;
   const int per = (hidden + kThreads - 1) / kThreads;
   if (per <= 1) {
-    RmsNormKernel<1><<<rows, kThreads, 0, stream>>>(x, row_index, hidden, weight, eps, out);
+    LaunchPdl(RmsNormKernel<1>, dim3(rows), dim3(kThreads), 0, stream, x, row_index, hidden,
+              weight, eps, out);
   } else if (per <= 4) {
-    RmsNormKernel<4><<<rows, kThreads, 0, stream>>>(x, row_index, hidden, weight, eps, out);
+    LaunchPdl(RmsNormKernel<4>, dim3(rows), dim3(kThreads), 0, stream, x, row_index, hidden,
+              weight, eps, out);
   } else if (per <= 16) {
-    RmsNormKernel<16><<<rows, kThreads, 0, stream>>>(x, row_index, hidden, weight, eps, out);
+    LaunchPdl(RmsNormKernel<16>, dim3(rows), dim3(kThreads), 0, stream, x, row_index, hidden,
+              weight, eps, out);
   } else {
     std::fprintf(stderr, "RmsNorm: hidden %d > %d\n", hidden, 16 * kThreads);
     std::abort();
@@ -204,8 +229,8 @@ void QkvRopeWrite(const float* qkv, const bf16* bias, const float* inv_freq, int
                   bf16* full_layer, cudaStream_t stream) {
   if (rows == 0) return;
   const dim3 grid(rows, num_q_heads + 2 * meta.num_kv_heads);
-  QkvRopeWriteKernel<<<grid, 64, 0, stream>>>(qkv, bias, inv_freq, num_q_heads, meta, tables, q_out,
-                                              full_layer);
+  LaunchPdl(QkvRopeWriteKernel, grid, dim3(64), 0, stream, qkv, bias, inv_freq, num_q_heads, meta,
+            tables, q_out, full_layer);
   LEANK_MODEL_CHECK_LAUNCH();
 }
 
@@ -213,7 +238,7 @@ void SiluMul(const bf16* gate_up, int rows, int inter, bf16* out, cudaStream_t s
   if (rows == 0) return;
   const int64_t total = int64_t(rows) * inter;
   const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 132 * 16));
-  SiluMulKernel<<<blocks, 256, 0, stream>>>(gate_up, rows, inter, out);
+  LaunchPdl(SiluMulKernel, dim3(blocks), dim3(256), 0, stream, gate_up, rows, inter, out);
   LEANK_MODEL_CHECK_LAUNCH();
 }
 
