@@ -35,7 +35,8 @@ class CpuBackend final : public Backend {
         layout_(layout),
         sizes_(sizes),
         pool_(options.num_threads),
-        rope_(config) {}
+        rope_(config),
+        bf16_(options.bf16_activations) {}
 
   void Load(const ModelWeights& w) {
     embed_ = w.embed_tokens.ToFloat();
@@ -83,12 +84,17 @@ class CpuBackend final : public Backend {
  private:
   void AttentionBlock(const StepPlan& plan, int layer, std::vector<float>& x);
   void MlpBlock(int layer, std::vector<float>& x, int64_t rows);
+  // Where the CUDA backend writes a bf16 tensor, the bf16 mode rounds.
+  void AsBf16(std::vector<float>& v) const {
+    if (bf16_) cpu::RoundToBf16(v.data(), static_cast<int64_t>(v.size()));
+  }
 
   ModelConfig config_;
   const cache::CacheLayout& layout_;
   cache::PoolSizes sizes_;
   ThreadPool pool_;
   cpu::Rope rope_;
+  bool bf16_;
   std::vector<float> embed_, final_norm_, lm_head_;
   bool tied_ = false;
   std::vector<CpuLayer> layers_;
@@ -103,6 +109,7 @@ void CpuBackend::AttentionBlock(const StepPlan& plan, int layer, std::vector<flo
   const CpuLayer& w = layers_[layer];
   std::vector<float> h(rows * hidden), qkv(rows * qkv_size);
   cpu::RmsNorm(x.data(), w.input_norm.data(), rows, hidden, config_.rms_norm_eps, h.data());
+  AsBf16(h);
   cpu::MatMulT(pool_, h.data(), rows, w.qkv.data(), qkv_size, hidden,
                w.qkv_bias.empty() ? nullptr : w.qkv_bias.data(), qkv.data());
 
@@ -120,6 +127,10 @@ void CpuBackend::AttentionBlock(const StepPlan& plan, int layer, std::vector<flo
       rope_.Apply(k.data() + row * kv_size, config_.num_kv_heads, pos);
     }
   }
+  // The GPU's q buffer and KV cache are bf16.
+  AsBf16(q);
+  AsBf16(k);
+  AsBf16(v);
 
   // Cache write, attention, compaction: per sequence, sequences in parallel.
   std::vector<int64_t> first_row(plan.seqs.size() + 1, 0);
@@ -144,6 +155,7 @@ void CpuBackend::AttentionBlock(const StepPlan& plan, int layer, std::vector<flo
     run_seqs(0, static_cast<int64_t>(plan.seqs.size()));
   }
 
+  AsBf16(attn);
   std::vector<float> o(rows * hidden);
   cpu::MatMulT(pool_, attn.data(), rows, w.o.data(), hidden, q_size, nullptr, o.data());
   for (int64_t i = 0; i < rows * hidden; ++i) x[i] += o[i];
@@ -154,11 +166,14 @@ void CpuBackend::MlpBlock(int layer, std::vector<float>& x, int64_t rows) {
   const CpuLayer& w = layers_[layer];
   std::vector<float> h(rows * hidden), gu(rows * 2 * inter), act(rows * inter), d(rows * hidden);
   cpu::RmsNorm(x.data(), w.post_norm.data(), rows, hidden, config_.rms_norm_eps, h.data());
+  AsBf16(h);
   cpu::MatMulT(pool_, h.data(), rows, w.gate_up.data(), 2 * inter, hidden, nullptr, gu.data());
+  AsBf16(gu);
   for (int64_t r = 0; r < rows; ++r) {
     const float* g = gu.data() + r * 2 * inter;
     cpu::SiluMul(g, g + inter, inter, act.data() + r * inter);
   }
+  AsBf16(act);
   cpu::MatMulT(pool_, act.data(), rows, w.down.data(), hidden, inter, nullptr, d.data());
   for (int64_t i = 0; i < rows * hidden; ++i) x[i] += d[i];
 }
@@ -197,6 +212,7 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
   const int64_t n = static_cast<int64_t>(last.size()) / hidden;
   std::vector<float> normed(last.size());
   cpu::RmsNorm(last.data(), final_norm_.data(), n, hidden, config_.rms_norm_eps, normed.data());
+  AsBf16(normed);
   out->vocab = vocab;
   out->logits.assign(n * vocab, 0.0f);
   cpu::MatMulT(pool_, normed.data(), n, tied_ ? embed_.data() : lm_head_.data(), vocab, hidden,

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numbers>
 
+#include "engine/model/dtype.h"
+
 namespace leank::cpu {
 namespace {
 
@@ -99,6 +101,12 @@ void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
     const float g = gate[i];
     out[i] = g / (1.0f + std::exp(-g)) * up[i];
   }
+}
+
+float RoundToBf16(float x) { return Bf16ToFloat(FloatToBf16(x)); }
+
+void RoundToBf16(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = RoundToBf16(x[i]);
 }
 
 }  // namespace leank::cpu

@@ -33,4 +33,11 @@ class Rope {
 // out[i] = silu(gate[i]) * up[i].
 void SiluMul(const float* gate, const float* up, int64_t n, float* out);
 
+// x rounded to the nearest bfloat16 (ties to even), returned as float: what CUDA's
+// __float2bfloat16 then __bfloat162float give. Infinities pass through, NaN stays NaN,
+// values past the largest bf16 round to +-inf.
+float RoundToBf16(float x);
+// RoundToBf16 over x[0, n), in place.
+void RoundToBf16(float* x, int64_t n);
+
 }  // namespace leank::cpu
