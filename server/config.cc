@@ -53,6 +53,9 @@ const FlagSpec kFlagTable[] = {
      "optimistic: admit when the next chunk fits, preempt by recompute when blocks run out"},
     {"num-threads", "LEANK_NUM_THREADS", &ServerConfig::num_threads, false,
      "CPU backend threads; 0: all cores"},
+    {"cpu-activations", "LEANK_CPU_ACTIVATIONS", &ServerConfig::cpu_activations, false,
+     "CPU backend activations: f32 (the fp32 reference) | bf16 (rounded to bf16 where the CUDA "
+     "backend stores them: a bf16-faithful reference for comparing the two)"},
     {"host", "LEANK_HOST", &ServerConfig::host, false, "Address to listen on"},
     {"port", "LEANK_PORT", &ServerConfig::port, false, "gRPC port"},
     {"metrics-port", "LEANK_METRICS_PORT", &ServerConfig::metrics_port, false,
@@ -116,6 +119,7 @@ EngineOptions ServerConfig::ToEngineOptions() const {
   o.max_waiting = max_waiting;
   o.admission = admission;
   o.num_threads = num_threads;
+  o.cpu_bf16_activations = cpu_activations == "bf16";
   return o;
 }
 
@@ -200,6 +204,13 @@ absl::Status CheckConfig(const ServerConfig& c) {
   if (c.sink < -1) return bad("sink", "must be >= 0 (or -1 for the mask's)");
   if (c.recent < -1) return bad("recent", "must be >= 0 (or -1 for the mask's)");
   if (c.num_threads < 0) return bad("num-threads", "must be >= 0");
+  if (c.cpu_activations != "f32" && c.cpu_activations != "bf16") {
+    return bad("cpu-activations", "must be 'f32' or 'bf16', got '" + c.cpu_activations + "'");
+  }
+  if (c.cpu_activations == "bf16" && c.backend != "cpu") {
+    return bad("cpu-activations", "bf16 applies to --backend cpu only (the " + c.backend +
+                                      " backend has its own precision)");
+  }
   if (!(c.drain_timeout >= 0)) return bad("drain-timeout", "must be >= 0");
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   bool known = false;

@@ -30,6 +30,7 @@ struct ServerConfig {
   int max_waiting = 1024;  // queued requests beyond this: RESOURCE_EXHAUSTED
   std::string admission = "reserve";  // reserve | optimistic (engine/core/scheduler.h)
   int num_threads = 0;     // CPU backend threads; 0: all cores
+  std::string cpu_activations = "f32";  // f32 | bf16 (CpuBackendOptions::bf16_activations)
   // Network.
   std::string host = "0.0.0.0";
   int port = 50051;         // gRPC

@@ -150,8 +150,9 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
                    ")"));
   if (options.backend == "cpu") {
     sizes = cache::SplitBudget(*layout_, budget, target, options.max_batched_tokens);
-    backend = CreateCpuBackend(cfg, model_.weights, *layout_, sizes,
-                               CpuBackendOptions{options.num_threads});
+    backend =
+        CreateCpuBackend(cfg, model_.weights, *layout_, sizes,
+                         CpuBackendOptions{options.num_threads, options.cpu_bf16_activations});
   }
 #ifdef LEANK_HAVE_CUDA
   if (options.backend == "cuda") {

@@ -38,6 +38,9 @@ struct EngineOptions {
   // chunk fits, preempt by recompute when blocks run out (scheduler.h).
   std::string admission = "reserve";
   int num_threads = 0;  // CPU backend threads; 0: hardware concurrency
+  // CPU backend: round activations to bf16 where the CUDA backend does
+  // (CpuBackendOptions::bf16_activations); false: the fp32 reference. Ignored on "cuda".
+  bool cpu_bf16_activations = false;
 };
 
 struct EngineStats {

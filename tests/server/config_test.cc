@@ -85,5 +85,33 @@ TEST(CheckConfig, NamesTheBadFlag) {
   EXPECT_NE(CheckConfig(c).message().find("--model"), absl::string_view::npos);
 }
 
+TEST(CheckConfig, CpuActivations) {
+  ServerConfig c;
+  c.model = "/m";
+  EXPECT_EQ(c.cpu_activations, "f32");
+  EXPECT_FALSE(c.ToEngineOptions().cpu_bf16_activations);  // the fp32 reference by default
+  c.cpu_activations = "fp16";
+  absl::Status s = CheckConfig(c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("--cpu-activations"), absl::string_view::npos) << s;
+  c.cpu_activations = "bf16";
+  EXPECT_TRUE(CheckConfig(c).ok());
+  EXPECT_TRUE(c.ToEngineOptions().cpu_bf16_activations);
+  c.backend = "cuda";
+  EXPECT_NE(CheckConfig(c).message().find("--cpu-activations"), absl::string_view::npos);
+}
+
+TEST(ParseConfig, CpuActivationsFromEnvTwin) {
+  setenv("LEANK_CPU_ACTIVATIONS", "bf16", 1);
+  std::vector<std::string> args = {"leank-server", "--model=/m"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  absl::StatusOr<ServerConfig> c = ParseConfig(static_cast<int>(argv.size()), argv.data());
+  unsetenv("LEANK_CPU_ACTIVATIONS");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->cpu_activations, "bf16");
+  EXPECT_TRUE(c->ToEngineOptions().cpu_bf16_activations);
+}
+
 }  // namespace
 }  // namespace leank::server

@@ -46,6 +46,11 @@ int main(int argc, char** argv) {
   app.add_option("--block-size", eo.block_size, "KV block size in tokens")->capture_default_str();
   app.add_option("--kv-cache-memory", eo.kv_cache_bytes, "KV cache budget in bytes (0: 1 GiB)");
   app.add_option("--threads", eo.num_threads, "CPU threads (0: all cores)");
+  std::string cpu_activations = "f32";
+  app.add_option("--cpu-activations", cpu_activations,
+                 "CPU backend: f32 (fp32 reference) | bf16 (rounded where the CUDA backend is)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   app.add_option("--max-tokens", gp.max_tokens, "Tokens to generate")->capture_default_str();
   app.add_option("--min-tokens", gp.min_tokens, "Tokens before EOS/stop may end generation");
   app.add_option("--temperature", gp.sampling.temperature, "0 = greedy")->capture_default_str();
@@ -69,10 +74,14 @@ int main(int argc, char** argv) {
   if (prompt_opt->count() == 0 && chat_opt->count() == 0) {
     return Fail(2, "give --prompt TEXT or --chat MESSAGE");
   }
+  if (cpu_activations == "bf16" && eo.backend != "cpu") {
+    return Fail(2, "--cpu-activations bf16 applies to --backend cpu only");
+  }
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_default_logger(spdlog::stderr_color_mt("leank"));
   spdlog::set_level(spdlog::level::from_str(log_level));
   eo.model_dir = model;
+  eo.cpu_bf16_activations = cpu_activations == "bf16";
   eo.mask_path = masks;
   if (sink >= 0) eo.sink = sink;
   if (recent >= 0) eo.recent = recent;
