@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The product path on the GPU machine (device tool, carry [".device", ".cache/gpu/c3"]):
 #  1. SmolLM2 rebuilt from its GGUF (brought in two halves by earlier calls, in /tmp/lkg),
-#     served by leank-server on the CPU backend (reference) and on the CUDA backend;
-#     20 chat prompts x 64 greedy tokens compared token for token, dense and with the
-#     trained 70% LeanK mask (small sink/recent so the middle is really pruned);
+#     served by leank-server on the CUDA backend and on the CPU backend twice: the fp32
+#     reference and --cpu-activations bf16 (rounded where the GPU rounds); 20 chat prompts
+#     x 64 greedy tokens compared token for token with each reference, dense and with the
+#     trained 70% LeanK mask (small sink/recent so the middle is really pruned):
+#     greedy-smollm2-{dense,leank70}-{f32,bf16}.json, server logs in greedy-logs.tgz;
 #  2. serving benchmark on a random-weight Llama-3.1-8B-shape model: leank-bench, 16K-token
 #     inputs, 256 output tokens, dense vs LeanK (released mask), KV budget 40 GiB.
 # Writes JSON under $OUT. Each phase is bounded in time.
@@ -35,16 +37,26 @@ if [[ ${PHASES:-12} == *1* ]]; then
     >"$OUT/convert.log" 2>&1 || { tail "$OUT/convert.log"; exit 1; }
   M=/tmp/smollm2
   MASK=train/masks/smollm2-135m-instruct/masks-s70.safetensors
-  start_server 7101 "$OUT/cpu-dense.log" --model $M --backend cpu --num-threads 16
-  start_server 7102 "$OUT/cuda-dense.log" --model $M --backend ${TEST_BACKEND:-cuda} --kv-cache-memory 4GiB
-  timeout 200 python3 bench/gpu/compare_greedy.py --cli "$B leank-cli" --ref 127.0.0.1:7101 \
-    --test 127.0.0.1:7102 --label dense --json "$OUT/greedy-smollm2-dense.json" | tail -4
-  stop_servers
-  start_server 7103 "$OUT/cpu-leank.log" --model $M --backend cpu --num-threads 16 --masks $MASK --sink 16 --recent 32
-  start_server 7104 "$OUT/cuda-leank.log" --model $M --backend ${TEST_BACKEND:-cuda} --kv-cache-memory 4GiB --masks $MASK --sink 16 --recent 32
-  timeout 200 python3 bench/gpu/compare_greedy.py --cli "$B leank-cli" --ref 127.0.0.1:7103 \
-    --test 127.0.0.1:7104 --label leank70 --json "$OUT/greedy-smollm2-leank70.json" | tail -4
-  stop_servers
+  # greedy LABEL PORT0 [server args...]: CPU fp32 on PORT0, CPU bf16 on PORT0+1, CUDA on
+  # PORT0+2, all with the same model/mask args; the CUDA server generates once per prompt.
+  greedy() {
+    local label=$1 p=$2
+    shift 2
+    start_server $p "$OUT/cpu-f32-$label.log" --model $M --backend cpu --num-threads 16 "$@" &&
+      start_server $((p + 1)) "$OUT/cpu-bf16-$label.log" --model $M --backend cpu --num-threads 16 \
+        --cpu-activations bf16 "$@" &&
+      start_server $((p + 2)) "$OUT/cuda-$label.log" --model $M --backend ${TEST_BACKEND:-cuda} \
+        --kv-cache-memory 4GiB "$@" &&
+      timeout 240 python3 bench/gpu/compare_greedy.py --cli "$B leank-cli" --label $label \
+        --test 127.0.0.1:$((p + 2)) \
+        --ref f32=127.0.0.1:$p --json "$OUT/greedy-smollm2-$label-f32.json" \
+        --ref bf16=127.0.0.1:$((p + 1)) --json "$OUT/greedy-smollm2-$label-bf16.json" | tail -4
+    stop_servers
+  }
+  greedy dense 7101
+  greedy leank70 7111 --masks $MASK --sink 16 --recent 32
+  # The device tool brings back at most 8 files: the four JSONs stay loose, logs go in one.
+  (cd "$OUT" && tar czf greedy-logs.tgz convert.log cpu-*.log cuda-*.log && rm -f convert.log cpu-*.log cuda-*.log) || true
 fi
 
 if [[ ${PHASES:-12} == *2* ]]; then
