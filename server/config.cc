@@ -56,6 +56,9 @@ const FlagSpec kFlagTable[] = {
     {"cpu-activations", "LEANK_CPU_ACTIVATIONS", &ServerConfig::cpu_activations, false,
      "CPU backend activations: f32 (the fp32 reference) | bf16 (rounded to bf16 where the CUDA "
      "backend stores them: a bf16-faithful reference for comparing the two)"},
+    {"gpu-sampling", "LEANK_GPU_SAMPLING", &ServerConfig::gpu_sampling, false,
+     "Draw tokens on the GPU when the backend can (cuda) and the request asks for no top "
+     "logprobs; false: on the CPU from the copied logits"},
     {"host", "LEANK_HOST", &ServerConfig::host, false, "Address to listen on"},
     {"port", "LEANK_PORT", &ServerConfig::port, false, "gRPC port"},
     {"metrics-port", "LEANK_METRICS_PORT", &ServerConfig::metrics_port, false,
@@ -120,6 +123,7 @@ EngineOptions ServerConfig::ToEngineOptions() const {
   o.admission = admission;
   o.num_threads = num_threads;
   o.cpu_bf16_activations = cpu_activations == "bf16";
+  o.gpu_sampling = gpu_sampling;
   return o;
 }
 

@@ -31,6 +31,8 @@ struct ServerConfig {
   std::string admission = "reserve";  // reserve | optimistic (engine/core/scheduler.h)
   int num_threads = 0;     // CPU backend threads; 0: all cores
   std::string cpu_activations = "f32";  // f32 | bf16 (CpuBackendOptions::bf16_activations)
+  // Sample on the device when the backend can (EngineOptions::gpu_sampling).
+  bool gpu_sampling = true;
   // Network.
   std::string host = "0.0.0.0";
   int port = 50051;         // gRPC

@@ -34,6 +34,7 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 struct EngineRequest {
   EngineRequest(RequestId id, const Tokenizer& tok, GenerationParams p, uint64_t seed)
       : params(std::move(p)),
+        seed(seed),
         sampler(seed),
         stop(tok, params.stop, params.include_stop_str_in_output) {
     seq.id = id;
@@ -41,6 +42,7 @@ struct EngineRequest {
   SchedSeq seq;
   int prompt_len = 0;
   GenerationParams params;
+  uint64_t seed;  // of `sampler`, and of the draws when the backend samples
   Sampler sampler;
   StopChecker stop;
   std::vector<int32_t> output;
@@ -72,6 +74,8 @@ class EngineImpl final : public Engine {
   RequestOutput Finish(EngineRequest& r, FinishReason reason, absl::Status error = {});
   void FillUsage(const EngineRequest& r, RequestOutput* out) const;
   bool IsEos(int32_t token) const;
+  // Tokens that cannot be drawn at this step of `r` (EOS and stop ids before min_tokens).
+  std::vector<int32_t> BannedTokens(const EngineRequest& r) const;
 
   EngineOptions options_;
   LoadedModel model_;
@@ -87,6 +91,7 @@ class EngineImpl final : public Engine {
   int max_model_len_ = 0;
   int64_t kv_capacity_tokens_ = 0;
   int64_t next_arrival_ = 0;
+  bool device_sampling_ = false;  // options_.gpu_sampling && backend_->samples_on_device()
   std::mt19937_64 seed_source_{std::random_device{}()};
   ModelInfo info_;
 };
@@ -178,6 +183,8 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
 #endif
   if (!backend.ok()) return backend.status();
   backend_ = *std::move(backend);
+  if (options.wrap_backend) backend_ = options.wrap_backend(std::move(backend_));
+  device_sampling_ = options.gpu_sampling && backend_->samples_on_device();
   cache_ = std::make_unique<cache::KvCacheManager>(*layout_, sizes);
   kv_capacity_tokens_ = cache_->TokenCapacity();
   if (kv_capacity_tokens_ < 2) {
@@ -302,6 +309,19 @@ bool EngineImpl::IsEos(int32_t token) const {
   return false;
 }
 
+std::vector<int32_t> EngineImpl::BannedTokens(const EngineRequest& r) const {
+  std::vector<int32_t> banned;
+  const GenerationParams& p = r.params;
+  if (static_cast<int>(r.output.size()) >= p.min_tokens) return banned;
+  if (!p.ignore_eos) {
+    for (int e : model_.config.eos_token_ids) {
+      if (e >= 0 && e < model_.config.vocab_size) banned.push_back(e);
+    }
+  }
+  banned.insert(banned.end(), p.stop_token_ids.begin(), p.stop_token_ids.end());
+  return banned;
+}
+
 void EngineImpl::FillUsage(const EngineRequest& r, RequestOutput* out) const {
   out->id = r.seq.id;
   out->prompt_tokens = r.prompt_len;
@@ -355,6 +375,16 @@ std::vector<RequestOutput> EngineImpl::Step() {
     w.tokens.assign(s.seq->tokens.begin() + s.seq->num_cached,
                     s.seq->tokens.begin() + s.seq->num_cached + s.cache.num_new_tokens);
     w.want_logits = s.want_logits;
+    // On the device unless top-n logprobs are wanted (the device returns only the token's).
+    if (s.want_logits && device_sampling_ && r.params.logprobs <= 0) {
+      DeviceSample& d = w.sample.emplace();
+      d.params = r.params.sampling;
+      d.seed = r.seed;
+      d.step = r.output.size();
+      d.banned = BannedTokens(r);
+      d.prompt = std::span<const int32_t>(r.seq.tokens.data(), r.prompt_len);
+      d.output = r.output;
+    }
     plan.seqs.push_back(std::move(w));
   }
   StepOutput logits;
@@ -370,25 +400,37 @@ std::vector<RequestOutput> EngineImpl::Step() {
   }
 
   int64_t row = 0;
-  for (const ScheduledSeq& s : schedule.seqs) {
+  for (size_t i = 0; i < schedule.seqs.size(); ++i) {
+    const ScheduledSeq& s = schedule.seqs[i];
     EngineRequest& r = *requests_.at(s.seq->id);
     r.seq.num_cached += s.cache.num_new_tokens;
     if (!s.want_logits) continue;
-    std::span<const float> in = logits.row(row++);
-    std::vector<float> l(in.begin(), in.end());
+    const int64_t this_row = row++;
     const GenerationParams& p = r.params;
     const bool can_stop = static_cast<int>(r.output.size()) >= p.min_tokens;
-    if (!can_stop) {
-      // Before min_tokens, EOS and stop tokens cannot be drawn at all.
-      if (!p.ignore_eos) {
-        for (int e : model_.config.eos_token_ids) {
-          if (e >= 0 && e < static_cast<int>(l.size())) l[e] = -INFINITY;
-        }
+    SampleResult sample;
+    if (plan.seqs[i].sample) {
+      if (this_row >= static_cast<int64_t>(logits.sampled.size()) ||
+          logits.sampled[this_row].token < 0 ||
+          logits.sampled[this_row].token >= model_.config.vocab_size) {
+        // A backend bug, not the request's fault; fail the request loudly.
+        spdlog::error("backend returned no valid sampled token for row {}", this_row);
+        outputs.push_back(
+            Finish(r, FinishReason::kError,
+                   absl::InternalError("the backend returned no valid sampled token")));
+        finished.push_back(r.seq.id);
+        continue;
       }
-      for (int32_t t : p.stop_token_ids) l[t] = -INFINITY;
+      sample.token = logits.sampled[this_row].token;
+      sample.logprob = logits.sampled[this_row].logprob;
+    } else {
+      std::span<const float> in = logits.row(this_row);
+      std::vector<float> l(in.begin(), in.end());
+      // Before min_tokens, EOS and stop tokens cannot be drawn at all.
+      for (int32_t t : BannedTokens(r)) l[t] = -INFINITY;
+      const std::span<const int32_t> prompt(r.seq.tokens.data(), r.prompt_len);
+      sample = r.sampler.Sample(l, p.sampling, prompt, r.output, p.logprobs);
     }
-    const std::span<const int32_t> prompt(r.seq.tokens.data(), r.prompt_len);
-    SampleResult sample = r.sampler.Sample(l, p.sampling, prompt, r.output, p.logprobs);
     if (!r.first_token) r.first_token = Clock::now();
     r.output.push_back(sample.token);
     r.seq.tokens.push_back(sample.token);

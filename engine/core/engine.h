@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,8 @@
 #include "engine/tokenizer/tokenizer.h"
 
 namespace leank {
+
+class Backend;
 
 struct EngineOptions {
   std::filesystem::path model_dir;
@@ -41,6 +44,11 @@ struct EngineOptions {
   // CPU backend: round activations to bf16 where the CUDA backend does
   // (CpuBackendOptions::bf16_activations); false: the fp32 reference. Ignored on "cuda".
   bool cpu_bf16_activations = false;
+  // Draw tokens on the device when the backend can (Backend::samples_on_device) and the
+  // request wants no top-n logprobs; false: always on the CPU from the returned logits.
+  bool gpu_sampling = true;
+  // Tests: wraps the backend the engine created (to fake or observe its steps).
+  std::function<std::unique_ptr<Backend>(std::unique_ptr<Backend>)> wrap_backend;
 };
 
 struct EngineStats {
