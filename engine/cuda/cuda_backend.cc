@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/cpu/ops.h"
 #include "engine/cuda/device_buffer.h"
+#include "engine/cuda/gpu_sampler.h"
 #include "engine/cuda/weights_upload.h"
 #include "kernels/attention.h"
 #include "kernels/model/ops.h"
@@ -123,6 +124,7 @@ class CudaBackend final : public Backend {
   const ModelConfig& config() const override { return config_; }
   const cache::CacheLayout& layout() const override { return layout_; }
   cache::PoolSizes pool_sizes() const override { return sizes_; }
+  bool samples_on_device() const override { return true; }
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
 
  private:
@@ -167,10 +169,9 @@ class CudaBackend final : public Backend {
   bool UseGemv(int rows, int k) const {
     return options_.small_batch_gemv && rows <= kGemvMaxRows && km::GemvApplies(rows, k);
   }
-  // RMSNorm / SwiGLU fused into the GEMV (1-2 rows): one launch and one dependency
-  // hop fewer each.
-  bool UseFusedGemv(int rows, int k) const {
-    return options_.small_batch_gemv && options_.fused_gemv && km::FusedGemvApplies(rows, k);
+  // RMSNorm fused into the GEMV (1-2 rows): one launch and one dependency hop fewer.
+  bool UseFusedNorm(int rows, int k) const {
+    return options_.small_batch_gemv && options_.fused_norm && km::FusedGemvApplies(rows, k);
   }
   void MatMulF32(const bf16* x, const bf16* w, float* y, int rows, int n, int k, float beta) {
     if (UseGemv(rows, k)) {
@@ -216,6 +217,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<kernels::DecodeAttention> decode_;
   std::unique_ptr<kernels::PrefillAttention> prefill_;
   km::Gemm gemm_;
+  cuda::GpuSampler sampler_;  // rows with SeqWork::sample (after the logits copy, if any)
 
   // Activations for `rows_cap_` rows and `logit_cap_` logit rows.
   int64_t rows_cap_ = 0, logit_cap_ = 0;
@@ -420,8 +422,16 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     }
   }
   const int num_logits = static_cast<int>(logit_rows.size());
+  // Device sampling: the DeviceSample of each logits row (nullptr: not sampled).
+  std::vector<const DeviceSample*> row_samples;
+  for (const SeqWork& s : plan.seqs) {
+    if (s.want_logits) row_samples.push_back(s.sample ? &*s.sample : nullptr);
+  }
+  const int num_sampled = static_cast<int>(
+      std::count_if(row_samples.begin(), row_samples.end(), [](auto* p) { return p != nullptr; }));
   out->vocab = vocab;
   out->logits.clear();
+  out->sampled.clear();
   if (rows == 0) return absl::OkStatus();
   if (auto s = EnsureRows(rows, std::max(1, num_logits)); !s.ok()) return s;
 
@@ -488,7 +498,7 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   // attention (compaction, decode, prefill), after attention (O, MLP); then the LM head.
   auto pre = [&](int l) {
     const cuda::PackedLayer& w = weights_->layers[l];
-    if (UseFusedGemv(rows, c.hidden_size)) {
+    if (UseFusedNorm(rows, c.hidden_size)) {
       Timed(0, [&] {
         km::GemvRmsNormF32(x, w.input_norm, eps, w.qkv, qkv_.as<float>(), rows, qkv_n,
                            c.hidden_size, stream_);
@@ -531,19 +541,16 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   auto post = [&](int l) {
     const cuda::PackedLayer& w = weights_->layers[l];
     Timed(1, [&] { MatMulF32(attn_.as<bf16>(), w.o, x, rows, c.hidden_size, c.q_size(), 1.0f); });
-    if (UseFusedGemv(rows, c.hidden_size) && UseFusedGemv(rows, inter)) {
-      // RMSNorm fused into the gate/up GEMV, SwiGLU into the down GEMV.
+    if (UseFusedNorm(rows, c.hidden_size)) {
+      // RMSNorm fused into the gate/up GEMV.
       Timed(2, [&] {
         km::GemvRmsNormBf16(x, w.post_norm, eps, w.gate_up, gu_.as<bf16>(), rows, 2 * inter,
                             c.hidden_size, stream_);
       });
-      Timed(3, [&] {
-        km::GemvSiluMulF32(gu_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f, stream_);
-      });
-      return;
+    } else {
+      Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_); });
+      Timed(2, [&] { MatMulBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size); });
     }
-    Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_); });
-    Timed(2, [&] { MatMulBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size); });
     Timed(6, [&] { km::SiluMul(gu_.as<bf16>(), rows, inter, act_.as<bf16>(), stream_); });
     Timed(3, [&] { MatMulF32(act_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f); });
   };
@@ -555,8 +562,8 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
       MatMulF32(final_h_.as<bf16>(), weights_->lm_head, logits_.as<float>(), num_logits,
                 static_cast<int>(vocab), c.hidden_size, 0.0f);
     });
-    LEANK_CUDA_CHECK(cudaMemcpyAsync(logits_host_.as<float>(), logits_.as<float>(),
-                                  size_t(num_logits) * vocab * 4, cudaMemcpyDeviceToHost, stream_));
+    // The logits copy and the sampler run after the segments (outside the graphs: which
+    // rows are sampled changes from step to step).
   };
   // Segment s of a step: s = 0 embedding + pre(0); 0 < s < L: post(s-1) + pre(s);
   // s = L: post(L-1) + head.
@@ -599,12 +606,28 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     }
     if (s < L) Timed(5, [&] { attend(s); });
   }
+  // Raw logits to the host unless every row is sampled here; the sampler modifies its rows
+  // in place, so it runs after the copy.
+  const bool copy_logits = num_logits > 0 && num_sampled < num_logits;
+  if (copy_logits) {
+    LEANK_CUDA_CHECK(cudaMemcpyAsync(logits_host_.as<float>(), logits_.as<float>(),
+                                     size_t(num_logits) * vocab * 4, cudaMemcpyDeviceToHost,
+                                     stream_));
+  }
+  absl::Status sample_status;
+  if (num_sampled > 0) {
+    sample_status = sampler_.Enqueue(logits_.as<float>(), vocab, row_samples, stream_);
+  }
   cudaError_t e = cudaStreamSynchronize(stream_);
   if (e != cudaSuccess) {
     return absl::InternalError(absl::StrCat("CUDA step failed: ", cudaGetErrorString(e)));
   }
+  if (!sample_status.ok()) return sample_status;
   if (profile_) CollectProfile(num_decode == nseq);
-  out->logits.assign(logits_host_.as<float>(), logits_host_.as<float>() + num_logits * vocab);
+  if (copy_logits) {
+    out->logits.assign(logits_host_.as<float>(), logits_host_.as<float>() + num_logits * vocab);
+  }
+  if (num_sampled > 0) sampler_.Results(&out->sampled);
   (void)hidden;
   return absl::OkStatus();
 }

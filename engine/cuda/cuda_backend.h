@@ -34,9 +34,9 @@ struct CudaBackendOptions {
   bool cuda_graphs = true;
   // GEMMs of 1-2 rows through the small-batch GEMV kernel instead of cuBLASLt.
   bool small_batch_gemv = true;
-  // With small_batch_gemv: RMSNorm fused into the QKV and gate/up GEMVs and SwiGLU into
-  // the down GEMV (kernels/model/gemv.cu) for 1-2 rows.
-  bool fused_gemv = true;
+  // With small_batch_gemv, for 1-2 rows: RMSNorm fused into the QKV and gate/up GEMVs
+  // (kernels/model/gemv.cu).
+  bool fused_norm = true;
 };
 
 // Device memory the backend needs besides the KV pool (weights as bf16, activations

@@ -109,18 +109,15 @@ void GemvF32(const bf16* x, const bf16* w, float* y, int rows, int n, int k, flo
              cudaStream_t stream);
 void GemvBf16(const bf16* x, const bf16* w, bf16* y, int rows, int n, int k, cudaStream_t stream);
 
-// Fused small-batch GEMVs for 1..kMaxFusedGemvRows rows (FusedGemvApplies):
+// Fused small-batch GEMV for 1..kMaxFusedGemvRows rows (FusedGemvApplies):
 // y = RmsNorm(x) . w^T, the norm as RmsNorm above (x: [rows][k] fp32 residual,
-// norm_weight: [k] bf16), so RmsNorm + Gemv in one launch;
+// norm_weight: [k] bf16), so RmsNorm + Gemv in one launch.
 constexpr int kMaxFusedGemvRows = 2;
 bool FusedGemvApplies(int rows, int k);
 void GemvRmsNormF32(const float* x, const bf16* norm_weight, float eps, const bf16* w, float* y,
                     int rows, int n, int k, cudaStream_t stream);
 void GemvRmsNormBf16(const float* x, const bf16* norm_weight, float eps, const bf16* w, bf16* y,
                      int rows, int n, int k, cudaStream_t stream);
-// y (+)= SiluMul(gate_up) . w^T with gate_up: [rows][2k] bf16 (SiluMul above, fused).
-void GemvSiluMulF32(const bf16* gate_up, const bf16* w, float* y, int rows, int n, int k,
-                    float beta, cudaStream_t stream);
 
 // Programmatic dependent launch of the kernels above (Embedding, RmsNorm, QkvRopeWrite,
 // SiluMul, the GEMVs): each may start while the previous kernel of its stream finishes

@@ -170,7 +170,7 @@ struct Runner {
     for (const auto& [seq, tokens, want] : work) {
       auto ap = manager->Append(seq, static_cast<int64_t>(tokens.size()));
       EXPECT_TRUE(ap.ok()) << ap.status();
-      plan.seqs.push_back({*ap, tokens, want});
+      plan.seqs.push_back({*ap, tokens, want, std::nullopt});
     }
     StepOutput out;
     absl::Status s = backend->Forward(plan, &out);

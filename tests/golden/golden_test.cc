@@ -87,7 +87,7 @@ class Runner {
     auto plan = manager_->Append(seq, static_cast<int64_t>(tokens.size()));
     EXPECT_TRUE(plan.ok()) << plan.status();
     StepPlan step;
-    step.seqs.push_back({*plan, std::vector<int32_t>(tokens.begin(), tokens.end()), true});
+    step.seqs.push_back({*plan, std::vector<int32_t>(tokens.begin(), tokens.end()), true, std::nullopt});
     StepOutput out;
     absl::Status s = backend_->Forward(step, &out);
     EXPECT_TRUE(s.ok()) << s;
