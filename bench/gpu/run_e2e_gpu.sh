@@ -11,7 +11,7 @@
 # Writes JSON under $OUT. Each phase is bounded in time.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-B=".device/run"
+B="${BUNDLE:-.device}/run"
 W=/tmp/lkg
 OUT=${OUT:-/tmp/leank-out}
 mkdir -p "$OUT"
@@ -71,7 +71,7 @@ if [[ ${PHASES:-12} == *2* ]]; then
     [[ $impl == leank ]] && args+=(--masks tests/data/cache/llama3.1-8b-instruct.leank.safetensors)
     start_server 7200 "$OUT/serve-$impl.log" "${args[@]}" || continue
     $B leank-cli --server 127.0.0.1:7200 info | grep -E "kv_capacity|LeanK" | tee -a "$OUT/serving.txt"
-    for c in ${CONC:-1 8 32}; do
+    for c in ${CONC:-1 8 32 64}; do
       n=$(( c < 4 ? 4 : c ))
       timeout 150 $B leank-bench --server 127.0.0.1:7200 --concurrency $c --num-prompts $n \
         --input-len 16384 --output-len 256 --ignore-eos --warmup 0 \
