@@ -202,6 +202,11 @@ struct Bench {
     r["fraction_of_bound"] = (args.decode_steps / s) / (read_bw / step_weight_bytes);
     r["read_bandwidth_GBps"] = read_bw / 1e9;
     r["weight_bytes_per_step"] = step_weight_bytes;
+    // The definition: every weight byte (embedding table included) / bandwidth.
+    const double all_bytes = static_cast<double>(CudaWeightBytes(model.config));
+    r["all_weight_bytes"] = all_bytes;
+    r["bound_all_weights_tokens_per_s"] = read_bw / all_bytes;
+    r["fraction_of_all_weights_bound"] = (args.decode_steps / s) / (read_bw / all_bytes);
     r["prefill_s"] = prefill_s;
     r["decode_steps"] = args.decode_steps;
     records.push_back(r);
