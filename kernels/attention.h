@@ -28,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/plan_buffer.h"
 
 namespace leank::kernels {
 
@@ -110,7 +111,9 @@ class DecodeAttention {
   DecodeAttention& operator=(const DecodeAttention&) = delete;
 
   // Host: validates the tables, builds every layer's work list (byte-balanced splits
-  // so all SMs are busy even at batch 1), uploads it with one copy on `stream`.
+  // so all SMs are busy even at batch 1), uploads it with one asynchronous copy on
+  // `stream` (no host wait in steady state: plan_buffer.h). Kernels of the previous
+  // Plan that are still queued must be on the same stream.
   // `target_ctas` > 0 forces the number of CTAs per layer the plan aims at (tests, benchmarks).
   absl::Status Plan(std::span<const SeqView> seqs, cudaStream_t stream, int target_ctas = 0);
 
@@ -135,13 +138,12 @@ class DecodeAttention {
   std::vector<int64_t> layer_bytes_;
   int max_items_ = 0;
   // Device buffers (grown on demand).
-  void* d_plan_ = nullptr;
-  size_t plan_capacity_ = 0;
+  PlanBuffer plan_;
   float* d_partial_ = nullptr;  // [max_items][G][head_dim + 1] (O then lse)
   size_t partial_capacity_ = 0;
   int32_t* d_counters_ = nullptr;  // [seqs * H], zero between launches
   size_t counters_capacity_ = 0;
-  // Offsets into d_plan_ (bytes).
+  // Offsets into plan_ (bytes).
   size_t off_tokens_ = 0, off_full_ptr_ = 0, off_full_idx_ = 0, off_pruned_ptr_ = 0,
          off_pruned_idx_ = 0, off_items_ = 0, off_merge_ptr_ = 0;
 };
@@ -188,8 +190,7 @@ class PrefillAttention {
   int num_seqs_ = 0;
   int num_tiles_ = 0;
   int64_t total_tokens_ = 0;
-  void* d_plan_ = nullptr;
-  size_t plan_capacity_ = 0;
+  PlanBuffer plan_;
   size_t off_seq_ = 0, off_full_ptr_ = 0, off_full_idx_ = 0, off_pruned_ptr_ = 0,
          off_pruned_idx_ = 0, off_tiles_ = 0;
 };

@@ -18,15 +18,6 @@ namespace {
 
 int CeilDiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
-// Appends `v` to a byte buffer, 16-byte aligned; returns its offset.
-template <typename T>
-size_t Append(std::vector<unsigned char>& buf, const T* data, size_t n) {
-  const size_t off = (buf.size() + 15) & ~size_t(15);
-  buf.resize(off + n * sizeof(T));
-  if (n) std::memcpy(buf.data() + off, data, n * sizeof(T));
-  return off;
-}
-
 }  // namespace
 
 DecodeAttention::DecodeAttention(const DeviceMeta& meta) : meta_(meta) {
@@ -36,7 +27,6 @@ DecodeAttention::DecodeAttention(const DeviceMeta& meta) : meta_(meta) {
 }
 
 DecodeAttention::~DecodeAttention() {
-  cudaFree(d_plan_);
   cudaFree(d_partial_);
   cudaFree(d_counters_);
 }
@@ -130,20 +120,14 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
     for (const auto& [bytes, it] : layer_list) items.push_back(it);
   }
 
-  std::vector<unsigned char> buf;
-  off_tokens_ = Append(buf, seq_tokens.data(), seq_tokens.size());
-  off_full_ptr_ = Append(buf, full_ptr.data(), full_ptr.size());
-  off_full_idx_ = Append(buf, full_idx.data(), full_idx.size());
-  off_pruned_ptr_ = Append(buf, pruned_ptr.data(), pruned_ptr.size());
-  off_pruned_idx_ = Append(buf, pruned_idx.data(), pruned_idx.size());
-  off_items_ = Append(buf, items.data(), items.size());
-  off_merge_ptr_ = Append(buf, merge_ptr.data(), merge_ptr.size());
-  if (buf.size() > plan_capacity_) {
-    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
-    cudaFree(d_plan_);
-    plan_capacity_ = buf.size() * 2;
-    LEANK_CUDA_CHECK(cudaMalloc(&d_plan_, plan_capacity_));
-  }
+  plan_.Clear();
+  off_tokens_ = plan_.Append(seq_tokens.data(), seq_tokens.size());
+  off_full_ptr_ = plan_.Append(full_ptr.data(), full_ptr.size());
+  off_full_idx_ = plan_.Append(full_idx.data(), full_idx.size());
+  off_pruned_ptr_ = plan_.Append(pruned_ptr.data(), pruned_ptr.size());
+  off_pruned_idx_ = plan_.Append(pruned_idx.data(), pruned_idx.size());
+  off_items_ = plan_.Append(items.data(), items.size());
+  off_merge_ptr_ = plan_.Append(merge_ptr.data(), merge_ptr.size());
   const size_t partial = size_t(std::max(1, max_items_)) * G * (D + 1) * sizeof(float);
   if (partial > partial_capacity_) {
     LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -158,10 +142,7 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
     LEANK_CUDA_CHECK(cudaMalloc(&d_counters_, counters_capacity_ * sizeof(int32_t)));
     LEANK_CUDA_CHECK(cudaMemsetAsync(d_counters_, 0, counters_capacity_ * sizeof(int32_t), stream));
   }
-  // The host buffer dies with this call: copy synchronously with respect to the host.
-  LEANK_CUDA_CHECK(
-      cudaMemcpyAsync(d_plan_, buf.data(), buf.size(), cudaMemcpyHostToDevice, stream));
-  LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
+  plan_.Upload(stream);
   num_seqs_ = S;
   return absl::OkStatus();
 }
@@ -170,7 +151,7 @@ void DecodeAttention::Run(int layer, const bf16* q, const bf16* full, const bf16
                           float scale, bf16* out, cudaStream_t stream) const {
   const AttentionShape& sh = meta_.shape();
   const int H = sh.num_kv_heads, D = sh.head_dim, G = sh.num_q_heads / H;
-  auto* base = static_cast<unsigned char*>(d_plan_);
+  const unsigned char* base = plan_.device();
   detail::DecodeParams p{};
   p.q = q;
   p.full = full;

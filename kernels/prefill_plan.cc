@@ -12,20 +12,12 @@ namespace leank::kernels {
 
 namespace {
 
-template <typename T>
-size_t Append(std::vector<unsigned char>& buf, const T* data, size_t n) {
-  const size_t off = (buf.size() + 15) & ~size_t(15);
-  buf.resize(off + n * sizeof(T));
-  if (n) std::memcpy(buf.data() + off, data, n * sizeof(T));
-  return off;
-}
-
 constexpr int kPrefillRows = 64;  // mma rows per CTA (prefill_kernel.cu)
 
 }  // namespace
 
 PrefillAttention::PrefillAttention(const DeviceMeta& meta) : meta_(meta) {}
-PrefillAttention::~PrefillAttention() { cudaFree(d_plan_); }
+PrefillAttention::~PrefillAttention() = default;
 
 absl::Status PrefillAttention::Plan(std::span<const PrefillSeq> seqs, cudaStream_t stream) {
   const AttentionShape& sh = meta_.shape();
@@ -68,22 +60,14 @@ absl::Status PrefillAttention::Plan(std::span<const PrefillSeq> seqs, cudaStream
                    [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<detail::PrefillTile> tile_list;
   for (const auto& t : tiles) tile_list.push_back(t.second);
-  std::vector<unsigned char> buf;
-  off_seq_ = Append(buf, info.data(), info.size());
-  off_full_ptr_ = Append(buf, full_ptr.data(), full_ptr.size());
-  off_full_idx_ = Append(buf, full_idx.data(), full_idx.size());
-  off_pruned_ptr_ = Append(buf, pruned_ptr.data(), pruned_ptr.size());
-  off_pruned_idx_ = Append(buf, pruned_idx.data(), pruned_idx.size());
-  off_tiles_ = Append(buf, tile_list.data(), tile_list.size());
-  if (buf.size() > plan_capacity_) {
-    LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
-    cudaFree(d_plan_);
-    plan_capacity_ = buf.size() * 2;
-    LEANK_CUDA_CHECK(cudaMalloc(&d_plan_, plan_capacity_));
-  }
-  LEANK_CUDA_CHECK(
-      cudaMemcpyAsync(d_plan_, buf.data(), buf.size(), cudaMemcpyHostToDevice, stream));
-  LEANK_CUDA_CHECK(cudaStreamSynchronize(stream));
+  plan_.Clear();
+  off_seq_ = plan_.Append(info.data(), info.size());
+  off_full_ptr_ = plan_.Append(full_ptr.data(), full_ptr.size());
+  off_full_idx_ = plan_.Append(full_idx.data(), full_idx.size());
+  off_pruned_ptr_ = plan_.Append(pruned_ptr.data(), pruned_ptr.size());
+  off_pruned_idx_ = plan_.Append(pruned_idx.data(), pruned_idx.size());
+  off_tiles_ = plan_.Append(tile_list.data(), tile_list.size());
+  plan_.Upload(stream);
   num_seqs_ = static_cast<int>(seqs.size());
   num_tiles_ = static_cast<int>(tile_list.size());
   total_tokens_ = q_offset;
@@ -94,7 +78,7 @@ void PrefillAttention::Run(int layer, const bf16* q, const bf16* full, const bf1
                            float scale, bf16* out, cudaStream_t stream) const {
   const AttentionShape& sh = meta_.shape();
   const int H = sh.num_kv_heads, D = sh.head_dim;
-  auto* base = static_cast<unsigned char*>(d_plan_);
+  const unsigned char* base = plan_.device();
   detail::PrefillParams p{};
   p.q = q;
   p.full = full;

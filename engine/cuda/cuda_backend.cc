@@ -461,32 +461,36 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
                         d + o_pruned};
   const int num_jobs = static_cast<int>(jobs.size() / 2);
 
-  if (num_decode > 0) {
-    std::vector<std::vector<int32_t>> full_after(num_decode);
-    std::vector<kernels::SeqView> views(num_decode);
-    for (int k = 0; k < num_decode; ++k) {
-      const cache::AppendPlan& cp = plan.seqs[order[k]].cache;
-      full_after[k] = kernels::DecodeFullBlocksAfterCompaction(meta_->shape(), cp.full_blocks,
-                                                               cp.num_compactions());
-      views[k] = {cp.start_pos + 1, full_after[k], cp.pruned_blocks};
-    }
-    if (auto s = decode_->Plan(views, stream_); !s.ok()) {
-      return absl::InternalError(absl::StrCat("decode plan: ", s.message()));
-    }
-  }
-
+  // Host plans of the attention kernels: built while segment 0 (embedding, layer 0's
+  // QKV) runs on the GPU (see the launch loop below); their uploads do not wait.
   bool prefill_fast = false;
-  if (prefill_ && num_decode < nseq) {
-    std::vector<kernels::PrefillSeq> pseqs;
-    for (int k = num_decode; k < nseq; ++k) {
-      const cache::AppendPlan& cp = plan.seqs[order[k]].cache;
-      pseqs.push_back({cp.start_pos, cp.num_new_tokens, cp.full_blocks, cp.pruned_blocks});
+  auto plan_attention = [&]() -> absl::Status {
+    if (num_decode > 0) {
+      std::vector<std::vector<int32_t>> full_after(num_decode);
+      std::vector<kernels::SeqView> views(num_decode);
+      for (int k = 0; k < num_decode; ++k) {
+        const cache::AppendPlan& cp = plan.seqs[order[k]].cache;
+        full_after[k] = kernels::DecodeFullBlocksAfterCompaction(meta_->shape(), cp.full_blocks,
+                                                                 cp.num_compactions());
+        views[k] = {cp.start_pos + 1, full_after[k], cp.pruned_blocks};
+      }
+      if (auto s = decode_->Plan(views, stream_); !s.ok()) {
+        return absl::InternalError(absl::StrCat("decode plan: ", s.message()));
+      }
     }
-    if (auto s = prefill_->Plan(pseqs, stream_); !s.ok()) {
-      return absl::InternalError(absl::StrCat("prefill plan: ", s.message()));
+    if (prefill_ && num_decode < nseq) {
+      std::vector<kernels::PrefillSeq> pseqs;
+      for (int k = num_decode; k < nseq; ++k) {
+        const cache::AppendPlan& cp = plan.seqs[order[k]].cache;
+        pseqs.push_back({cp.start_pos, cp.num_new_tokens, cp.full_blocks, cp.pruned_blocks});
+      }
+      if (auto s = prefill_->Plan(pseqs, stream_); !s.ok()) {
+        return absl::InternalError(absl::StrCat("prefill plan: ", s.message()));
+      }
+      prefill_fast = true;
     }
-    prefill_fast = true;
-  }
+    return absl::OkStatus();
+  };
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -603,6 +607,13 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
       LEANK_CUDA_CHECK(cudaGraphLaunch((*graphs)[s], stream_));
     } else {
       segment(s);
+    }
+    if (s == 0) {
+      if (absl::Status st = plan_attention(); !st.ok()) {
+        // Staging buffers are reused by the next step: let the queued work finish first.
+        LEANK_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        return st;
+      }
     }
     if (s < L) Timed(5, [&] { attend(s); });
   }
