@@ -205,12 +205,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
         o[i][3] *= alphas[1];
       }
     }
-    // P as the A fragment (k = the 16 tokens).
-    uint32_t pa[4];
-    pa[0] = PackBf16(p_row[0][0], p_row[0][1]);
-    pa[1] = PackBf16(p_row[1][0], p_row[1][1]);
-    pa[2] = PackBf16(p_row[0][2], p_row[0][3]);
-    pa[3] = PackBf16(p_row[1][2], p_row[1][3]);
+    // P as the A fragment (k = the 16 tokens), split into hi + lo bf16 parts (mma.cuh).
+    uint32_t pa[4], pl[4];
+    SplitBf16(p_row[0][0], p_row[0][1], pa[0], pl[0]);
+    SplitBf16(p_row[1][0], p_row[1][1], pa[1], pl[1]);
+    SplitBf16(p_row[0][2], p_row[0][3], pa[2], pl[2]);
+    SplitBf16(p_row[1][2], p_row[1][3], pa[3], pl[3]);
     // O += P V, V tiles through ldmatrix.trans, two n8 tiles (16 channels) per load.
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
@@ -218,6 +218,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
       LdMatrixX4Trans(b, vs + ((mi & 1) * 8 + rr) * Smem::kRow + dp * 16 + (mi >> 1) * 8);
       MmaBf16(o[2 * dp], pa, b[0], b[1]);
       MmaBf16(o[2 * dp + 1], pa, b[2], b[3]);
+      if (LEANK_ATTN_SPLIT_P) {
+        MmaBf16(o[2 * dp], pl, b[0], b[1]);
+        MmaBf16(o[2 * dp + 1], pl, b[2], b[3]);
+      }
     }
   }
   CpAsyncWait<0>();

@@ -47,9 +47,20 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
+// Softmax probabilities P enter the P.V mma as bf16 (8 significant bits). With
+// LEANK_ATTN_SPLIT_P (default on) each P is split as hi = bf16(p), lo = bf16(p - hi) and
+// multiplied in two mmas, carrying ~16 bits: the output then matches an fp32 P.V to
+// ~1e-5 instead of ~2e-3 relative, at the cost of a second mma per P fragment (decode is
+// memory-bound; prefill pays it, docs/benchmarks.md).
+#ifndef LEANK_ATTN_SPLIT_P
+#define LEANK_ATTN_SPLIT_P 1
+#endif
+__device__ __forceinline__ void SplitBf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  const float2 hf = __bfloat1622float2(h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
 // 2^x (MUFU.EX2); 2^-inf = 0.

@@ -240,11 +240,11 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
       // O += P V over the 4 k-steps of 16 keys.
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        uint32_t pa[4];
-        pa[0] = PackBf16(s[2 * kk][0], s[2 * kk][1]);
-        pa[1] = PackBf16(s[2 * kk][2], s[2 * kk][3]);
-        pa[2] = PackBf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        pa[3] = PackBf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        uint32_t pa[4], pl[4];  // hi + lo bf16 parts of P (mma.cuh)
+        SplitBf16(s[2 * kk][0], s[2 * kk][1], pa[0], pl[0]);
+        SplitBf16(s[2 * kk][2], s[2 * kk][3], pa[1], pl[1]);
+        SplitBf16(s[2 * kk + 1][0], s[2 * kk + 1][1], pa[2], pl[2]);
+        SplitBf16(s[2 * kk + 1][2], s[2 * kk + 1][3], pa[3], pl[3]);
 #pragma unroll
         for (int dp = 0; dp < D / 16; ++dp) {
           uint32_t b[4];
@@ -252,6 +252,10 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
               b, vs + (kk * 16 + (mi & 1) * 8 + rr) * Smem::kRow + dp * 16 + (mi >> 1) * 8);
           MmaBf16(o[2 * dp], pa, b[0], b[1]);
           MmaBf16(o[2 * dp + 1], pa, b[2], b[3]);
+          if (LEANK_ATTN_SPLIT_P) {
+            MmaBf16(o[2 * dp], pl, b[0], b[1]);
+            MmaBf16(o[2 * dp + 1], pl, b[2], b[3]);
+          }
         }
       }
     }
