@@ -88,12 +88,6 @@ class CpuBackend final : public Backend {
   void AsBf16(std::vector<float>& v) const {
     if (bf16_) cpu::RoundToBf16(v.data(), static_cast<int64_t>(v.size()));
   }
-  // Steps of 1-2 rows: the CUDA backend fuses the input and post-attention RMSNorms into
-  // its GEMV and keeps the normalised rows in fp32 (kernels/model/gemv.cu,
-  // FusedGemvApplies: rows * hidden * 4 bytes of shared memory <= 48 KiB).
-  bool GpuNormStaysFp32(int64_t rows) const {
-    return rows <= 2 && rows * config_.hidden_size * 4 <= 48 * 1024;
-  }
 
   ModelConfig config_;
   const cache::CacheLayout& layout_;
@@ -115,7 +109,7 @@ void CpuBackend::AttentionBlock(const StepPlan& plan, int layer, std::vector<flo
   const CpuLayer& w = layers_[layer];
   std::vector<float> h(rows * hidden), qkv(rows * qkv_size);
   cpu::RmsNorm(x.data(), w.input_norm.data(), rows, hidden, config_.rms_norm_eps, h.data());
-  if (!GpuNormStaysFp32(rows)) AsBf16(h);
+  AsBf16(h);
   cpu::MatMulT(pool_, h.data(), rows, w.qkv.data(), qkv_size, hidden,
                w.qkv_bias.empty() ? nullptr : w.qkv_bias.data(), qkv.data());
 
@@ -172,9 +166,9 @@ void CpuBackend::MlpBlock(int layer, std::vector<float>& x, int64_t rows) {
   const CpuLayer& w = layers_[layer];
   std::vector<float> h(rows * hidden), gu(rows * 2 * inter), act(rows * inter), d(rows * hidden);
   cpu::RmsNorm(x.data(), w.post_norm.data(), rows, hidden, config_.rms_norm_eps, h.data());
-  if (!GpuNormStaysFp32(rows)) AsBf16(h);
-  // The CUDA backend keeps the gate/up output in fp32 (SiluMul reads fp32).
+  AsBf16(h);
   cpu::MatMulT(pool_, h.data(), rows, w.gate_up.data(), 2 * inter, hidden, nullptr, gu.data());
+  AsBf16(gu);
   for (int64_t r = 0; r < rows; ++r) {
     const float* g = gu.data() + r * 2 * inter;
     cpu::SiluMul(g, g + inter, inter, act.data() + r * inter);

@@ -38,7 +38,7 @@ size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 // Per-row activation bytes (see ActivationBuffers).
 int64_t RowBytes(const ModelConfig& c) {
   const int64_t hidden = c.hidden_size, qkv = c.q_size() + 2 * c.kv_size();
-  return 4 * hidden + 2 * hidden + 4 * qkv + 2 * 2 * c.q_size() + 4 * 2 * c.intermediate_size +
+  return 4 * hidden + 2 * hidden + 4 * qkv + 2 * 2 * c.q_size() + 2 * 2 * c.intermediate_size +
          2 * c.intermediate_size;
 }
 int64_t LogitRowBytes(const ModelConfig& c) {
@@ -180,6 +180,13 @@ class CudaBackend final : public Backend {
       gemm_.RunF32(x, w, y, rows, n, k, beta, stream_);
     }
   }
+  void MatMulBf16(const bf16* x, const bf16* w, bf16* y, int rows, int n, int k) {
+    if (UseGemv(rows, k)) {
+      km::GemvBf16(x, w, y, rows, n, k, stream_);
+    } else {
+      gemm_.RunBf16(x, w, y, rows, n, k, stream_);
+    }
+  }
   const bf16* FullLayer(int l) const {
     return kv_full_.as<bf16>() + int64_t{l} * sizes_.num_full_blocks * layout_.full_block_elems();
   }
@@ -318,7 +325,7 @@ absl::Status CudaBackend::EnsureRows(int64_t rows, int64_t logit_rows) {
          {std::tuple{&x_, 4 * hidden, "residual"}, std::tuple{&h_, 2 * hidden, "normed"},
           std::tuple{&qkv_, 4 * qkv, "qkv"}, std::tuple{&q_, int64_t{2} * c.q_size(), "q"},
           std::tuple{&attn_, int64_t{2} * c.q_size(), "attention output"},
-          std::tuple{&gu_, int64_t{8} * c.intermediate_size, "gate/up"},
+          std::tuple{&gu_, int64_t{4} * c.intermediate_size, "gate/up"},
           std::tuple{&act_, int64_t{2} * c.intermediate_size, "mlp activation"}}) {
       if (auto s = buf->Allocate(AlignUp(bytes * rows), what); !s.ok()) return s;
     }
@@ -541,16 +548,14 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     if (UseFusedNorm(rows, c.hidden_size)) {
       // RMSNorm fused into the gate/up GEMV.
       Timed(2, [&] {
-        km::GemvRmsNormF32(x, w.post_norm, eps, w.gate_up, gu_.as<float>(), rows, 2 * inter,
-                           c.hidden_size, stream_);
+        km::GemvRmsNormBf16(x, w.post_norm, eps, w.gate_up, gu_.as<bf16>(), rows, 2 * inter,
+                            c.hidden_size, stream_);
       });
     } else {
       Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_); });
-      Timed(2, [&] {
-        MatMulF32(h, w.gate_up, gu_.as<float>(), rows, 2 * inter, c.hidden_size, 0.0f);
-      });
+      Timed(2, [&] { MatMulBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size); });
     }
-    Timed(6, [&] { km::SiluMul(gu_.as<float>(), rows, inter, act_.as<bf16>(), stream_); });
+    Timed(6, [&] { km::SiluMul(gu_.as<bf16>(), rows, inter, act_.as<bf16>(), stream_); });
     Timed(3, [&] { MatMulF32(act_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f); });
   };
   auto head = [&] {

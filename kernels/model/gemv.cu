@@ -7,7 +7,7 @@
 // Launched as programmatic dependents (internal.cuh): each warp issues its first weight
 // loads before waiting for the previous kernel, so the memory pipe stays full across the
 // boundary between two matrices. For 1-2 rows RMSNorm can be fused in (the CTA normalises
-// the fp32 residual into shared memory, kept in fp32), one kernel and one hop fewer.
+// the fp32 residual into shared memory), one kernel and one dependency hop fewer.
 // H100, Llama-3.1-8B shape, batch-1 decode at 1K: 149.6 tok/s without either, 154.0 with
 // PDL, 158.4 with PDL + fused RMSNorm at 1 column per warp (156.5 at 2, 154.6 at 4).
 // SwiGLU fused into the down GEMV was slower at every width (118-143 tok/s: 8 exps per
@@ -57,12 +57,12 @@ __device__ __forceinline__ void Unpack(const uint4& v, float (&f)[8]) {
   }
 }
 
-// kNorm: the CTA writes x * rsqrt(mean(x^2) + eps) * norm_w of its R rows into shared
-// memory in fp32 (not rounded to bf16: the normalised input is one of the larger sources
-// of divergence from the fp32 reference, and at 1-2 rows its precision is free).
+// kNorm: the CTA writes bf16(x * rsqrt(mean(x^2) + eps) * norm_w) of its R rows into
+// shared memory (the arithmetic of RmsNormKernel in ops.cu).
 template <int R>
-__device__ void NormRowsToShared(const GemvArgs& a, float4* xs) {
+__device__ void NormRowsToShared(const GemvArgs& a, uint4* xs) {
   const int k = a.k, k4 = k / 4;
+  bf16* out = reinterpret_cast<bf16*>(xs);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const float4* xr = reinterpret_cast<const float4*>(a.xf + size_t(r) * k);
@@ -75,11 +75,12 @@ __device__ void NormRowsToShared(const GemvArgs& a, float4* xs) {
     const float inv = rsqrtf(ss / k + a.eps);
     for (int i = threadIdx.x; i < k4; i += blockDim.x) {
       const float4 v = xr[i];
-      const bf16* g = a.norm_w + 4 * i;
-      xs[r * k4 + i] = make_float4(__bfloat162float(g[0]) * (v.x * inv),
-                                   __bfloat162float(g[1]) * (v.y * inv),
-                                   __bfloat162float(g[2]) * (v.z * inv),
-                                   __bfloat162float(g[3]) * (v.w * inv));
+      const float f[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        out[size_t(r) * k + 4 * i + j] =
+            __float2bfloat16(__bfloat162float(a.norm_w[4 * i + j]) * (f[j] * inv));
+      }
     }
   }
   __syncthreads();
@@ -90,7 +91,7 @@ __device__ void NormRowsToShared(const GemvArgs& a, float4* xs) {
 // serves kCols columns (for many rows the x reads from L1 would otherwise bound it).
 template <int R, int kCols, int kUnroll, bool kF32, XMode kMode>
 __global__ void __launch_bounds__(kWarps * 32) GemvKernel(GemvArgs a) {
-  extern __shared__ float4 xs[];  // kNorm: [R][k / 4] fp32
+  extern __shared__ uint4 xs[];  // kNorm: [R][k / 8]
   const int n = a.n, k = a.k, k8 = k / 8;
   const int col0 = (blockIdx.x * kWarps + threadIdx.x / 32) * kCols, lane = threadIdx.x % 32;
   const uint4* wr[kCols];
@@ -125,9 +126,7 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(GemvArgs a) {
     if constexpr (kMode == XMode::kPlain) {
       Unpack(__ldg(reinterpret_cast<const uint4*>(a.x + size_t(r) * k) + idx), xf);
     } else {
-      const float4 lo = xs[r * 2 * k8 + 2 * idx], hi = xs[r * 2 * k8 + 2 * idx + 1];
-      xf[0] = lo.x, xf[1] = lo.y, xf[2] = lo.z, xf[3] = lo.w;
-      xf[4] = hi.x, xf[5] = hi.y, xf[6] = hi.z, xf[7] = hi.w;
+      Unpack(xs[r * k8 + idx], xf);
     }
   };
   auto fma_vecs = [&](const uint4 (&wvc)[kCols], int idx) {
@@ -217,7 +216,7 @@ template <int R, int kCols, bool kF32, XMode kMode>
 void LaunchCols(const GemvArgs& a, cudaStream_t stream) {
   constexpr int kUnroll = 4 / kCols;
   const dim3 grid((a.n + kWarps * kCols - 1) / (kWarps * kCols)), block(kWarps * 32);
-  const size_t smem = kMode == XMode::kNorm ? size_t(R) * a.k * sizeof(float) : 0;
+  const size_t smem = kMode == XMode::kNorm ? size_t(R) * a.k * sizeof(bf16) : 0;
   LaunchPdl(GemvKernel<R, kCols, kUnroll, kF32, kMode>, grid, block, smem, stream, a);
 }
 
@@ -291,7 +290,7 @@ bool GemvApplies(int rows, int k) { return rows >= 1 && rows <= kMaxGemvRows && 
 bool FusedGemvApplies(int rows, int k) {
   // kNorm keeps R normalised rows in (default-sized) shared memory.
   return rows >= 1 && rows <= kMaxFusedGemvRows && k % 8 == 0 &&
-         size_t(rows) * k * sizeof(float) <= 48 * 1024;
+         size_t(rows) * k * sizeof(bf16) <= 48 * 1024;
 }
 
 void GemvF32(const bf16* x, const bf16* w, float* y, int rows, int n, int k, float beta,

@@ -97,15 +97,16 @@ __global__ void QkvRopeWriteKernel(const float* qkv, const bf16* bias, const flo
   }
 }
 
-__global__ void SiluMulKernel(const float* gu, int rows, int inter, bf16* out) {
+__global__ void SiluMulKernel(const bf16* gu, int rows, int inter, bf16* out) {
   PdlTrigger();
   PdlWait();
   const int64_t total = int64_t(rows) * inter;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = e / inter, i = e - r * inter;
-    const float* g = gu + r * 2 * inter;
-    out[e] = __float2bfloat16(SiluMulValue(g[i], g[inter + i]));
+    const bf16* g = gu + r * 2 * inter;
+    const float x = __bfloat162float(g[i]);
+    out[e] = __float2bfloat16(SiluMulValue(x, __bfloat162float(g[inter + i])));
   }
 }
 
@@ -233,7 +234,7 @@ void QkvRopeWrite(const float* qkv, const bf16* bias, const float* inv_freq, int
   LEANK_MODEL_CHECK_LAUNCH();
 }
 
-void SiluMul(const float* gate_up, int rows, int inter, bf16* out, cudaStream_t stream) {
+void SiluMul(const bf16* gate_up, int rows, int inter, bf16* out, cudaStream_t stream) {
   if (rows == 0) return;
   const int64_t total = int64_t(rows) * inter;
   const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 132 * 16));

@@ -73,10 +73,8 @@ void QkvRopeWrite(const float* qkv, const bf16* bias, const float* inv_freq, int
                   int num_q_heads, const CacheMetaView& meta, const StepTables& tables, bf16* q_out,
                   bf16* full_layer, cudaStream_t stream);
 
-// out[r][i] = bf16(silu(gu[r][i]) * gu[r][inter + i]). gu: [rows][2 * inter] fp32 (the
-// gate/up GEMM output is kept in fp32: rounding it to bf16 was the largest single source
-// of divergence from the fp32 reference, docs/benchmarks.md).
-void SiluMul(const float* gate_up, int rows, int inter, bf16* out, cudaStream_t stream);
+// out[r][i] = bf16(silu(gu[r][i]) * gu[r][inter + i]). gu: [rows][2 * inter] bf16.
+void SiluMul(const bf16* gate_up, int rows, int inter, bf16* out, cudaStream_t stream);
 
 // Generic attention of every row of the step over the paged cache (any head_dim <= 256,
 // any group): exactly the semantics of cache/README.md with the pre-compaction tables.
@@ -112,9 +110,8 @@ void GemvF32(const bf16* x, const bf16* w, float* y, int rows, int n, int k, flo
 void GemvBf16(const bf16* x, const bf16* w, bf16* y, int rows, int n, int k, cudaStream_t stream);
 
 // Fused small-batch GEMV for 1..kMaxFusedGemvRows rows (FusedGemvApplies):
-// y = RmsNorm(x) . w^T with the normalised row kept in fp32 (RmsNorm above rounds it to
-// bf16 for the GEMMs; x: [rows][k] fp32 residual, norm_weight: [k] bf16), so RmsNorm +
-// Gemv in one launch.
+// y = RmsNorm(x) . w^T, the norm as RmsNorm above (x: [rows][k] fp32 residual,
+// norm_weight: [k] bf16), so RmsNorm + Gemv in one launch.
 constexpr int kMaxFusedGemvRows = 2;
 bool FusedGemvApplies(int rows, int k);
 void GemvRmsNormF32(const float* x, const bf16* norm_weight, float eps, const bf16* w, float* y,

@@ -160,8 +160,7 @@ TEST(ModelKernels, FusedRmsNormGemvMatchesCpuAndUnfusedKernels) {
         for (float& v : x) v = nd(rng);  // fp32 residual, not bf16-representable
         Dev<float> dx(x.size());
         dx.Put(x);
-        // CPU: the norm in double (the fused kernel keeps it in fp32; RmsNorm rounds it to
-        // bf16 for the unfused path), then the product.
+        // CPU: the norm in double, rounded to bf16 as the kernels do, then the product.
         std::vector<float> normed(x.size());
         for (int r = 0; r < rows; ++r) {
           double ss = 0;
@@ -169,7 +168,7 @@ TEST(ModelKernels, FusedRmsNormGemvMatchesCpuAndUnfusedKernels) {
           const double inv = 1.0 / std::sqrt(ss / sh.k + eps);
           for (int i = 0; i < sh.k; ++i) {
             normed[size_t(r) * sh.k + i] =
-                static_cast<float>(gamma[i] * (x[size_t(r) * sh.k + i] * inv));
+                RoundBf16(static_cast<float>(gamma[i] * (x[size_t(r) * sh.k + i] * inv)));
           }
         }
         const std::vector<double> want = MatVec(normed, w, rows, sh.n, sh.k);
@@ -180,9 +179,9 @@ TEST(ModelKernels, FusedRmsNormGemvMatchesCpuAndUnfusedKernels) {
         Dev<bf16> dh(x.size());
         RmsNorm(dx.p, nullptr, rows, sh.k, dg.p, eps, dh.p, nullptr);
         GemvF32(dh.p, dw.p, unfused.p, rows, sh.n, sh.k, 0.0f, nullptr);
-        // Fused: fp32 normalised input, only fp32 accumulation error. Unfused: the input
-        // rounded to bf16 by RmsNorm (relative error 2^-9 per element).
-        EXPECT_LE(MaxRelErr(fused.Get(), want, rows, sh.n), 2e-5)
+        // A last-ulp difference in 1/rms may flip a bf16 rounding of the normed input:
+        // the budget is a few bf16 ulps of one input times a weight, not 1e-5.
+        EXPECT_LE(MaxRelErr(fused.Get(), want, rows, sh.n), 2e-3)
             << "rows " << rows << " n " << sh.n << " k " << sh.k << " pdl " << pdl;
         EXPECT_LE(MaxRelErr(unfused.Get(), want, rows, sh.n), 2e-3);
         Dev<bf16> fb(size_t(rows) * sh.n);
