@@ -342,19 +342,40 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
 }
 
 template <int D>
-void Launch(const DecodeParams& p, int num_items, int num_seqs, cudaStream_t stream) {
-  constexpr size_t smem = DecodeSmem<D>::kBytes;
+void Configure() {
   static bool configured = false;
   if (!configured) {
-    LEANK_CUDA_CHECK(
-        cudaFuncSetAttribute(DecodeKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    LEANK_CUDA_CHECK(cudaFuncSetAttribute(
+        DecodeKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, DecodeSmem<D>::kBytes));
     configured = true;
   }
+}
+
+template <int D>
+int BlocksPerSm() {
+  static const int blocks = [] {
+    Configure<D>();
+    int n = 0;
+    LEANK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &n, DecodeKernel<D>, kThreads, DecodeSmem<D>::kBytes));
+    return n > 0 ? n : 1;
+  }();
+  return blocks;
+}
+
+template <int D>
+void Launch(const DecodeParams& p, int num_items, int num_seqs, cudaStream_t stream) {
+  constexpr size_t smem = DecodeSmem<D>::kBytes;
+  Configure<D>();
   if (num_items > 0) DecodeKernel<D><<<num_items, kThreads, smem, stream>>>(p);
   LEANK_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
+
+int DecodeBlocksPerSm(int head_dim) {
+  return head_dim == 64 ? BlocksPerSm<64>() : BlocksPerSm<128>();
+}
 
 void LaunchDecode(const DecodeParams& p, int head_dim, int num_items, int num_seqs,
                   cudaStream_t stream) {

@@ -58,13 +58,14 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
 
   // Work lists: every (seq, kv head, region) segment cut into token ranges of about
   // total_bytes / target_ctas bytes, whole 64-token tiles, largest first.
-  // CTAs per layer: one resident wave (2 per SM) for small batches, where per-CTA latency
-  // dominates; up to 8 waves of ~1 MB items for large ones, so that the last wave's tail is
-  // short (4 waves left batch 8 x 128K at 83% of read bandwidth, 8 waves: 91%)
-  // (measured on H100: docs/benchmarks.md).
+  // CTAs per layer: one resident wave (the kernel's occupancy, 2 CTAs per SM with the
+  // default 3 stages) for small batches, where per-CTA latency dominates; up to 8 waves of
+  // ~1 MB items for large ones, so that the last wave's tail is short (4 waves left batch
+  // 8 x 128K at 83% of read bandwidth, 8 waves: 91%). Rounding to whole waves was tried and
+  // lost at 8 x 16K / 8 x 32K (measured on H100: docs/benchmarks.md).
   int64_t total_all = 0;
   for (int s = 0; s < S; ++s) total_all += int64_t(seq_tokens[2 * s]) * H * 4 * D;
-  const int resident = num_sms_ * 2;
+  const int resident = num_sms_ * detail::DecodeBlocksPerSm(D);
   const int ctas = target_ctas > 0 ? target_ctas
                                    : static_cast<int>(std::clamp<int64_t>(
                                          total_all / (int64_t(1) << 20), resident, 8 * resident));

@@ -55,6 +55,9 @@ struct DecodeParams {
   float scale_log2;  // scale * log2(e)
 };
 
+// CTAs of the decode kernel for `head_dim` resident per SM (occupancy API: registers and
+// the pipeline's shared memory), for the plan's wave sizing.
+int DecodeBlocksPerSm(int head_dim);
 void LaunchDecode(const DecodeParams& p, int head_dim, int num_items, int num_seqs,
                   cudaStream_t stream);
 
