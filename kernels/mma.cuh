@@ -47,13 +47,14 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Softmax probabilities P enter the P.V mma as bf16 (8 significant bits). With
-// LEANK_ATTN_SPLIT_P (default on) each P is split as hi = bf16(p), lo = bf16(p - hi) and
-// multiplied in two mmas, carrying ~16 bits: the output then matches an fp32 P.V to
-// ~1e-5 instead of ~2e-3 relative, at the cost of a second mma per P fragment (decode is
-// memory-bound; prefill pays it, docs/benchmarks.md).
+// Softmax probabilities P enter the P.V mma as bf16 (8 significant bits), as in
+// FlashAttention. Built with -DLEANK_ATTN_SPLIT_P=1, each P is split as hi = bf16(p),
+// lo = bf16(p - hi) and multiplied in two mmas, carrying ~16 bits (output within ~1e-5 of
+// an fp32 P.V instead of ~2e-3). Off by default: on the H100 it cost 3.5% of 8K prefill
+// and 2-11% of decode throughput, and its effect on greedy agreement with the fp32
+// reference was within run-to-run noise (docs/benchmarks.md).
 #ifndef LEANK_ATTN_SPLIT_P
-#define LEANK_ATTN_SPLIT_P 1
+#define LEANK_ATTN_SPLIT_P 0
 #endif
 __device__ __forceinline__ void SplitBf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
