@@ -205,7 +205,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
         o[i][3] *= alphas[1];
       }
     }
-    // P as the A fragment (k = the 16 tokens), split into hi + lo bf16 parts (mma.cuh).
+    // P as the A fragment (k = the 16 tokens); the lo part is used only with
+    // LEANK_ATTN_SPLIT_P (mma.cuh).
     uint32_t pa[4], pl[4];
     SplitBf16(p_row[0][0], p_row[0][1], pa[0], pl[0]);
     SplitBf16(p_row[1][0], p_row[1][1], pa[1], pl[1]);

@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
       // O += P V over the 4 k-steps of 16 keys.
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        uint32_t pa[4], pl[4];  // hi + lo bf16 parts of P (mma.cuh)
+        uint32_t pa[4], pl[4];  // bf16 P; lo part only with LEANK_ATTN_SPLIT_P (mma.cuh)
         SplitBf16(s[2 * kk][0], s[2 * kk][1], pa[0], pl[0]);
         SplitBf16(s[2 * kk][2], s[2 * kk][3], pa[1], pl[1]);
         SplitBf16(s[2 * kk + 1][0], s[2 * kk + 1][1], pa[2], pl[2]);
