@@ -33,6 +33,9 @@ expect empty-prompt 2 "prompt is empty" -- --model "$MODEL" --prompt ""
 expect invalid-utf8 2 "UTF-8" -- --model "$MODEL" --prompt $'bad \xC3\x28 text'
 expect too-long 2 "context length" -- --model "$MODEL" --prompt "hi" --max-tokens 9000
 expect bad-temperature 2 "temperature" -- --model "$MODEL" --prompt "hi" --temperature -1
+expect bad-gpu-sampling 2 "gpu-sampling" -- --model "$MODEL" --prompt "hi" --gpu-sampling maybe
+expect cpu-ignores-gpu-sampling 0 "Paris" -- --model "$MODEL" --chat "What is the capital of France?" \
+  --max-tokens 12 --gpu-sampling true
 expect unknown-flag 2 "not expected" -- --model "$MODEL" --prompt "hi" --no-such-flag
 expect missing-model 3 "config.json" -- --model /nonexistent/model --prompt "hi"
 expect bad-mask 3 "shape|mask" -- --model "$MODEL" --prompt "hi" \

@@ -46,6 +46,9 @@ int main(int argc, char** argv) {
   app.add_option("--block-size", eo.block_size, "KV block size in tokens")->capture_default_str();
   app.add_option("--kv-cache-memory", eo.kv_cache_bytes, "KV cache budget in bytes (0: 1 GiB)");
   app.add_option("--threads", eo.num_threads, "CPU threads (0: all cores)");
+  app.add_option("--gpu-sampling", eo.gpu_sampling,
+                 "Sample on the GPU when the backend can (cuda); false: CPU sampler")
+      ->capture_default_str();
   std::string cpu_activations = "f32";
   app.add_option("--cpu-activations", cpu_activations,
                  "CPU backend: f32 (fp32 reference) | bf16 (rounded where the CUDA backend is)")
