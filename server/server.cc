@@ -135,11 +135,15 @@ int RunServer(const ServerConfig& config, const EngineFactory& factory) {
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(config.host, ":", config.port);
   int grpc_port = 0;
+  // No SO_REUSEPORT (gRPC's default on Linux): a second server on a port in use must fail,
+  // not silently share the connections with the first one.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &grpc_port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
-    spdlog::critical("gRPC: cannot listen on {}", address);
+    spdlog::critical("gRPC: cannot listen on {} (address in use or not available; --host/--port)",
+                     address);
     return 1;
   }
   SetServing(server.get(), false);  // the default health service starts at SERVING

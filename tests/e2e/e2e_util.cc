@@ -136,6 +136,18 @@ bool ServerProcess::WaitServing(std::chrono::seconds timeout) {
   return false;
 }
 
+std::unique_ptr<ServerProcess> ServerProcess::StartServing(
+    const std::string& binary, const std::vector<std::string>& args, const std::string& log_path,
+    std::chrono::seconds timeout, bool* serving, std::map<std::string, std::string> env) {
+  std::unique_ptr<ServerProcess> p;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    p = Start(binary, args, log_path, env);
+    *serving = p->WaitServing(timeout);
+    if (*serving || p->Alive() || p->Log().find("cannot listen") == std::string::npos) break;
+  }
+  return p;
+}
+
 void ServerProcess::Signal(int sig) {
   if (Alive()) kill(pid_, sig);
 }

@@ -31,6 +31,15 @@ class ServerProcess {
 
   // Polls grpc.health.v1 until SERVING; false on timeout or if the child died.
   bool WaitServing(std::chrono::seconds timeout);
+  // Start + WaitServing. The free ports are picked before the child binds them, so a
+  // concurrent test may take one first; the server then exits with "cannot listen" and
+  // this retries on fresh ports (up to 3 times). Returns the process whether or not it
+  // became SERVING; `*serving` says which.
+  static std::unique_ptr<ServerProcess> StartServing(const std::string& binary,
+                                                     const std::vector<std::string>& args,
+                                                     const std::string& log_path,
+                                                     std::chrono::seconds timeout, bool* serving,
+                                                     std::map<std::string, std::string> env = {});
   void Signal(int sig);
   // Exit code, or nullopt on timeout (-signal if killed by a signal).
   std::optional<int> WaitExit(std::chrono::seconds timeout);

@@ -142,8 +142,10 @@ class ServerE2E : public ::testing::TestWithParam<std::string> {
                                              std::vector<std::string> extra) {
     std::vector<std::string> args = flavor_.args;
     args.insert(args.end(), extra.begin(), extra.end());
-    auto server = ServerProcess::Start(flavor_.binary, args, LogPath(flavor_.name + "-" + tag));
-    const bool up = server->WaitServing(flavor_.start_timeout);
+    bool up = false;
+    auto server = ServerProcess::StartServing(flavor_.binary, args,
+                                              LogPath(flavor_.name + "-" + tag),
+                                              flavor_.start_timeout, &up);
     EXPECT_TRUE(up) << "server did not become SERVING; log:\n" << server->Log();
     return up ? std::move(server) : nullptr;
   }
@@ -228,6 +230,34 @@ TEST_P(ServerE2E, DeadlineExceededAbortsAndFreesBlocks) {
   // The server still serves.
   StreamResult ok = Generate(*stub, Greedy(Prompt(3), 4));
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+}
+
+// A second server on a port in use exits with a message instead of sharing the port
+// (gRPC's default SO_REUSEPORT would let both listen and split the connections).
+TEST_P(ServerE2E, SecondServerOnThePortInUseFailsClearly) {
+  ServerProcess& server = Shared();
+  // `timeout`: were the port shared, the second server would run until killed.
+  std::string cmd = "timeout 60 " + flavor_.binary;
+  for (const std::string& a : flavor_.args) cmd += " '" + a + "'";
+  cmd += " --host=127.0.0.1 --port=" + std::to_string(server.grpc_port()) +
+         " --metrics-port=0 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
+  const int status = pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status)) << out;
+  EXPECT_NE(WEXITSTATUS(status), 0) << out;
+  EXPECT_NE(out.find("cannot listen on 127.0.0.1:" + std::to_string(server.grpc_port())),
+            std::string::npos)
+      << out;
+  // The first server keeps serving.
+  EXPECT_EQ(server.Health(), grpc::health::v1::HealthCheckResponse::SERVING);
+  auto stub = server.Stub();
+  grpc::ClientContext ctx;
+  v1::ModelInfo info;
+  EXPECT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
 }
 
 TEST_P(ServerE2E, PreemptionUnderTinyKvBudgetKeepsOutputs) {

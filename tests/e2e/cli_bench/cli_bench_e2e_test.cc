@@ -82,9 +82,11 @@ int Count(const std::string& s, const std::string& what) {
 class FakeServerE2E : public ::testing::Test {
  protected:
   void StartServer(const std::string& step_us = "2000") {
-    server_ = ServerProcess::Start(LEANK_FAKE_SERVER_BIN, {"--log-level=warn"},
-                                   TempPath("fake-server.log"), {{"LEANK_FAKE_STEP_US", step_us}});
-    ASSERT_TRUE(server_->WaitServing(seconds(30))) << server_->Log();
+    bool up = false;
+    server_ = ServerProcess::StartServing(LEANK_FAKE_SERVER_BIN, {"--log-level=warn"},
+                                          TempPath("fake-server.log"), seconds(30), &up,
+                                          {{"LEANK_FAKE_STEP_US", step_us}});
+    ASSERT_TRUE(up) << server_->Log();
   }
   void SetUp() override { StartServer(); }
   std::string target() const { return server_->target(); }
@@ -336,11 +338,13 @@ class SmolLm2E2E : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!Exists(SmolLm2Dir() + "/model.safetensors")) return;
-    server_ = ServerProcess::Start(LEANK_SERVER_BIN,
-                                   {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2",
-                                    "--max-model-len=512", "--log-level=warn"},
-                                   TempPath("smollm2-server.log"));
-    if (!server_->WaitServing(seconds(120))) {
+    bool up = false;
+    server_ = ServerProcess::StartServing(
+        LEANK_SERVER_BIN,
+        {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2", "--max-model-len=512",
+         "--log-level=warn"},
+        TempPath("smollm2-server.log"), seconds(120), &up);
+    if (!up) {
       std::cerr << "SmolLM2 server did not come up:\n" << server_->Log() << "\n";
       server_.reset();
     }
