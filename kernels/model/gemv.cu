@@ -102,15 +102,18 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(GemvArgs a) {
   // Weights do not depend on earlier kernels: the first loads go out before the wait.
   constexpr int kStep = 32 * kUnroll;
   uint4 wv[kUnroll][kCols];
-  int i = lane;
-  bool full = col0 < n && i + 32 * (kUnroll - 1) < k8;
-  if (full) {
+  // A whole batch (kUnroll vectors per column) starting at `at` fits in the row.
+  auto batch_fits = [&](int at) { return at + 32 * (kUnroll - 1) < k8; };
+  auto load_batch = [&](int at) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) wv[u][c] = LoadStreaming(wr[c] + i + 32 * u);
+      for (int c = 0; c < kCols; ++c) wv[u][c] = LoadStreaming(wr[c] + at + 32 * u);
     }
-  }
+  };
+  int i = lane;
+  bool full = col0 < n && batch_fits(i);
+  if (full) load_batch(i);
   PdlTrigger();
   PdlWait();
   if constexpr (kMode == XMode::kNorm) NormRowsToShared<R>(a, xs);
@@ -157,27 +160,15 @@ __global__ void __launch_bounds__(kWarps * 32) GemvKernel(GemvArgs a) {
 #pragma unroll
         for (int c = 0; c < kCols; ++c) cur[u][c] = wv[u][c];
       }
-      full = i + 32 * (kUnroll - 1) < k8;
-      if (full) {
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-          for (int c = 0; c < kCols; ++c) wv[u][c] = LoadStreaming(wr[c] + i + 32 * u);
-        }
-      }
+      full = batch_fits(i);
+      if (full) load_batch(i);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) fma_vecs(cur[u], base + 32 * u);
     } else {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) fma_vecs(wv[u], base + 32 * u);
-      full = i + 32 * (kUnroll - 1) < k8;
-      if (full) {
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-          for (int c = 0; c < kCols; ++c) wv[u][c] = LoadStreaming(wr[c] + i + 32 * u);
-        }
-      }
+      full = batch_fits(i);
+      if (full) load_batch(i);
     }
   }
   for (; i < k8; i += 32) {
