@@ -50,6 +50,19 @@ std::string Describe(const ProcessResult& r) {
          "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
 }
 
+// `leank-cli --json generate` output: the token ids summed over the JSON lines, and the
+// last line (the one with usage) in *last.
+int JsonLinesTokens(const std::string& out, nlohmann::json* last) {
+  std::istringstream lines(out);
+  std::string line;
+  int tokens = 0;
+  while (std::getline(lines, line)) {
+    *last = nlohmann::json::parse(line);
+    tokens += static_cast<int>((*last)["token_ids"].size());
+  }
+  return tokens;
+}
+
 // Every measured request: client-counted tokens == the server's usage; prompts as meant.
 void ExpectCountsMatchUsage(const nlohmann::json& j, int64_t expected_requests) {
   ASSERT_TRUE(j.is_object());
@@ -105,15 +118,8 @@ TEST_F(FakeServerE2E, CliGenerateTokenizeInfoHealth) {
 
   r = Cli(target(), {"--json", "generate", "Hello", "--max-tokens=6", "--ignore-eos"});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
-  std::istringstream lines(r.out);
-  std::string line;
-  int tokens = 0;
   nlohmann::json last;
-  while (std::getline(lines, line)) {
-    last = nlohmann::json::parse(line);
-    tokens += static_cast<int>(last["token_ids"].size());
-  }
-  EXPECT_EQ(tokens, 6);
+  EXPECT_EQ(JsonLinesTokens(r.out, &last), 6);
   EXPECT_EQ(last["usage"]["completion_tokens"], 6);
 
   r = Cli(target(), {"tokenize", "AB", "--no-special-tokens"});
@@ -383,15 +389,8 @@ TEST_F(SmolLm2E2E, CliCommands) {
   r = Cli(target(), {"--json", "generate", "Once upon a time", "--max-tokens=4", "--ignore-eos",
                      "--temperature=0"});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
-  std::istringstream lines(r.out);
-  std::string line;
-  int tokens = 0;
   nlohmann::json last;
-  while (std::getline(lines, line)) {
-    last = nlohmann::json::parse(line);
-    tokens += static_cast<int>(last["token_ids"].size());
-  }
-  EXPECT_EQ(tokens, 4);
+  EXPECT_EQ(JsonLinesTokens(r.out, &last), 4);
   EXPECT_EQ(last["usage"]["completion_tokens"], 4);
 
   r = Cli(target(), {"generate", "x", "--max-tokens=4", "--repetition-penalty=0"});
