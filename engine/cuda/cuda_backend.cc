@@ -45,13 +45,40 @@ int64_t LogitRowBytes(const ModelConfig& c) {
   return 4 * int64_t{c.vocab_size} + 2 * c.hidden_size;
 }
 
+// Batch sizes of the decode-step CUDA graphs, as vLLM's capture sizes: few graphs (21
+// sets of L + 1 instead of one per batch size), at most 15 padding rows per step, and the
+// padding is small where it costs most (small batches, bound by weight reads, pay almost
+// nothing per extra row). 1 and 2 stay exact: they take the GEMV path (kGemvMaxRows).
+constexpr int kGraphBatchSizes[] = {1,   2,   4,   8,   16,  24,  32,  48,  64,  80, 96,
+                                    112, 128, 144, 160, 176, 192, 208, 224, 240, 256};
+
+// Rows rounded up to their graph batch size (unchanged above the largest).
+int PaddedRows(int rows) {
+  const int b = CudaGraphBatchSize(rows);
+  return b > 0 ? b : rows;
+}
+// Activation rows and logit rows of the buffers: room for the graph bucket of the
+// largest decode step (<= max_num_seqs rows, <= max_batched_tokens).
+int ActivationRows(int max_batched_tokens, int max_num_seqs) {
+  const int tokens = std::max(1, max_batched_tokens);
+  return std::max(tokens, PaddedRows(std::min(tokens, std::max(1, max_num_seqs))));
+}
+int LogitRows(int max_num_seqs) { return PaddedRows(std::max(1, max_num_seqs)); }
+
 }  // namespace
+
+int CudaGraphBatchSize(int rows) {
+  for (int b : kGraphBatchSizes) {
+    if (rows >= 1 && b >= rows) return b;
+  }
+  return 0;
+}
 
 int64_t CudaWeightBytes(const ModelConfig& c) { return cuda::PackedWeightBytes(c); }
 
 int64_t CudaActivationBytes(const ModelConfig& c, int max_batched_tokens, int max_num_seqs) {
-  return RowBytes(c) * std::max(1, max_batched_tokens) +
-         LogitRowBytes(c) * std::max(1, max_num_seqs) + kGemmWorkspaceBytes + kPlanSlackBytes;
+  return RowBytes(c) * ActivationRows(max_batched_tokens, max_num_seqs) +
+         LogitRowBytes(c) * LogitRows(max_num_seqs) + kGemmWorkspaceBytes + kPlanSlackBytes;
 }
 
 int64_t CudaKvBytes(const cache::CacheLayout& layout, cache::PoolSizes sizes) {
@@ -126,6 +153,11 @@ class CudaBackend final : public Backend {
   cache::PoolSizes pool_sizes() const override { return sizes_; }
   bool samples_on_device() const override { return true; }
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
+  CudaGraphStats graph_stats() const {
+    CudaGraphStats st = graph_stats_;
+    for (const auto& [bucket, execs] : graphs_) st.buckets.push_back(bucket);
+    return st;
+  }
 
  private:
   absl::Status EnsureRows(int64_t rows, int64_t logit_rows);
@@ -225,9 +257,10 @@ class CudaBackend final : public Backend {
   // Step tables: one upload per step.
   PinnedBuffer staging_, logits_host_;
   DeviceBuffer step_buf_;
-  // Decode-step graphs per batch size: segments 0..L (see Forward).
+  // Decode-step graphs per batch-size bucket (kGraphBatchSizes): segments 0..L (Forward).
   std::map<int, std::vector<cudaGraphExec_t>> graphs_;
   std::map<int, int> graph_seen_;
+  CudaGraphStats graph_stats_;  // counters only (buckets filled by graph_stats())
   bool profile_ = std::getenv("LEANK_CUDA_PROFILE") != nullptr;
   std::vector<cudaEvent_t> events_;
   std::vector<int> marks_;
@@ -243,7 +276,7 @@ absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weight
   std::vector<float> inv_freq = cpu::Rope(c).inv_freq();
   if (auto s = inv_freq_.Allocate(inv_freq.size() * 4, "rope table"); !s.ok()) return s;
   LEANK_CUDA_CHECK(cudaMemcpy(inv_freq_.as<float>(), inv_freq.data(), inv_freq.size() * 4,
-                           cudaMemcpyHostToDevice));
+                              cudaMemcpyHostToDevice));
 
   // KV pools. Poisoned with NaN bits in debug spirit? No: zeros are never read (every
   // read slot is written first), and a memset costs seconds on 60 GB pools.
@@ -276,7 +309,7 @@ absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weight
   LEANK_CUDA_CHECK(
       cudaMemcpy(meta_buf_.as<char>(), ints.data(), ints.size() * 4, cudaMemcpyHostToDevice));
   LEANK_CUDA_CHECK(cudaMemcpy(meta_buf_.as<char>() + ints.size() * 4, chans.data(), chans.size(),
-                           cudaMemcpyHostToDevice));
+                              cudaMemcpyHostToDevice));
   meta_view_.kept = meta_buf_.as<int32_t>();
   meta_view_.k_off = meta_buf_.as<int32_t>() + L * H;
   meta_view_.v_off = meta_buf_.as<int32_t>() + 2 * L * H;
@@ -311,7 +344,10 @@ absl::Status CudaBackend::Init(std::shared_ptr<const cuda::PackedWeights> weight
       prefill_ = std::make_unique<kernels::PrefillAttention>(*meta_);
     }
   }
-  if (auto s = EnsureRows(options_.max_batched_tokens, options_.max_num_seqs); !s.ok()) return s;
+  if (auto s = EnsureRows(ActivationRows(options_.max_batched_tokens, options_.max_num_seqs),
+                          LogitRows(options_.max_num_seqs));
+      !s.ok())
+    return s;
   LEANK_CUDA_CHECK(cudaStreamSynchronize(stream_));
   return absl::OkStatus();
 }
@@ -329,6 +365,10 @@ absl::Status CudaBackend::EnsureRows(int64_t rows, int64_t logit_rows) {
           std::tuple{&act_, int64_t{2} * c.intermediate_size, "mlp activation"}}) {
       if (auto s = buf->Allocate(AlignUp(bytes * rows), what); !s.ok()) return s;
     }
+    // The padding rows of a graph bucket feed attn_ rows that no attention writes this
+    // step into the O GEMM: zeros or rows of earlier steps rather than whatever cudaMalloc
+    // left (harmless either way, rows are independent outside attention, but finite).
+    LEANK_CUDA_CHECK(cudaMemsetAsync(attn_.as<char>(), 0, attn_.bytes(), stream_));
     rows_cap_ = rows;
     ClearGraphs();
   }
@@ -435,9 +475,39 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   if (rows == 0) return absl::OkStatus();
   if (auto s = EnsureRows(rows, std::max(1, num_logits)); !s.ok()) return s;
 
+  // Decode-only steps run from the CUDA graphs of their batch-size bucket (the smallest
+  // of kGraphBatchSizes >= rows), over graph_rows = bucket rows. Padding rows
+  // [rows, graph_rows) are harmless:
+  // - their token id is 0 (the embedding reads a valid row) and their row_seq entry is
+  //   -1: QkvRopeWrite reads it from the uploaded table (the captured grid is the
+  //   bucket's, so the real count must come from device memory) and skips the row, so
+  //   nothing is written into the KV cache (nor q);
+  // - their logit_rows entry is 0 (a real row): the final norm and the LM head run over
+  //   graph_rows rows, and logits rows >= num_logits are never copied or sampled;
+  // - attention, compaction, the logits copy and the sampler run outside the graphs with
+  //   the real counts; the GEMMs, norms, SwiGLU and embedding in the graphs treat rows
+  //   independently, over buffers of >= graph_rows rows (a bucket larger than the
+  //   buffers runs without graphs).
+  const int bucket = CudaGraphBatchSize(rows);
+  const bool graphable = !profile_ && options_.cuda_graphs && decode_ && num_decode == nseq &&
+                         num_logits == nseq && bucket > 0 && bucket <= rows_cap_ &&
+                         bucket <= logit_cap_;
+  const int graph_rows = graphable ? bucket : rows;       // rows of the model kernels
+  const int head_rows = graphable ? bucket : num_logits;  // rows of the LM head
+  // Here nseq == num_logits == rows: the four sections read inside the graphs get
+  // graph_rows entries.
+  if (graphable) {
+    tokens.resize(graph_rows, 0);
+    row_seq.resize(graph_rows, -1);
+    seqs.resize(graph_rows, km::StepSeq{});
+    logit_rows.resize(head_rows, 0);
+  }
+
   std::vector<int32_t> words;
-  // Sizes of the first sections depend only on (rows, sequences, logit rows), so a CUDA
-  // graph captured for a decode batch size finds its tables at the same addresses.
+  // Sizes of the first sections depend only on (rows, sequences, logit rows), all
+  // graph_rows in a graph step, so a CUDA graph captured for a bucket finds its tables at
+  // the same addresses (the later sections are read outside the graphs, or through
+  // full_idx via StepSeq offsets).
   const size_t o_tokens = AppendWords(words, tokens.data(), tokens.size());
   const size_t o_row_seq = AppendWords(words, row_seq.data(), row_seq.size());
   const size_t o_seqs = AppendWords(words, reinterpret_cast<const int32_t*>(seqs.data()),
@@ -455,7 +525,7 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   staging_.Reserve(bytes);
   std::memcpy(staging_.as<int32_t>(), words.data(), bytes);
   LEANK_CUDA_CHECK(cudaMemcpyAsync(step_buf_.as<int32_t>(), staging_.as<int32_t>(), bytes,
-                                cudaMemcpyHostToDevice, stream_));
+                                   cudaMemcpyHostToDevice, stream_));
   const int32_t* d = step_buf_.as<int32_t>();
   km::StepTables tables{reinterpret_cast<const km::StepSeq*>(d + o_seqs), d + o_row_seq, d + o_full,
                         d + o_pruned};
@@ -502,17 +572,20 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   // attention (compaction, decode, prefill), after attention (O, MLP); then the LM head.
   auto pre = [&](int l) {
     const cuda::PackedLayer& w = weights_->layers[l];
-    if (UseFusedNorm(rows, c.hidden_size)) {
+    if (UseFusedNorm(graph_rows, c.hidden_size)) {
       Timed(0, [&] {
-        km::GemvRmsNormF32(x, w.input_norm, eps, w.qkv, qkv_.as<float>(), rows, qkv_n,
+        km::GemvRmsNormF32(x, w.input_norm, eps, w.qkv, qkv_.as<float>(), graph_rows, qkv_n,
                            c.hidden_size, stream_);
       });
     } else {
-      Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.input_norm, eps, h, stream_); });
-      Timed(0, [&] { MatMulF32(h, w.qkv, qkv_.as<float>(), rows, qkv_n, c.hidden_size, 0.0f); });
+      Timed(6, [&] {
+        km::RmsNorm(x, nullptr, graph_rows, c.hidden_size, w.input_norm, eps, h, stream_);
+      });
+      Timed(0,
+            [&] { MatMulF32(h, w.qkv, qkv_.as<float>(), graph_rows, qkv_n, c.hidden_size, 0.0f); });
     }
     Timed(6, [&] {
-      km::QkvRopeWrite(qkv_.as<float>(), w.qkv_bias, inv_freq_.as<float>(), rows, c.num_heads,
+      km::QkvRopeWrite(qkv_.as<float>(), w.qkv_bias, inv_freq_.as<float>(), graph_rows, c.num_heads,
                        meta_view_, tables, q_.as<bf16>(), FullLayerMut(l), stream_);
     });
   };
@@ -544,26 +617,33 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   };
   auto post = [&](int l) {
     const cuda::PackedLayer& w = weights_->layers[l];
-    Timed(1, [&] { MatMulF32(attn_.as<bf16>(), w.o, x, rows, c.hidden_size, c.q_size(), 1.0f); });
-    if (UseFusedNorm(rows, c.hidden_size)) {
+    Timed(1, [&] {
+      MatMulF32(attn_.as<bf16>(), w.o, x, graph_rows, c.hidden_size, c.q_size(), 1.0f);
+    });
+    if (UseFusedNorm(graph_rows, c.hidden_size)) {
       // RMSNorm fused into the gate/up GEMV.
       Timed(2, [&] {
-        km::GemvRmsNormBf16(x, w.post_norm, eps, w.gate_up, gu_.as<bf16>(), rows, 2 * inter,
+        km::GemvRmsNormBf16(x, w.post_norm, eps, w.gate_up, gu_.as<bf16>(), graph_rows, 2 * inter,
                             c.hidden_size, stream_);
       });
     } else {
-      Timed(6, [&] { km::RmsNorm(x, nullptr, rows, c.hidden_size, w.post_norm, eps, h, stream_); });
-      Timed(2, [&] { MatMulBf16(h, w.gate_up, gu_.as<bf16>(), rows, 2 * inter, c.hidden_size); });
+      Timed(6, [&] {
+        km::RmsNorm(x, nullptr, graph_rows, c.hidden_size, w.post_norm, eps, h, stream_);
+      });
+      Timed(2, [&] {
+        MatMulBf16(h, w.gate_up, gu_.as<bf16>(), graph_rows, 2 * inter, c.hidden_size);
+      });
     }
-    Timed(6, [&] { km::SiluMul(gu_.as<bf16>(), rows, inter, act_.as<bf16>(), stream_); });
-    Timed(3, [&] { MatMulF32(act_.as<bf16>(), w.down, x, rows, c.hidden_size, inter, 1.0f); });
+    Timed(6, [&] { km::SiluMul(gu_.as<bf16>(), graph_rows, inter, act_.as<bf16>(), stream_); });
+    Timed(3,
+          [&] { MatMulF32(act_.as<bf16>(), w.down, x, graph_rows, c.hidden_size, inter, 1.0f); });
   };
   auto head = [&] {
     if (num_logits == 0) return;
-    km::RmsNorm(x, d + o_logit, num_logits, c.hidden_size, weights_->final_norm, eps,
+    km::RmsNorm(x, d + o_logit, head_rows, c.hidden_size, weights_->final_norm, eps,
                 final_h_.as<bf16>(), stream_);
     Timed(4, [&] {
-      MatMulF32(final_h_.as<bf16>(), weights_->lm_head, logits_.as<float>(), num_logits,
+      MatMulF32(final_h_.as<bf16>(), weights_->lm_head, logits_.as<float>(), head_rows,
                 static_cast<int>(vocab), c.hidden_size, 0.0f);
     });
     // The logits copy and the sampler run after the segments (outside the graphs: which
@@ -573,7 +653,7 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   // s = L: post(L-1) + head.
   const int L = c.num_layers;
   auto segment = [&](int s) {
-    if (s == 0) km::Embedding(d + o_tokens, rows, weights_->embed, c.hidden_size, x, stream_);
+    if (s == 0) km::Embedding(d + o_tokens, graph_rows, weights_->embed, c.hidden_size, x, stream_);
     if (s > 0) post(s - 1);
     if (s < L) {
       pre(s);
@@ -581,14 +661,14 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
       head();
     }
   };
-  const bool graphable = !profile_ && options_.cuda_graphs && decode_ && num_decode == nseq &&
-                         num_logits == nseq && rows <= 256;
   std::vector<cudaGraphExec_t>* graphs = nullptr;
   if (graphable) {
-    // Captured at the second step of a batch size: the first one creates the GEMM plans.
-    if (++graph_seen_[rows] >= 2) {
-      graphs = &graphs_[rows];
+    // Captured at the second step of a bucket: the first one (run directly, over the
+    // same graph_rows) creates the GEMM plans.
+    if (++graph_seen_[graph_rows] >= 2) {
+      graphs = &graphs_[graph_rows];
       if (graphs->empty()) {
+        ++graph_stats_.captures;
         for (int s = 0; s <= L; ++s) {
           LEANK_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
           segment(s);
@@ -600,6 +680,8 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
           graphs->push_back(exec);
         }
       }
+      ++graph_stats_.replays;
+      graph_stats_.padded_rows += graph_rows - rows;
     }
   }
   for (int s = 0; s <= L; ++s) {
@@ -713,6 +795,12 @@ absl::Status FillCudaCacheRandom(Backend* backend, uint64_t seed) {
   if (!b) return absl::InvalidArgumentError("FillCudaCacheRandom: not a CUDA backend");
   b->FillRandom(seed);
   return absl::OkStatus();
+}
+
+absl::StatusOr<CudaGraphStats> GetCudaGraphStats(const Backend* backend) {
+  auto* b = dynamic_cast<const CudaBackend*>(backend);
+  if (!b) return absl::InvalidArgumentError("GetCudaGraphStats: not a CUDA backend");
+  return b->graph_stats();
 }
 
 absl::StatusOr<double> MeasureCudaReadBandwidth(int64_t bytes, int device) {

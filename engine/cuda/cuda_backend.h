@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "cache/kv_cache.h"
@@ -29,8 +30,8 @@ struct CudaBackendOptions {
   bool force_generic_attention = false;
   // Decode-only steps (every sequence one token, all wanting logits, fast attention):
   // everything between two attention launches is replayed from CUDA graphs captured per
-  // batch size (the attention kernels' work lists change every step, so they are
-  // launched directly between the graphs).
+  // batch-size bucket (CudaGraphBatchSize; the attention kernels' work lists change every
+  // step, so they are launched directly between the graphs).
   bool cuda_graphs = true;
   // GEMMs of 1-2 rows through the small-batch GEMV kernel instead of cuBLASLt.
   bool small_batch_gemv = true;
@@ -39,8 +40,14 @@ struct CudaBackendOptions {
   bool fused_norm = true;
 };
 
+// Batch size of the CUDA graphs a decode step of `rows` rows replays: the smallest of
+// 1, 2, 4, 8, 16, 24, 32, 48, ..., 256 (every 16 from 32) that is >= rows; the extra rows
+// are padding. 0 when rows > 256 (such steps run without graphs) or rows < 1.
+int CudaGraphBatchSize(int rows);
+
 // Device memory the backend needs besides the KV pool (weights as bf16, activations
-// for `max_batched_tokens` rows and `max_num_seqs` logit rows, cuBLASLt workspace).
+// for `max_batched_tokens` rows and `max_num_seqs` logit rows, each rounded up to the
+// graph batch size of the largest decode step, cuBLASLt workspace).
 int64_t CudaWeightBytes(const ModelConfig& config);
 int64_t CudaActivationBytes(const ModelConfig& config, int max_batched_tokens, int max_num_seqs);
 // Bytes of the KV pools for `sizes` (bf16 layout).
@@ -74,6 +81,15 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
 // [-1, 1) so decode can be timed over sequences that were allocated (KvCacheManager)
 // but never prefilled: decode reads the same bytes whatever they hold.
 absl::Status FillCudaCacheRandom(Backend* backend, uint64_t seed);
+// Tests: the decode-step CUDA graphs of a CUDA backend so far. InvalidArgument for
+// another backend.
+struct CudaGraphStats {
+  int64_t captures = 0;      // graph sets captured (one per bucket, again after a reallocation)
+  int64_t replays = 0;       // steps replayed from graphs
+  int64_t padded_rows = 0;   // padding rows those steps ran (bucket - rows, summed)
+  std::vector<int> buckets;  // batch sizes with graphs now, ascending
+};
+absl::StatusOr<CudaGraphStats> GetCudaGraphStats(const Backend* backend);
 // Read bandwidth of the device in bytes/s (a read-only pass over `bytes` bytes, median of
 // several runs): the denominator of the weight-bandwidth bound of decode.
 absl::StatusOr<double> MeasureCudaReadBandwidth(int64_t bytes, int device = 0);

@@ -60,7 +60,9 @@ __global__ void QkvRopeWriteKernel(const float* qkv, const bf16* bias, const flo
   PdlTrigger();
   PdlWait();
   const int H = meta.num_kv_heads, D = meta.head_dim, B = meta.block_size, half = D / 2;
-  const StepSeq s = tables.seqs[tables.row_seq[r]];
+  const int seq = tables.row_seq[r];
+  if (seq < 0) return;  // a padding row (CUDA graph bucket): no q, no K/V write
+  const StepSeq s = tables.seqs[seq];
   const int pos = s.start_pos + (r - s.row_begin);
   const float* src = qkv + int64_t(r) * (num_q_heads + 2 * H) * D + int64_t(head) * D;
   const bf16* b = bias ? bias + int64_t(head) * D : nullptr;

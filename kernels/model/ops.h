@@ -59,7 +59,7 @@ struct StepSeq {
 
 struct StepTables {
   const StepSeq* seqs;        // [num_seqs]
-  const int32_t* row_seq;     // [rows] sequence of each row
+  const int32_t* row_seq;     // [rows] sequence of each row; -1: a padding row
   const int32_t* full_idx;    // concatenated full-block tables
   const int32_t* pruned_idx;  // concatenated pruned-block tables
 };
@@ -69,6 +69,8 @@ struct StepTables {
 // the plan. qkv: [rows][(Hq + 2 H) * D] fp32, bias: same row layout bf16 or nullptr,
 // inv_freq: [D / 2] fp32, q_out: [rows][Hq][D] bf16,
 // full_layer: this layer's full blocks [num_full_blocks][2][H][B][D] bf16.
+// Rows with row_seq -1 (the padding of a CUDA graph batch-size bucket, whose launch
+// covers the bucket's rows) are skipped: neither q_out nor the cache is written.
 void QkvRopeWrite(const float* qkv, const bf16* bias, const float* inv_freq, int rows,
                   int num_q_heads, const CacheMetaView& meta, const StepTables& tables, bf16* q_out,
                   bf16* full_layer, cudaStream_t stream);
