@@ -1,5 +1,6 @@
 #include "engine/cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -70,7 +71,9 @@ class CpuBackend final : public Backend {
                         : layout_.pruned_layer_base(last, sizes_.num_pruned_blocks) +
                               sizes_.num_pruned_blocks * layout_.pruned_block_elems(last);
     full_.assign(full_elems, 0.0f);
-    pruned_.assign(pruned_elems, 0.0f);
+    // A mask that keeps no channel anywhere has an empty pruned arena; one element keeps
+    // the storage pointer valid (blocks of 0 elements all start there).
+    pruned_.assign(layout_.dense() ? 0 : std::max<int64_t>(pruned_elems, 1), 0.0f);
     storage_ = {full_.data(), pruned_.data(), sizes_};
   }
 

@@ -177,6 +177,30 @@ TEST_P(GoldenTest, AllOnesMaskLeanKPathMatches) {
   CheckGeneration(runner, 13);
 }
 
+// A mask that drops every K channel of every head (a degenerate but valid mask): the
+// pruned arena is empty and middle tokens drop out of attention. Positions before any
+// token is pruned still match transformers; every later row stays finite. (The CPU
+// backend used to abort here: no pruned storage for an empty arena.)
+TEST_P(GoldenTest, AllZeroMaskRuns) {
+  const ModelConfig& c = model_->config;
+  const cache::MaskShape shape{c.num_layers, c.num_kv_heads, c.head_dim};
+  auto mask = cache::Mask::Create(
+      shape, std::vector<uint8_t>(size_t(c.num_layers) * c.num_kv_heads * c.head_dim, 0), 16);
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  Runner runner(*model_, *std::move(mask), 16, 16);
+  const auto& prompt = expected_.prompt_ids;
+  for (size_t b = 0; b < prompt.size(); ++b) {
+    std::vector<float> logits = runner.Run(1, std::span<const int32_t>(prompt).subspan(b, 1));
+    ASSERT_EQ(logits.size(), static_cast<size_t>(vocab_));
+    for (float v : logits) ASSERT_TRUE(std::isfinite(v)) << "position " << b;
+    // Nothing is pruned until S + W + B = 48 tokens are cached.
+    if (b < 47 && !expected_.prompt_logits.empty()) {
+      EXPECT_LE(RelError(logits, Row(expected_.prompt_logits, static_cast<int>(b))), tolerance_)
+          << "position " << b;
+    }
+  }
+}
+
 // bf16 activations (CpuBackendOptions::bf16_activations): the same prompt and the
 // transformers greedy tokens fed back (teacher-forced: a near-tie flipped by bf16 must not
 // change the inputs), every logits row within a bf16 budget of transformers' fp32 logits,
