@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.mem --form
 status=0
 if [[ $mode == tests || $mode == all ]]; then
   echo "== device tests"
-  for t in leank_device_tests leank_model_kernels_tests leank_gpu_sampling_tests leank_cuda_backend_tests; do
+  for t in leank_device_tests leank_model_kernels_tests leank_gpu_sampling_tests leank_cuda_backend_tests leank_cuda_graph_buckets_tests; do
     [[ -x $B/bin/$t ]] || continue
     timeout 240 $B/run $t --gtest_brief=1 >>"$OUT/backend-tests.log" 2>&1 || status=1
   done
