@@ -93,8 +93,12 @@ SampleResult Sampler::Sample(std::span<float> logits, const SamplingParams& para
 
   ApplyPenalties(logits, params, prompt, output);
 
-  if (params.greedy()) {
-    result.token = ArgMax(logits);
+  const int32_t argmax = ArgMax(logits);
+  // A positive temperature so small that the largest logit overflows when divided by it
+  // (e.g. 1e-40) is greedy in the limit; dividing would turn the probabilities into NaN
+  // and draw the least likely token.
+  if (params.greedy() || !std::isfinite(logits[argmax] / params.temperature)) {
+    result.token = argmax;
   } else {
     const int64_t vocab = logits.size();
     for (float& x : logits) x /= params.temperature;

@@ -1,6 +1,7 @@
 #include "engine/sampling/sampler.h"
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -36,6 +37,21 @@ TEST(SamplerTest, GreedyIsArgmax) {
     auto l = RandomLogits(1000, seed);
     const int32_t want = std::max_element(l.begin(), l.end()) - l.begin();
     EXPECT_EQ(s.Sample(l, p, {}, {}).token, want);
+  }
+}
+
+TEST(SamplerTest, TemperatureSmallEnoughToOverflowIsGreedy) {
+  // logit / 1e-40 overflows float: the draw must still be the argmax, not NaN
+  // probabilities falling through to the least likely candidate.
+  for (float temperature : {1e-40f, 1e-38f, std::numeric_limits<float>::denorm_min()}) {
+    Sampler s(3);
+    SamplingParams p;
+    p.temperature = temperature;
+    for (uint64_t seed = 0; seed < 20; ++seed) {
+      auto l = RandomLogits(500, seed + 200);
+      const int32_t want = std::max_element(l.begin(), l.end()) - l.begin();
+      EXPECT_EQ(s.Sample(l, p, {}, {}).token, want) << temperature << " " << seed;
+    }
   }
 }
 
