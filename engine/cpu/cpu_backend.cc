@@ -1,7 +1,10 @@
 #include "engine/cpu/cpu_backend.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -63,6 +66,11 @@ class CpuBackend final : public Backend {
       Append(dst.gate_up, src.up_proj);
       dst.down = src.down_proj.ToFloat();
     }
+  }
+
+  // The KV pools, zeroed. A budget the host cannot hold (kv_cache_bytes too large) is an
+  // error, not a std::bad_alloc abort or the OOM killer while the pool is being zeroed.
+  absl::Status AllocateCache() {
     int64_t full_elems =
         layout_.options().num_layers * sizes_.num_full_blocks * layout_.full_block_elems();
     const int last = config_.num_layers - 1;
@@ -70,11 +78,26 @@ class CpuBackend final : public Backend {
         layout_.dense() ? 0
                         : layout_.pruned_layer_base(last, sizes_.num_pruned_blocks) +
                               sizes_.num_pruned_blocks * layout_.pruned_block_elems(last);
-    full_.assign(full_elems, 0.0f);
-    // A mask that keeps no channel anywhere has an empty pruned arena; one element keeps
-    // the storage pointer valid (blocks of 0 elements all start there).
-    pruned_.assign(layout_.dense() ? 0 : std::max<int64_t>(pruned_elems, 1), 0.0f);
+    const int64_t bytes = (full_elems + pruned_elems) * static_cast<int64_t>(sizeof(float));
+    const int64_t host_bytes =
+        static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+    if (host_bytes > 0 && bytes > host_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the KV cache needs ", bytes, " bytes but the host has ", host_bytes,
+                       " bytes of memory; give a smaller KV cache budget"));
+    }
+    try {
+      full_.assign(full_elems, 0.0f);
+      // A mask that keeps no channel anywhere has an empty pruned arena; one element keeps
+      // the storage pointer valid (blocks of 0 elements all start there).
+      pruned_.assign(layout_.dense() ? 0 : std::max<int64_t>(pruned_elems, 1), 0.0f);
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot allocate the KV cache (", bytes,
+                       " bytes) in host memory; give a smaller KV cache budget"));
+    }
     storage_ = {full_.data(), pruned_.data(), sizes_};
+    return absl::OkStatus();
   }
 
   std::string name() const override { return "cpu"; }
@@ -234,6 +257,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const ModelConfig& con
     return absl::InvalidArgumentError("the CPU backend stores its cache in float32 (elem_bytes 4)");
   }
   auto backend = std::make_unique<CpuBackend>(config, layout, sizes, options);
+  if (absl::Status s = backend->AllocateCache(); !s.ok()) return s;
   backend->Load(weights);
   return backend;
 }

@@ -201,6 +201,24 @@ TEST_P(GoldenTest, AllZeroMaskRuns) {
   }
 }
 
+TEST_P(GoldenTest, KvPoolLargerThanTheHostIsAnErrorNotAnAbort) {
+  const ModelConfig& c = model_->config;
+  cache::LayoutOptions lo;
+  lo.num_layers = c.num_layers;
+  lo.num_kv_heads = c.num_kv_heads;
+  lo.head_dim = c.head_dim;
+  lo.block_size = 16;
+  lo.elem_bytes = 4;
+  auto layout = cache::CacheLayout::Create(lo, std::nullopt);
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  // ~2^50 bytes of pool: std::bad_alloc (an abort) before the fix.
+  const int64_t blocks = (int64_t{1} << 48) / layout->full_block_elems() / c.num_layers;
+  auto backend = CreateCpuBackend(c, model_->weights, *layout, {blocks, 0}, {.num_threads = 2});
+  ASSERT_FALSE(backend.ok());
+  EXPECT_EQ(backend.status().code(), absl::StatusCode::kResourceExhausted) << backend.status();
+  EXPECT_NE(backend.status().message().find("KV cache"), std::string::npos) << backend.status();
+}
+
 // bf16 activations (CpuBackendOptions::bf16_activations): the same prompt and the
 // transformers greedy tokens fed back (teacher-forced: a near-tie flipped by bf16 must not
 // change the inputs), every logits row within a bf16 budget of transformers' fp32 logits,
