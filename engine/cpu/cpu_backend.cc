@@ -256,6 +256,13 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const ModelConfig& con
   if (layout.options().elem_bytes != 4) {
     return absl::InvalidArgumentError("the CPU backend stores its cache in float32 (elem_bytes 4)");
   }
+  // Far more threads than any host has cores only fails thread creation (a
+  // std::system_error abort in the pool's constructor).
+  constexpr int kMaxThreads = 1024;
+  if (options.num_threads < 0 || options.num_threads > kMaxThreads) {
+    return absl::InvalidArgumentError(absl::StrCat("CPU threads must be in [0, ", kMaxThreads,
+                                                   "] (0: all cores), got ", options.num_threads));
+  }
   auto backend = std::make_unique<CpuBackend>(config, layout, sizes, options);
   if (absl::Status s = backend->AllocateCache(); !s.ok()) return s;
   backend->Load(weights);

@@ -219,6 +219,26 @@ TEST_P(GoldenTest, KvPoolLargerThanTheHostIsAnErrorNotAnAbort) {
   EXPECT_NE(backend.status().message().find("KV cache"), std::string::npos) << backend.status();
 }
 
+TEST_P(GoldenTest, ThreadCountOutOfRangeIsAnErrorNotAnAbort) {
+  const ModelConfig& c = model_->config;
+  cache::LayoutOptions lo;
+  lo.num_layers = c.num_layers;
+  lo.num_kv_heads = c.num_kv_heads;
+  lo.head_dim = c.head_dim;
+  lo.block_size = 16;
+  lo.elem_bytes = 4;
+  auto layout = cache::CacheLayout::Create(lo, std::nullopt);
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  // Before the fix a negative count silently meant "all cores" and 1 << 20 threads
+  // aborted with std::system_error from std::thread (-5 first: it fails cleanly).
+  for (int threads : {-5, 1 << 20}) {
+    auto backend = CreateCpuBackend(c, model_->weights, *layout, {4, 0}, {.num_threads = threads});
+    ASSERT_FALSE(backend.ok()) << threads;
+    EXPECT_EQ(backend.status().code(), absl::StatusCode::kInvalidArgument) << backend.status();
+    EXPECT_NE(backend.status().message().find("threads"), std::string::npos) << backend.status();
+  }
+}
+
 // bf16 activations (CpuBackendOptions::bf16_activations): the same prompt and the
 // transformers greedy tokens fed back (teacher-forced: a near-tie flipped by bf16 must not
 // change the inputs), every logits row within a bf16 budget of transformers' fp32 logits,
