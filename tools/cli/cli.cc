@@ -1,11 +1,13 @@
 #include "tools/cli/cli.h"
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "engine/tokenizer/tokenizer.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "nlohmann/json.hpp"
@@ -94,6 +96,21 @@ int StreamGenerate(v1::LeankService::Stub& stub, const v1::GenerateRequest& req,
   return kExitOk;
 }
 
+// The API's strings are UTF-8 and protobuf refuses to send anything else (an INTERNAL
+// error with an empty message): a usage error naming the input instead.
+bool NotUtf8(const std::string& s, const std::string& what, std::ostream& err) {
+  if (IsValidUtf8(s)) return false;
+  err << "error: " << what << ": not valid UTF-8\n";
+  return true;
+}
+
+bool StopsNotUtf8(const SamplingFlags& f, std::ostream& err) {
+  for (const std::string& s : f.stop) {
+    if (NotUtf8(s, "--stop", err)) return true;
+  }
+  return false;
+}
+
 std::string ReadAll(std::istream& in) {
   std::stringstream ss;
   ss << in.rdbuf();
@@ -121,7 +138,7 @@ int RunGenerate(const GenerateArgs& a, const Options& o, Io& io) {
       prompt = ReadAll(io.in);
     } else {
       std::ifstream f(a.prompt_file);
-      if (!f) {
+      if (!f || std::filesystem::is_directory(a.prompt_file)) {
         io.err << "error: --prompt-file: cannot read " << a.prompt_file << "\n";
         return kExitUsage;
       }
@@ -131,6 +148,10 @@ int RunGenerate(const GenerateArgs& a, const Options& o, Io& io) {
   const int inputs = (!a.prompt.empty() || !a.prompt_file.empty()) + !a.token_ids.empty();
   if (inputs != 1) {
     io.err << "error: give exactly one of PROMPT, --prompt-file or --token-ids\n";
+    return kExitUsage;
+  }
+  if (NotUtf8(prompt, a.prompt_file.empty() ? "PROMPT" : "--prompt-file", io.err) ||
+      NotUtf8(a.system, "--system", io.err) || StopsNotUtf8(a.sampling, io.err)) {
     return kExitUsage;
   }
   if (!a.token_ids.empty()) {
@@ -165,6 +186,7 @@ struct ChatArgs {
 
 int RunChat(const ChatArgs& a, Options o, Io& io) {
   o.json = false;  // a conversation is for people
+  if (NotUtf8(a.system, "--system", io.err) || StopsNotUtf8(a.sampling, io.err)) return kExitUsage;
   auto stub = v1::LeankService::NewStub(MakeChannel(o.server));
   v1::ChatMessages history;
   auto reset = [&] {
@@ -194,6 +216,10 @@ int RunChat(const ChatArgs& a, Options o, Io& io) {
     }
     if (line == "/help") {
       io.out << "/reset clears the conversation, /exit quits\n";
+      continue;
+    }
+    if (NotUtf8(line, "the line", io.err)) {
+      if (!io.interactive) return kExitUsage;
       continue;
     }
     auto* user = history.add_messages();
@@ -232,6 +258,7 @@ struct TokenizeArgs {
 int RunTokenize(const TokenizeArgs& a, const Options& o, Io& io) {
   v1::TokenizeRequest req;
   std::string text = a.text == "-" ? ReadAll(io.in) : a.text;
+  if (NotUtf8(text, "TEXT", io.err)) return kExitUsage;
   if (a.chat) {
     auto* m = req.mutable_messages()->add_messages();
     m->set_role("user");
@@ -347,6 +374,12 @@ int RunHealth(const std::string& service, const Options& o, Io& io) {
   return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk : 1;
 }
 
+// CLI11 reads an empty list item ("", "1,,2") as id 0.
+CLI::Validator NonEmptyItem() {
+  return CLI::Validator(
+      [](std::string& s) { return s.empty() ? std::string("empty item in the id list") : ""; }, "");
+}
+
 }  // namespace
 
 int RunCli(int argc, const char* const* argv, std::istream& in, std::ostream& out,
@@ -369,7 +402,9 @@ int RunCli(int argc, const char* const* argv, std::istream& in, std::ostream& ou
   CLI::App* g = app.add_subcommand("generate", "Generate from a prompt, streaming the text");
   g->add_option("prompt", gen.prompt, "Prompt text");
   g->add_option("--prompt-file", gen.prompt_file, "Read the prompt from a file ('-': stdin)");
-  g->add_option("--token-ids", gen.token_ids, "Pre-tokenized prompt (ids)")->delimiter(',');
+  g->add_option("--token-ids", gen.token_ids, "Pre-tokenized prompt (ids)")
+      ->delimiter(',')
+      ->check(NonEmptyItem());
   g->add_flag("--chat", gen.chat, "Send the prompt as a user message (server's chat template)");
   g->add_option("--system", gen.system, "System message (implies --chat)");
   g->add_flag("--no-special-tokens", gen.no_special_tokens, "Text input: no BOS etc.");
@@ -393,7 +428,7 @@ int RunCli(int argc, const char* const* argv, std::istream& in, std::ostream& ou
   std::vector<int32_t> detok_ids;
   bool skip_special = false;
   CLI::App* d = app.add_subcommand("detokenize", "Text of token ids");
-  d->add_option("ids", detok_ids, "Token ids")->required()->delimiter(',');
+  d->add_option("ids", detok_ids, "Token ids")->required()->delimiter(',')->check(NonEmptyItem());
   d->add_flag("--skip-special-tokens", skip_special, "Drop special tokens");
 
   CLI::App* i = app.add_subcommand("info", "Model info and server state");

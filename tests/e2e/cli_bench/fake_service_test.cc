@@ -280,6 +280,12 @@ TEST_F(FakeServiceTest, ChatKeepsTheConversationAndResets) {
   r = Cli({"chat", "--top-p=2"}, "hello\n");
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("INVALID_ARGUMENT"), std::string::npos);
+  // A line that is not UTF-8 is refused before it is sent (exit 2 in a script).
+  const size_t sent = service_.requests().size();
+  r = Cli({"chat"}, "caf\xe9\n");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("not valid UTF-8"), std::string::npos) << r.err;
+  EXPECT_EQ(service_.requests().size(), sent);
 }
 
 TEST_F(FakeServiceTest, TokenizeInfoHealth) {
@@ -331,6 +337,22 @@ TEST(CliUsage, BadFlagsExitTwoWithAMessage) {
     auto [code, msg] = run(args);
     EXPECT_EQ(code, 2) << ::testing::PrintToString(args);
     EXPECT_FALSE(msg.empty());
+  }
+  // Refused before any call (no server here): invalid UTF-8 used to reach protobuf's
+  // serializer (INTERNAL with an empty message), "-1" / 2^64 seeds wrapped or clamped,
+  // and an empty id list was read as token 0.
+  for (const auto& [args, want] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"generate", "ab\xff"}, "PROMPT: not valid UTF-8"},
+           {{"generate", "x", "--stop=\xff"}, "--stop: not valid UTF-8"},
+           {{"generate", "x", "--system=\xc3"}, "--system: not valid UTF-8"},
+           {{"tokenize", "\xff"}, "TEXT: not valid UTF-8"},
+           {{"chat", "--stop=\xff"}, "--stop: not valid UTF-8"},
+           {{"generate", "x", "--seed=-1"}, "--seed"},
+           {{"generate", "x", "--seed=18446744073709551616"}, "--seed"},
+           {{"detokenize", ""}, "empty item"}}) {
+    auto [code, msg] = run(args);
+    EXPECT_EQ(code, 2) << ::testing::PrintToString(args) << msg;
+    EXPECT_NE(msg.find(want), std::string::npos) << msg;
   }
   auto [code, msg] = run({"generate", "--help"});
   EXPECT_EQ(code, 0);
