@@ -13,6 +13,9 @@ absl::Status Bad(const std::string& field, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
 }
 
+// Above this the distribution is uniform to float precision anyway.
+constexpr float kMaxTemperature = 1e4f;
+
 bool InRange(float v, float lo, float hi) { return std::isfinite(v) && v >= lo && v <= hi; }
 
 absl::Status ValidateText(const std::string& text, const char* field) {
@@ -22,8 +25,9 @@ absl::Status ValidateText(const std::string& text, const char* field) {
 }
 
 absl::Status ValidateSampling(const v1::GenerateRequest& r) {
-  if (r.has_temperature() && !InRange(r.temperature(), 0.0f, 1e4f)) {
-    return Bad("temperature", absl::StrCat("must be a finite number >= 0, got ", r.temperature()));
+  if (r.has_temperature() && !InRange(r.temperature(), 0.0f, kMaxTemperature)) {
+    return Bad("temperature",
+               absl::StrCat("must be in [0, ", kMaxTemperature, "], got ", r.temperature()));
   }
   if (r.top_k() < 0) return Bad("top_k", absl::StrCat("must be >= 0 (0 = off), got ", r.top_k()));
   if (r.has_top_p() && !(std::isfinite(r.top_p()) && r.top_p() > 0.0f && r.top_p() <= 1.0f)) {

@@ -45,6 +45,14 @@ TEST(ValidateGenerate, NamesEachBadField) {
   r = Valid();
   r.set_temperature(INFINITY);
   ExpectField(r, "temperature");
+  // The upper bound is in the message (it said "must be a finite number >= 0, got 20000").
+  r = Valid();
+  r.set_temperature(2e4f);
+  ExpectField(r, "temperature");
+  EXPECT_NE(ValidateGenerateRequest(r, Limits()).message().find("10000"), std::string::npos);
+  r = Valid();
+  r.set_temperature(1e4f);
+  EXPECT_TRUE(ValidateGenerateRequest(r, Limits()).ok());
   r = Valid();
   r.set_top_p(0);
   ExpectField(r, "top_p");
