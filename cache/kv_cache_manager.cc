@@ -160,7 +160,7 @@ int64_t KvCacheManager::TokenCapacity() const {
   const int64_t B = layout_.block_size();
   const int64_t full_tokens = free_full_blocks() * B;
   if (layout_.dense()) return full_tokens;
-  const int64_t sw = layout_.options().sink + layout_.options().recent;
+  const int64_t sw = int64_t{layout_.options().sink} + layout_.options().recent;
   // Up to S + W tokens everything is full. Beyond, a sequence keeps S + W + r (r < B)
   // tokens in full blocks and B * free_pruned in the middle.
   if (full_tokens < sw) return full_tokens;

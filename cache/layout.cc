@@ -138,7 +138,7 @@ PoolSizes SplitBudget(const CacheLayout& layout, int64_t budget_bytes, int64_t t
   const int64_t reserved_full = std::min(step_tokens > 0 ? (step_tokens + B - 1) / B + 1 : 0,
                                          budget_bytes / 2 / full_bytes);
   budget_bytes -= reserved_full * full_bytes;
-  const int64_t full_tokens = std::min<int64_t>(target, o.sink + o.recent + B - 1);
+  const int64_t full_tokens = std::min<int64_t>(target, int64_t{o.sink} + o.recent + B - 1);
   const int64_t full_per_seq = (full_tokens + B - 1) / B + 1;
   const __int128 seq_bytes = static_cast<__int128>(full_per_seq) * full_bytes +
                              static_cast<__int128>(pruned_per_seq) * pruned_bytes;

@@ -220,6 +220,24 @@ int64_t BruteCapacity(const CacheLayout& layout, int64_t free_full, int64_t free
   return best;
 }
 
+TEST(KvCacheManagerTest, HugeSinkAndRecentDoNotOverflowTheCapacity) {
+  // sink + recent = 4e9 overflowed int: a negative capacity, and the server refused to
+  // start with "KV cache budget ... holds no useful sequence". Nothing is ever pruned, so
+  // every full block holds tokens.
+  LayoutOptions o;
+  o.num_layers = 2;
+  o.num_kv_heads = 2;
+  o.head_dim = 64;
+  o.block_size = 16;
+  o.sink = 2000000000;
+  o.recent = 2000000000;
+  o.elem_bytes = 4;
+  auto layout = CacheLayout::Create(o, testing::RandomMask({2, 2, 64}, 16, 3));
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  KvCacheManager m(*layout, {6, 5});
+  EXPECT_EQ(m.TokenCapacity(), 6 * 16);
+}
+
 TEST(KvCacheManagerTest, TokenCapacityAndUsage) {
   for (bool dense : {false, true}) {
     const CacheLayout layout = MakeLayout(dense);
