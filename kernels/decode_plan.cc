@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <climits>
 #include <cstring>
+#include <functional>
+#include <queue>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
@@ -17,6 +20,57 @@ using detail::kTileTokens;
 namespace {
 
 int CeilDiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+// A (sequence, kv head, region) stretch of tokens, all at one cost per token.
+struct Seg {
+  int seq, head, region, tokens;
+  int64_t bytes_per_token;
+};
+
+// Token ranges of `g` for a target of `target` bytes per CTA: about bytes / target equal
+// pieces of whole tiles, at most kMaxSplit.
+template <typename F>
+void ForEachPiece(const Seg& g, double target, F&& f) {
+  const int max_split = std::min(detail::kMaxSplit, CeilDiv(g.tokens, kTileTokens));
+  const int split = std::clamp(
+      static_cast<int>(std::lround(double(g.tokens * g.bytes_per_token) / target)), 1, max_split);
+  const int chunk = CeilDiv(CeilDiv(g.tokens, split), kTileTokens) * kTileTokens;
+  for (int b = 0; b < g.tokens; b += chunk) f(b, std::min(g.tokens, b + chunk));
+}
+
+int CountPieces(const std::vector<Seg>& segs, double target) {
+  int n = 0;
+  for (const Seg& g : segs) ForEachPiece(g, target, [&](int, int) { ++n; });
+  return n;
+}
+
+// Fixed cost of one work item (prologue: item, block table and q loads before the first
+// tile lands; epilogue: warp merge, partial write, slot merge), in bytes that one resident
+// CTA would stream meanwhile. Measured on H100: dense 8 x 32K took 387.7 / 405.4 / 429.1 us
+// with 1 / 3.9 / 7.8 items per resident CTA, about 6 us (~70 KB at 3.1 TB/s / 264) each.
+constexpr int64_t kItemOverheadBytes = int64_t{70} << 10;
+
+// Predicted makespan of one layer's items on `slots` resident CTAs, as the hardware runs
+// them: largest first, each to the slot that frees first, each paying kItemOverheadBytes.
+int64_t Makespan(const std::vector<Seg>& segs, double target, int slots) {
+  std::vector<int64_t> cost;
+  for (const Seg& g : segs) {
+    ForEachPiece(g, target, [&](int b, int e) {
+      cost.push_back((e - b) * g.bytes_per_token + kItemOverheadBytes);
+    });
+  }
+  std::sort(cost.begin(), cost.end(), std::greater<>());
+  std::priority_queue<int64_t, std::vector<int64_t>, std::greater<>> free_at;
+  for (int i = 0; i < slots; ++i) free_at.push(0);
+  int64_t end = 0;
+  for (int64_t c : cost) {
+    const int64_t t = free_at.top() + c;
+    free_at.pop();
+    free_at.push(t);
+    end = std::max(end, t);
+  }
+  return end;
+}
 
 }  // namespace
 
@@ -57,33 +111,19 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
   }
 
   // Work lists: every (seq, kv head, region) segment cut into token ranges of about
-  // total_bytes / target_ctas bytes, whole 64-token tiles, largest first.
-  // CTAs per layer: one resident wave (the kernel's occupancy, 2 CTAs per SM with the
-  // default 3 stages) for small batches, where per-CTA latency dominates; up to 8 waves of
-  // ~1 MB items for large ones, so that the last wave's tail is short (4 waves left batch
-  // 8 x 128K at 83% of read bandwidth, 8 waves: 91%). Rounding to whole waves was tried and
-  // lost at 8 x 16K / 8 x 32K (measured on H100: docs/benchmarks.md).
-  int64_t total_all = 0;
-  for (int s = 0; s < S; ++s) total_all += int64_t(seq_tokens[2 * s]) * H * 4 * D;
+  // layer_bytes / ctas bytes, whole 64-token tiles, largest first (the hardware then hands
+  // the next item to whichever CTA slot frees first). The CTA count is the candidate (1 to 8
+  // resident waves) with the smallest predicted makespan (Makespan: per-item fixed cost vs
+  // balance) on the layer that moves the most bytes. Equal segments (dense) fit one wave
+  // exactly and pay the per-item cost once; uneven ones (LeanK heads) need a few waves to
+  // balance. Measured on H100 (docs/benchmarks.md): the previous rule, ~1 MB items up to
+  // 8 waves, left dense 8 x 32K ... 32 x 16K at 86-87% of read bandwidth, one wave 90-92%.
   const int resident = num_sms_ * detail::DecodeBlocksPerSm(D);
-  const int ctas = target_ctas > 0 ? target_ctas
-                                   : static_cast<int>(std::clamp<int64_t>(
-                                         total_all / (int64_t(1) << 20), resident, 8 * resident));
-  std::vector<DecodeItem> items;
-  std::vector<int32_t> merge_ptr;
-  layer_items_.assign(L, 0);
-  layer_item_offset_.assign(L, 0);
+  std::vector<std::vector<Seg>> layer_segs(L);
+  int heaviest = 0;
   layer_bytes_.assign(L, 0);
-  max_items_ = 0;
-  struct Seg {
-    int seq, head, region, tokens;
-    int64_t bytes_per_token;
-  };
-  std::vector<Seg> segs;
-  std::vector<std::pair<int64_t, DecodeItem>> layer_list;
   for (int l = 0; l < L; ++l) {
-    segs.clear();
-    int64_t total = 0;
+    std::vector<Seg>& segs = layer_segs[l];
     for (int s = 0; s < S; ++s) {
       const int n = seq_tokens[2 * s], m = seq_tokens[2 * s + 1];
       for (int h = 0; h < H; ++h) {
@@ -93,24 +133,50 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
           segs.push_back({s, h, detail::kRegionPruned, m, 2 * int64_t(kept + D)});
       }
     }
-    for (const Seg& g : segs) total += g.tokens * g.bytes_per_token;
-    layer_bytes_[l] = total;
-    const double target = std::max(1.0, double(total) / ctas);
+    for (const Seg& g : segs) layer_bytes_[l] += g.tokens * g.bytes_per_token;
+    if (layer_bytes_[l] > layer_bytes_[heaviest]) heaviest = l;
+  }
+  int ctas = target_ctas;
+  int max_waves = 0;  // 0: no limit (a caller's target_ctas)
+  if (ctas <= 0) {
+    // Eighths of a resident wave: below one wave too, because rounding the splits can
+    // give more items than the target (a second, nearly empty wave at small batches).
+    const double total = double(layer_bytes_[heaviest]);
+    int64_t best = INT64_MAX;
+    for (int eighths : {4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64}) {  // 0.5 to 8 waves
+      const int c = std::max(1, resident * eighths / 8);
+      const int64_t t = Makespan(layer_segs[heaviest], std::max(1.0, total / c), resident);
+      if (t < best) {
+        best = t;
+        ctas = c;
+      }
+    }
+    max_waves = CeilDiv(CountPieces(layer_segs[heaviest], std::max(1.0, total / ctas)), resident);
+  }
+  std::vector<DecodeItem> items;
+  std::vector<int32_t> merge_ptr;
+  layer_items_.assign(L, 0);
+  layer_item_offset_.assign(L, 0);
+  max_items_ = 0;
+  std::vector<std::pair<int64_t, DecodeItem>> layer_list;
+  for (int l = 0; l < L; ++l) {
+    // Another layer's splits can round to more items than the heaviest's: fewer, larger
+    // ones then, so that no layer starts an extra, nearly empty wave (LeanK 1 x 4K: 291
+    // items on 264 slots took 22.0 us instead of 17.1).
+    double target = std::max(1.0, double(layer_bytes_[l]) / ctas);
+    for (int i = 0; i < 4 && max_waves > 0; ++i) {
+      const int n = CountPieces(layer_segs[l], target);
+      if (n <= max_waves * resident) break;
+      target *= double(n) / (max_waves * resident);
+    }
     layer_list.clear();
     int slot = 0;
-    for (size_t i = 0; i < segs.size(); ++i) {
-      const Seg& g = segs[i];
+    for (const Seg& g : layer_segs[l]) {
       if (g.region == detail::kRegionFull) merge_ptr.push_back(slot);  // first seg of (s, h)
-      const int max_split = std::min(detail::kMaxSplit, CeilDiv(g.tokens, kTileTokens));
-      const int split =
-          std::clamp(static_cast<int>(std::lround(double(g.tokens * g.bytes_per_token) / target)),
-                     1, max_split);
-      const int chunk = CeilDiv(CeilDiv(g.tokens, split), kTileTokens) * kTileTokens;
-      for (int b = 0; b < g.tokens; b += chunk) {
-        const int e = std::min(g.tokens, b + chunk);
+      ForEachPiece(g, target, [&](int b, int e) {
         layer_list.push_back(
             {(e - b) * g.bytes_per_token, DecodeItem{g.seq, g.head, g.region, b, e, slot++}});
-      }
+      });
     }
     merge_ptr.push_back(slot);
     std::stable_sort(layer_list.begin(), layer_list.end(),
