@@ -137,6 +137,13 @@ class DecodeAttention {
   std::vector<int> layer_items_, layer_item_offset_;
   std::vector<int64_t> layer_bytes_;
   int max_items_ = 0;
+  // The last CTA-count choice (Plan), reused while the batch keeps its segments and its
+  // heaviest layer's bytes stay within 1/64: decode steps grow by one token each.
+  struct CtaChoice {
+    size_t num_segs = 0;
+    int64_t bytes = 0;
+    int ctas = 0, max_waves = 0;
+  } last_choice_;
   // Device buffers (grown on demand).
   PlanBuffer plan_;
   float* d_partial_ = nullptr;  // [max_items][G][head_dim + 1] (O then lse)

@@ -235,7 +235,18 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   int token = 0;
-  if (p.temperature == 0.0f) {
+  // The largest tempered logit; a positive temperature so small that it overflows (e.g.
+  // 1e-40: +-inf) is greedy in the limit, as in the CPU sampler, instead of NaN masses.
+  const float temp = p.temperature;
+  float mx = -INFINITY;
+  if (temp != 0.0f) {
+    for (int v = threadIdx.x; v < vocab; v += kThreads) {
+      const float raw = l[v];
+      if (!isnan(raw)) mx = fmaxf(mx, __fdiv_rn(raw, temp));
+    }
+    mx = BlockMax(mx, s);
+  }
+  if (temp == 0.0f || !isfinite(mx)) {
     // 4. Greedy: the CPU ArgMax starts from index 0, so a NaN there wins; elsewhere NaN
     // never beats a number.
     float best = -INFINITY;
@@ -248,44 +259,35 @@ __global__ void __launch_bounds__(kThreads)
     token = isnan(l[0]) || idx >= vocab ? 0 : idx;
   } else {
     // 5. Temperature, filters, draw.
-    const float temp = p.temperature;
-    float mx = -INFINITY;
-    for (int v = threadIdx.x; v < vocab; v += kThreads) {
-      const float raw = l[v];
-      if (!isnan(raw)) mx = fmaxf(mx, __fdiv_rn(raw, temp));
+    uint32_t threshold = 0;  // keep keys >= threshold
+    if (p.top_k > 0 && p.top_k < vocab) {
+      threshold = RadixSelect(l, vocab, temp, mx, false, static_cast<float>(p.top_k), 0, s);
     }
-    mx = BlockMax(mx, s);
-    if (mx > -INFINITY) {
-      uint32_t threshold = 0;  // keep keys >= threshold
-      if (p.top_k > 0 && p.top_k < vocab) {
-        threshold = RadixSelect(l, vocab, temp, mx, false, static_cast<float>(p.top_k), 0, s);
-      }
-      if (p.top_p < 1.0f) {
-        double mass = 0;
-        for (int v = threadIdx.x; v < vocab; v += kThreads) {
-          const float raw = l[v];
-          if (isnan(raw)) continue;
-          const float x = __fdiv_rn(raw, temp);
-          if (x > -INFINITY && Key(x) >= threshold) mass += expf(x - mx);
-        }
-        mass = BlockSum(mass, s);
-        threshold =
-            RadixSelect(l, vocab, temp, mx, true, static_cast<float>(p.top_p * mass), threshold, s);
-      }
-      double best = -INFINITY;
-      int idx = vocab;
+    if (p.top_p < 1.0f) {
+      double mass = 0;
       for (int v = threadIdx.x; v < vocab; v += kThreads) {
         const float raw = l[v];
         if (isnan(raw)) continue;
         const float x = __fdiv_rn(raw, temp);
-        if (x == -INFINITY || Key(x) < threshold) continue;
-        if (p.min_p > 0.0f && expf(x - mx) < p.min_p) continue;
-        const double g = -log(-log(Uniform(p.seed, p.step, static_cast<uint32_t>(v))));
-        ArgmaxMerge(best, idx, static_cast<double>(x) + g, v);
+        if (x > -INFINITY && Key(x) >= threshold) mass += expf(x - mx);
       }
-      idx = BlockArgmax(best, idx, s.d, s);
-      token = idx < vocab ? idx : 0;
+      mass = BlockSum(mass, s);
+      threshold =
+          RadixSelect(l, vocab, temp, mx, true, static_cast<float>(p.top_p * mass), threshold, s);
     }
+    double best = -INFINITY;
+    int idx = vocab;
+    for (int v = threadIdx.x; v < vocab; v += kThreads) {
+      const float raw = l[v];
+      if (isnan(raw)) continue;
+      const float x = __fdiv_rn(raw, temp);
+      if (x == -INFINITY || Key(x) < threshold) continue;
+      if (p.min_p > 0.0f && expf(x - mx) < p.min_p) continue;
+      const double g = -log(-log(Uniform(p.seed, p.step, static_cast<uint32_t>(v))));
+      ArgmaxMerge(best, idx, static_cast<double>(x) + g, v);
+    }
+    idx = BlockArgmax(best, idx, s.d, s);
+    token = idx < vocab ? idx : 0;
   }
 
   // 6. Logprob of the chosen token under the raw row (its saved value when an entry

@@ -207,7 +207,7 @@ std::unique_ptr<Runner> MakeRunner(const MemModel& m, const RunSetup& st,
       gpu ? CreateCudaBackend(m.config, m.weights, *r->layout, sizes,
                               CudaBackendOptions{0, 256, 16, st.force_generic})
           : CreateCpuBackend(m.config, m.weights, *r->layout, sizes,
-                                             CpuBackendOptions{1, st.cpu_bf16});
+                             CpuBackendOptions{1, st.cpu_bf16});
   EXPECT_TRUE(b.ok()) << b.status();
   r->backend = *std::move(b);
   r->manager = std::make_unique<cache::KvCacheManager>(*r->layout, sizes);
@@ -228,7 +228,9 @@ double RelErr(std::span<const float> a, std::span<const float> ref) {
 struct ErrStats {
   double prefill_sum = 0, decode_sum = 0;
   int prefill_rows = 0, decode_rows = 0;
-  double mean() const { return (prefill_sum + decode_sum) / std::max(1, prefill_rows + decode_rows); }
+  double mean() const {
+    return (prefill_sum + decode_sum) / std::max(1, prefill_rows + decode_rows);
+  }
 };
 
 // Three sequences, prompts fed in random chunks while others decode (mixed steps),

@@ -213,6 +213,48 @@ TEST_F(GpuSamplingTest, GreedyIsBitExactWithCpuArgMax) {
   }
 }
 
+// A positive temperature so small that the largest tempered logit overflows (1e-40 with
+// logits of a few units: +inf, or -inf when every logit is negative) is greedy, as in the
+// CPU sampler; dividing would make the masses NaN and draw an arbitrary token.
+TEST_F(GpuSamplingTest, OverflowingTinyTemperatureIsGreedy) {
+  std::mt19937_64 rng(21);
+  const int64_t vocab = 1000;
+  const int rows = 6;
+  std::vector<float> logits;
+  for (int r = 0; r < rows; ++r) {
+    std::vector<float> row = RandomRow(vocab, rng, 3.0f);
+    if (r % 2 == 1) {
+      for (float& x : row) x = -std::abs(x) - 0.5f;  // every logit negative
+    }
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  std::vector<DeviceSample> samples(rows);
+  std::vector<const DeviceSample*> ptrs;
+  for (int r = 0; r < rows; ++r) {
+    DeviceSample& s = samples[r];
+    s.params.temperature = r < 4 ? 1e-40f : 1e-38f;
+    if (r >= 2) {
+      s.params.top_k = 5;
+      s.params.top_p = 0.9f;
+      s.params.min_p = 0.1f;
+    }
+    s.seed = 1000 + r;
+    ptrs.push_back(&s);
+  }
+  const GpuRun run = Run(logits, vocab, ptrs);
+  ASSERT_EQ(run.sampled.size(), size_t(rows));
+  for (int r = 0; r < rows; ++r) {
+    SCOPED_TRACE(r);
+    std::span<const float> row(logits.data() + r * vocab, vocab);
+    // The CPU sampler on the same row and parameters.
+    std::vector<float> cpu_row(row.begin(), row.end());
+    Sampler cpu(samples[r].seed);
+    const SampleResult want = cpu.Sample(cpu_row, samples[r].params, {}, {}, 0);
+    EXPECT_EQ(want.token, ArgMax(row));
+    EXPECT_EQ(run.sampled[r].token, want.token);
+  }
+}
+
 TEST_F(GpuSamplingTest, PenaltiesAndBansAreBitExactWithCpu) {
   std::mt19937_64 rng(12);
   const int64_t vocab = 1000;
