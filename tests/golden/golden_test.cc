@@ -201,15 +201,20 @@ TEST_P(GoldenTest, AllZeroMaskRuns) {
   }
 }
 
-TEST_P(GoldenTest, KvPoolLargerThanTheHostIsAnErrorNotAnAbort) {
-  const ModelConfig& c = model_->config;
+// A dense fp32 cache layout (block 16) for backend construction tests.
+absl::StatusOr<cache::CacheLayout> DenseCpuLayout(const ModelConfig& c) {
   cache::LayoutOptions lo;
   lo.num_layers = c.num_layers;
   lo.num_kv_heads = c.num_kv_heads;
   lo.head_dim = c.head_dim;
   lo.block_size = 16;
   lo.elem_bytes = 4;
-  auto layout = cache::CacheLayout::Create(lo, std::nullopt);
+  return cache::CacheLayout::Create(lo, std::nullopt);
+}
+
+TEST_P(GoldenTest, KvPoolLargerThanTheHostIsAnErrorNotAnAbort) {
+  const ModelConfig& c = model_->config;
+  auto layout = DenseCpuLayout(c);
   ASSERT_TRUE(layout.ok()) << layout.status();
   // ~2^50 bytes of pool: std::bad_alloc (an abort) before the fix.
   const int64_t blocks = (int64_t{1} << 48) / layout->full_block_elems() / c.num_layers;
@@ -221,13 +226,7 @@ TEST_P(GoldenTest, KvPoolLargerThanTheHostIsAnErrorNotAnAbort) {
 
 TEST_P(GoldenTest, ThreadCountOutOfRangeIsAnErrorNotAnAbort) {
   const ModelConfig& c = model_->config;
-  cache::LayoutOptions lo;
-  lo.num_layers = c.num_layers;
-  lo.num_kv_heads = c.num_kv_heads;
-  lo.head_dim = c.head_dim;
-  lo.block_size = 16;
-  lo.elem_bytes = 4;
-  auto layout = cache::CacheLayout::Create(lo, std::nullopt);
+  auto layout = DenseCpuLayout(c);
   ASSERT_TRUE(layout.ok()) << layout.status();
   // Before the fix a negative count silently meant "all cores" and 1 << 20 threads
   // aborted with std::system_error from std::thread (-5 first: it fails cleanly).
