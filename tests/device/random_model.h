@@ -76,8 +76,7 @@ inline std::unique_ptr<MemModel> RandomModel(int head_dim, int q_heads, int kv_h
   ModelWeights& w = m->weights;
   w.embed_tokens = RandomTensor(*m, "embed", {c.vocab_size, hd}, 1.0f, 0.0f, rng);
   w.final_norm = RandomTensor(*m, "norm", {hd}, 0.1f, 1.0f, rng);
-  w.lm_head =
-      tied ? w.embed_tokens : RandomTensor(*m, "lm_head", {c.vocab_size, hd}, s_h, 0, rng);
+  w.lm_head = tied ? w.embed_tokens : RandomTensor(*m, "lm_head", {c.vocab_size, hd}, s_h, 0, rng);
   for (int l = 0; l < c.num_layers; ++l) {
     LayerWeights L;
     L.input_norm = RandomTensor(*m, "in_norm", {hd}, 0.1f, 1.0f, rng);
