@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
 from train import st_io
+from train.checks import (ConfigError, check_run, check_samples, check_stage, check_targets,
+                          read_model_config, sliding_window)
 from train.data import Generator, load_samples
 from train.masks import binarize, kept_counts, save_mask
 from train.model import LlamaModel
@@ -28,13 +31,22 @@ from train.trainer import MiddleConfig, StageConfig, run_stage, validate
 
 
 def load_config(path, overrides=()) -> dict:
-    text = Path(path).read_text()
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml  # optional
-        cfg = yaml.safe_load(text)
-    else:
-        cfg = json.loads(text)
+    try:
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml  # optional
+            cfg = yaml.safe_load(text)
+        else:
+            cfg = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # yaml's errors are ValueErrors too
+        raise ConfigError(f"config {path}: cannot read: {e}") from None
+    except ImportError:
+        raise ConfigError(f"config {path}: YAML needs PyYAML (python3-yaml)") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config {path}: top level must be an object")
     for o in overrides:  # "a.b=value" (value parsed as JSON when possible)
+        if "=" not in o:
+            raise ConfigError(f"--set {o!r}: expected KEY=VALUE, e.g. stage1.steps=10")
         key, val = o.split("=", 1)
         try:
             val = json.loads(val)
@@ -44,6 +56,8 @@ def load_config(path, overrides=()) -> dict:
         parts = key.split(".")
         for p in parts[:-1]:
             d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ConfigError(f"--set {o!r}: {p} is not an object in the config")
         d[parts[-1]] = val
     return cfg
 
@@ -52,7 +66,7 @@ def _dc(cls, d: dict):
     names = {f.name for f in fields(cls)}
     bad = set(d) - names
     if bad:
-        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(bad)}")
+        raise ConfigError(f"{cls.__name__}: unknown config keys {sorted(bad)}")
     return cls(**d)
 
 
@@ -68,7 +82,7 @@ def resolve(base: Path, p: str) -> Path:
 def load_data(cfg: dict, root: Path):
     d = cfg["data"]
     if "file" in d:
-        return load_samples(resolve(root, d["file"]))
+        return read_samples(resolve(root, d["file"]), "data.file")
     g = d["generate"]
     from train.data import hf_encoder
     gen = Generator(hf_encoder(resolve(root, cfg["model"])), g["haystack"], g.get("keys", "train"),
@@ -76,12 +90,26 @@ def load_data(cfg: dict, root: Path):
     return gen.dataset(g["n"], g.get("seed", 1), g["min_len"], g["max_len"], g["tasks"])
 
 
+def read_samples(path: Path, key: str):
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} does not exist")
+    try:
+        return load_samples(path)
+    except Exception as e:  # numpy/lzma/zip errors of a file that is not a sample set
+        raise ConfigError(f"{key}: {path} is not a sample file of train.data: {e}") from None
+
+
 class Run:
     def __init__(self, cfg: dict, root: Path):
         self.cfg, self.root = cfg, root
         self.out = resolve(root, cfg["out_dir"])
-        self.out.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out / "train_log.jsonl"
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"out_dir: cannot write {self.log_path}: {e.strerror}") from None
 
     def log(self, rec: dict) -> None:
         rec = {k: v for k, v in rec.items() if v is not None}
@@ -130,21 +158,57 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], help="override, e.g. stage1.steps=10")
     ap.add_argument("--root", default=".", help="paths in the config are relative to this")
     a = ap.parse_args(argv)
-    cfg = load_config(a.config, a.set)
-    root = Path(a.root)
-    torch.manual_seed(cfg.get("seed", 0))
-    dev = cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, cfg.get("dtype", "float32"))
-    if cfg.get("tf32", False) and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-    model = LlamaModel.load_hf(resolve(root, cfg["model"]), dtype=dtype, device=dev)
-    data = load_data(cfg, root)
+    try:
+        train(a)
+    except ConfigError as e:
+        print(f"leank_train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def setup(cfg: dict, root: Path):
+    """Checks the whole config, the model folder and the samples before any training:
+    returns (device, middle, stage1, stage2, targets, align, model, data, val)."""
+    check_run(cfg)
+    model_dir = resolve(root, cfg["model"])
+    hf = read_model_config(model_dir)
     mid = _dc(MiddleConfig, cfg.get("middle", {}))
     s1 = _dc(StageConfig, cfg.get("stage1", {}))
+    check_stage("stage1", asdict(s1), multi_reg=True)
     s2cfg = dict(cfg.get("stage2", {}))
     targets = s2cfg.pop("targets", [0.7])
     align = s2cfg.pop("align", 16)
     s2 = _dc(StageConfig, {"lr": 0.01, "reg": 0.0, **s2cfg})
+    check_stage("stage2", asdict(s2), multi_reg=False)
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    check_targets(targets, align, head_dim, sparsity_tag)
+    dev = cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu")
+    if str(dev).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {dev!r} but torch sees no CUDA device (use \"cpu\")")
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    if cfg.get("tf32", False) and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        model = LlamaModel.load_hf(model_dir, dtype=dtype, device=dev)
+    except (OSError, KeyError, ValueError) as e:  # missing/mis-shaped weights (names the file)
+        raise ConfigError(e.args[0] if e.args and isinstance(e.args[0], str) else str(e)) \
+            from None
+    data = load_data(cfg, root)
+    mc = model.cfg
+    limits = dict(vocab_size=mc.vocab_size, max_positions=mc.max_position_embeddings,
+                  window=sliding_window(hf))
+    check_samples(data, "data", **limits)
+    val = read_samples(resolve(root, cfg["data"]["val"]), "data.val") \
+        if "val" in cfg["data"] else []
+    val = val[: cfg.get("val_n", len(val))]
+    check_samples(val, "data.val", allow_empty=True, **limits)
+    return dev, mid, s1, s2, targets, align, model, data, val
+
+
+def train(a) -> None:
+    cfg = load_config(a.config, a.set)
+    root = Path(a.root)
+    torch.manual_seed(cfg.get("seed", 0) if isinstance(cfg.get("seed", 0), int) else 0)
+    dev, mid, s1, s2, targets, align, model, data, val = setup(cfg, root)
     exp = cfg.get("export", {})
     run = Run(cfg, root)
     run.log({"event": "start", "config": cfg, "device": dev, "torch": torch.__version__,
@@ -154,8 +218,6 @@ def main(argv=None) -> None:
     shape = (mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim)
     alpha1 = run.stage(model, data, torch.ones(len(regs), *shape, device=dev), s1, mid,
                        stage=1, tag="stage1", regs=regs)
-    val = load_samples(resolve(root, cfg["data"]["val"])) if "val" in cfg["data"] else []
-    val = val[: cfg.get("val_n", len(val))]
     best = 0
     if val:
         # Pick the stage-1 run (reg) whose binarised masks fit dense best on held-out samples;

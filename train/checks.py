@@ -1,0 +1,232 @@
+"""Checks of the trainer's inputs (run config, model folder, samples) before any work starts.
+
+Every problem a user can cause raises ConfigError with one message naming the key, file or
+sample and what is allowed; the CLIs print it and exit 2, with no traceback. The limits are the
+ones the server applies when it loads a mask (cache/mask_io.cc, cache/mask.cc): align 16 or 32
+dividing head_dim, sink/recent positive, target_sparsity in [0, 1], so the trainer never
+writes a mask that `leank-server --masks` refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+ALIGNS = (16, 32)  # what cache/mask.cc accepts
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A bad input the user can fix (printed without a traceback)."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def need_int(where: str, v, lo: int) -> int:
+    if not _is_int(v) or v < lo:
+        raise ConfigError(f"{where}: must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def need_number(where: str, v, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
+    ok = _is_number(v) and (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        if hi == math.inf:
+            rng = f"a finite number {'>' if lo_open else '>='} {lo}"
+        else:
+            rng = f"a number in {'(' if lo_open else '['}{lo}, {hi}]"
+        raise ConfigError(f"{where}: must be {rng}, got {v!r}")
+    return float(v)
+
+
+# ---- model folder ----------------------------------------------------------------------------
+
+def read_model_config(folder) -> dict:
+    """config.json of a Llama-family model folder, or ConfigError naming what is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"model folder {folder} does not exist")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no config.json (not a Hugging Face model folder)")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read as JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: top level must be a JSON object")
+    check_model_config(cfg, path)
+    return cfg
+
+
+def check_model_config(cfg: dict, where) -> None:
+    """What model.py implements: Llama / Mistral / Qwen2, SwiGLU without MLP biases, RoPE
+    default / linear / llama3, no sliding window shorter than the positions (checked against
+    the samples in check_samples)."""
+    mt = cfg.get("model_type")
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(f"{where}: model_type {mt!r} is not supported "
+                          f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads"):
+        if key not in cfg:
+            raise ConfigError(f"{where}: {key} is missing")
+        need_int(f"{where}: {key}", cfg[key], 1)
+    heads = cfg["num_attention_heads"]
+    kv = need_int(f"{where}: num_key_value_heads", cfg.get("num_key_value_heads", heads), 1)
+    if heads % kv:
+        raise ConfigError(f"{where}: num_key_value_heads ({kv}) must divide "
+                          f"num_attention_heads ({heads})")
+    hd = cfg.get("head_dim")
+    if hd is None:
+        if cfg["hidden_size"] % heads:
+            raise ConfigError(f"{where}: num_attention_heads ({heads}) must divide hidden_size "
+                              f"({cfg['hidden_size']}) when head_dim is not given")
+        hd = cfg["hidden_size"] // heads
+    need_int(f"{where}: head_dim", hd, 2)
+    if hd % 2:
+        raise ConfigError(f"{where}: head_dim {hd} must be even (RoPE rotates channel pairs)")
+    need_int(f"{where}: max_position_embeddings", cfg.get("max_position_embeddings", 8192), 1)
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{where}: hidden_act {cfg['hidden_act']!r} is not supported "
+                          "(supported: silu)")
+    if cfg.get("mlp_bias", False):
+        raise ConfigError(f"{where}: mlp_bias is not supported")
+    rs = cfg.get("rope_scaling")
+    rp = cfg.get("rope_parameters")  # transformers 5 spelling
+    for key, r in (("rope_scaling", rs), ("rope_parameters", rp)):
+        if r is None:
+            continue
+        if not isinstance(r, dict):
+            raise ConfigError(f"{where}: {key} must be an object or null, got {r!r}")
+        kind = r.get("rope_type", r.get("type", "default"))
+        if kind not in SUPPORTED_ROPE_TYPES:
+            raise ConfigError(f"{where}: {key} type {kind!r} is not supported "
+                              f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
+        if kind != "default":
+            need_number(f"{where}: {key}.factor", r.get("factor"), 0, lo_open=True)
+        if kind == "llama3":
+            lo = need_number(f"{where}: {key}.low_freq_factor", r.get("low_freq_factor", 1.0), 0,
+                             lo_open=True)
+            need_number(f"{where}: {key}.high_freq_factor", r.get("high_freq_factor", 4.0), lo,
+                        lo_open=True)
+            need_int(f"{where}: {key}.original_max_position_embeddings",
+                     r.get("original_max_position_embeddings", 8192), 1)
+
+
+def sliding_window(cfg: dict) -> int:
+    """The model's attention window (0: none), as the server reads it."""
+    if cfg.get("model_type") == "qwen2":
+        return int(cfg.get("sliding_window") or 0) if cfg.get("use_sliding_window") else 0
+    if cfg.get("model_type") == "mistral":
+        return int(cfg.get("sliding_window") or 0)
+    return 0
+
+
+# ---- samples ---------------------------------------------------------------------------------
+
+def check_samples(samples: Sequence, what: str, vocab_size: int, max_positions: int,
+                  window: int = 0, allow_empty: bool = False) -> None:
+    """Every sample has a prompt and an answer, token ids inside the vocabulary and fits the
+    model's positions (and its sliding window, which model.py does not implement)."""
+    if not samples and not allow_empty:
+        raise ConfigError(f"{what}: no samples")
+    for i, s in enumerate(samples):
+        n = len(s.prompt) + len(s.answer)
+        if len(s.prompt) < 2 or len(s.answer) < 1:
+            raise ConfigError(f"{what}: sample {i} needs >= 2 prompt tokens and >= 1 answer "
+                              f"token, has {len(s.prompt)} and {len(s.answer)}")
+        if n > max_positions:
+            raise ConfigError(f"{what}: sample {i} has {n} tokens, more than the model's "
+                              f"max_position_embeddings {max_positions}")
+        if window and n > window:
+            raise ConfigError(f"{what}: sample {i} has {n} tokens, more than the model's "
+                              f"sliding_window {window} (the trainer has no sliding-window "
+                              "attention)")
+        bad = [t for t in list(s.prompt) + list(s.answer) if not 0 <= t < vocab_size]
+        if bad:
+            raise ConfigError(f"{what}: sample {i} has token id {bad[0]} outside the model's "
+                              f"vocabulary [0, {vocab_size})")
+
+
+# ---- run config ------------------------------------------------------------------------------
+
+def check_stage(name: str, d: dict, multi_reg: bool) -> None:
+    """A stage's settings (after defaults): see trainer.StageConfig."""
+    need_int(f"{name}.steps", d["steps"], 1)
+    need_number(f"{name}.lr", d["lr"], 0, lo_open=True)
+    regs = d["reg"]
+    if isinstance(regs, list):
+        if not multi_reg:
+            raise ConfigError(f"{name}.reg: must be one number, got a list {regs!r}")
+        if not regs:
+            raise ConfigError(f"{name}.reg: the list is empty")
+    for r in regs if isinstance(regs, list) else [regs]:
+        need_number(f"{name}.reg", r, 0)
+    need_int(f"{name}.grad_accum", d["grad_accum"], 1)
+    need_number(f"{name}.warmup_frac", d["warmup_frac"], 0, 1)
+    need_number(f"{name}.decay_frac", d["decay_frac"], 0, 1)
+    need_int(f"{name}.log_every", d["log_every"], 1)
+    need_int(f"{name}.ckpt_every", d["ckpt_every"], 1)
+
+
+def check_targets(targets, align: int, head_dim: int, tag) -> None:
+    """stage2.targets: distinct sparsities in [0, 1] (distinct file names); stage2.align: what
+    the server's mask loader accepts and a divisor of head_dim."""
+    if not isinstance(targets, list) or not targets:
+        raise ConfigError(f"stage2.targets: must be a non-empty list of sparsities in [0, 1], "
+                          f"got {targets!r}")
+    for t in targets:
+        need_number("stage2.targets", t, 0, 1)
+    tags = [tag(t) for t in targets]
+    dup = next((x for x in tags if tags.count(x) > 1), None)
+    if dup:
+        raise ConfigError(f"stage2.targets: {targets!r} give two masks the same file name "
+                          f"(masks-{dup}.safetensors)")
+    if align not in ALIGNS:
+        raise ConfigError(f"stage2.align: must be 16 or 32 (what leank-server accepts), "
+                          f"got {align!r}")
+    if head_dim % align:
+        raise ConfigError(f"stage2.align: {align} does not divide the model's head_dim "
+                          f"{head_dim}")
+
+
+def check_run(cfg: dict) -> None:
+    """Top-level keys, middle and export sections (stages: check_stage, targets:
+    check_targets)."""
+    known = {"model", "out_dir", "device", "dtype", "tf32", "seed", "data", "val_n", "middle",
+             "stage1", "stage2", "export"}
+    bad = sorted(set(cfg) - known)
+    if bad:
+        raise ConfigError(f"unknown config keys {bad} (known: {', '.join(sorted(known))})")
+    for key in ("model", "out_dir"):
+        if not isinstance(cfg.get(key), str) or not cfg[key]:
+            raise ConfigError(f"{key}: must be a path, got {cfg.get(key)!r}")
+    data = cfg.get("data")
+    if not isinstance(data, dict) or ("file" not in data) == ("generate" not in data):
+        raise ConfigError("data: must be an object with exactly one of \"file\" or \"generate\"")
+    if cfg.get("dtype", "float32") not in DTYPES:
+        raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
+    need_int("seed", cfg.get("seed", 0), 0)
+    if "val_n" in cfg:
+        need_int("val_n", cfg["val_n"], 0)
+    mid = cfg.get("middle", {})
+    for key, lo in (("sink", 0), ("recent", 0), ("block", 1)):
+        if key in mid:
+            need_int(f"middle.{key}", mid[key], lo)
+    exp = cfg.get("export", {})
+    for key in ("sink", "recent"):  # the server refuses a mask whose sink/recent are not > 0
+        if key in exp:
+            need_int(f"export.{key}", exp[key], 1)
+    if "model" in exp and not isinstance(exp["model"], str):
+        raise ConfigError(f"export.model: must be a string, got {exp['model']!r}")

@@ -1,0 +1,166 @@
+"""leank_train's input checks: every bad config, model folder or data set exits 2 with one
+message naming the problem (no traceback), before any training, and the masks it does write
+are within what the server's loader accepts (cache/mask_io.cc)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import random_samples, tiny_config
+from train import leank_train
+from train.data import Sample, save_samples
+from train.masks import load_mask
+from train.model import LlamaModel
+
+
+@pytest.fixture
+def setup_dir(tmp_path):
+    LlamaModel.random(tiny_config(max_position_embeddings=512), seed=3, std=0.15).save_hf(
+        tmp_path / "model")
+    save_samples(random_samples(4), tmp_path / "train.npz")
+    save_samples(random_samples(2, seed=1), tmp_path / "val.npz")
+    cfg = {"model": "model", "out_dir": "out", "device": "cpu",
+           "data": {"file": "train.npz", "val": "val.npz"},
+           "middle": {"sink": 8, "recent": 16, "block": 4},
+           "stage1": {"steps": 2, "lr": 0.05, "reg": [0.01], "log_every": 1},
+           "stage2": {"steps": 2, "targets": [0.5], "align": 16, "log_every": 1},
+           "export": {"sink": 128, "recent": 768, "model": "tiny"}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def run_cli(d, *sets):
+    args = ["--config", str(d / "cfg.json"), "--root", str(d)]
+    for s in sets:
+        args += ["--set", s]
+    leank_train.main(args)
+
+
+def edit_model_config(d, **kw):
+    p = d / "model" / "config.json"
+    c = json.loads(p.read_text())
+    c.update(kw)
+    p.write_text(json.dumps(c))
+
+
+BAD_SETS = [
+    ("stage2.targets=[-0.1]", "stage2.targets: must be a number in [0, 1], got -0.1"),
+    ("stage2.targets=[1.5]", "stage2.targets: must be a number in [0, 1], got 1.5"),
+    ("stage2.targets=[]", "stage2.targets: must be a non-empty list"),
+    ("stage2.targets=[0.5,0.501]", "give two masks the same file name (masks-s50"),
+    ("stage2.align=8", "stage2.align: must be 16 or 32"),
+    ("stage2.align=24", "stage2.align: must be 16 or 32"),
+    ("stage2.align=0", "stage2.align: must be 16 or 32"),
+    ("stage2.align=32", "stage2.align: 32 does not divide the model's head_dim 16"),
+    ("stage1.steps=0", "stage1.steps: must be an integer >= 1, got 0"),
+    ("stage2.steps=-3", "stage2.steps: must be an integer >= 1, got -3"),
+    ("stage1.lr=-1", "stage1.lr: must be a finite number > 0, got -1"),
+    ("stage1.lr=0", "stage1.lr: must be a finite number > 0, got 0"),
+    ("stage1.reg=[-1]", "stage1.reg: must be a finite number >= 0, got -1"),
+    ("stage1.reg=[]", "stage1.reg: the list is empty"),
+    ("stage2.reg=[0.1]", "stage2.reg: must be one number"),
+    ("stage1.grad_accum=0", "stage1.grad_accum: must be an integer >= 1, got 0"),
+    ("stage1.log_every=0", "stage1.log_every: must be an integer >= 1, got 0"),
+    ("stage1.ckpt_every=0", "stage1.ckpt_every: must be an integer >= 1, got 0"),
+    ("stage1.warmup_frac=2", "stage1.warmup_frac: must be a number in [0, 1], got 2"),
+    ("stage1.steps=2.5", "stage1.steps: must be an integer >= 1, got 2.5"),
+    ("stage1.foo=1", "StageConfig: unknown config keys ['foo']"),
+    ("foo=1", "unknown config keys ['foo']"),
+    ("middle.sink=-1", "middle.sink: must be an integer >= 0, got -1"),
+    ("middle.block=0", "middle.block: must be an integer >= 1, got 0"),
+    ("export.sink=0", "export.sink: must be an integer >= 1, got 0"),
+    ("export.recent=-5", "export.recent: must be an integer >= 1, got -5"),
+    ("dtype=float8", "dtype: must be one of float32, float16, bfloat16"),
+    ("model=missing", "model folder"),
+    ("data.file=missing.npz", "data.file: "),
+    ("data.val=cfg.json", "data.val: "),
+    ("stage1", "--set 'stage1': expected KEY=VALUE"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_SETS, ids=[b[0] for b in BAD_SETS])
+def test_bad_config_exits_2_naming_it(setup_dir, capsys, override, message):
+    with pytest.raises(SystemExit) as e:
+        run_cli(setup_dir, override)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("leank_train: error: ") and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (setup_dir / "out" / "alpha_stage1.safetensors").exists()
+
+
+BAD_MODELS = [
+    (dict(model_type="gpt2"), "model_type 'gpt2' is not supported"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+     "rope_scaling type 'yarn' is not supported (supported: default, linear, llama3)"),
+    (dict(rope_scaling={"rope_type": "linear"}), "rope_scaling.factor: must be"),
+    (dict(head_dim=15), "head_dim 15 must be even"),
+    (dict(num_key_value_heads=3), "num_key_value_heads (3) must divide num_attention_heads"),
+    (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
+    (dict(mlp_bias=True), "mlp_bias is not supported"),
+    (dict(vocab_size=None), "vocab_size: must be an integer >= 1"),
+    # The samples are 60-90 tokens: longer than these limits.
+    (dict(max_position_embeddings=64), "more than the model's max_position_embeddings 64"),
+    (dict(model_type="mistral", sliding_window=32), "more than the model's sliding_window 32"),
+    (dict(vocab_size=50), "outside the model's vocabulary [0, 50)"),
+]
+
+
+@pytest.mark.parametrize("edit,message", BAD_MODELS, ids=[m[1][:30] for m in BAD_MODELS])
+def test_bad_model_folder_exits_2_naming_it(setup_dir, capsys, edit, message):
+    if "vocab_size" in edit and edit["vocab_size"] == 50:
+        # Shrink the weights too, so only the data's token ids are wrong.
+        c = tiny_config(vocab_size=50, max_position_embeddings=512)
+        LlamaModel.random(c, seed=3, std=0.15).save_hf(setup_dir / "model")
+    else:
+        edit_model_config(setup_dir, **edit)
+    with pytest.raises(SystemExit) as e:
+        run_cli(setup_dir)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_empty_or_broken_model_folder(setup_dir, capsys):
+    (setup_dir / "empty").mkdir()
+    (setup_dir / "noweights").mkdir()
+    (setup_dir / "noweights" / "config.json").write_text(
+        (setup_dir / "model" / "config.json").read_text())
+    (setup_dir / "badjson").mkdir()
+    (setup_dir / "badjson" / "config.json").write_text("{")
+    for folder, message in (("empty", "no config.json"), ("noweights", "no *.safetensors"),
+                            ("badjson", "cannot read as JSON")):
+        with pytest.raises(SystemExit) as e:
+            run_cli(setup_dir, f"model={folder}")
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_bad_samples_and_out_dir(setup_dir, capsys):
+    save_samples([Sample([1], [2], "t", "")], setup_dir / "short.npz")
+    np.savez(setup_dir / "none.npz", tokens=np.zeros(0, np.uint16), offsets=np.zeros(1, np.int64),
+             prompt_len=np.zeros(0, np.int64), tasks=np.zeros(0, str), answers=np.zeros(0, str))
+    cases = (("data.file=short.npz", "needs >= 2 prompt tokens and >= 1 answer token"),
+             ("data.file=none.npz", "data: no samples"),
+             ("out_dir=cfg.json/out", "out_dir: cannot write"))
+    for override, message in cases:
+        with pytest.raises(SystemExit) as e:
+            run_cli(setup_dir, override)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("align", [16, 32])
+def test_written_masks_meet_the_server_loader(setup_dir, align):
+    """What cache/mask_io.cc checks: format, uint8 [L, H, D], align 16/32 dividing head_dim and
+    every head's count, sink/recent > 0, target_sparsity in [0, 1]."""
+    LlamaModel.random(tiny_config(head_dim=32, hidden_size=64, max_position_embeddings=512),
+                      seed=3, std=0.15).save_hf(setup_dir / "model")
+    run_cli(setup_dir, f"stage2.align={align}", "stage2.targets=[0, 0.5, 1]")
+    for tag, t in (("s00", 0.0), ("s50", 0.5), ("s100", 1.0)):
+        kept, meta = load_mask(setup_dir / "out" / f"masks-{tag}.safetensors")
+        assert kept.shape == (2, 2, 32)
+        assert meta["align"] == str(align) and not (kept.sum(-1) % align).any()
+        assert int(meta["sink"]) == 128 and int(meta["recent"]) == 768
+        assert 0.0 <= float(meta["target_sparsity"]) <= 1.0
+        assert abs(1.0 - kept.mean() - t) <= align / (2 * kept.size)
