@@ -8,6 +8,7 @@ package at all. Both paths write the same header (as JSON) and the same data byt
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Dict, Tuple
@@ -78,8 +79,20 @@ def load(path) -> Dict[str, np.ndarray]:
 
 
 def save(tensors: Dict[str, np.ndarray], path, metadata: Dict[str, str] | None = None) -> None:
+    """Writes atomically: a temporary file beside `path`, then a rename, so an interrupted or
+    failed write never leaves a partial file at `path` (nor replaces an earlier one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write(tensors, tmp, metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write(tensors: Dict[str, np.ndarray], path: Path, metadata: Dict[str, str] | None) -> None:
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
     if _st_save is not None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +89,28 @@ def test_fallback_writer_matches_safetensors(tmp_path, monkeypatch):
         (tmp_path / "b.safetensors").read_bytes()[ob:]
     back = st_io.load(tmp_path / "b.safetensors")
     assert all(np.array_equal(back[k], t[k]) for k in t)
+
+
+def test_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
+    """A mask/factor file is written to a temporary file and renamed: Ctrl-C (or a full disk)
+    in the middle of a write leaves no partial file at the output path."""
+    p = tmp_path / "masks-s50.safetensors"
+    kept = binarize(torch.rand(2, 2, 16, generator=torch.Generator().manual_seed(1)), 0.5, 16)
+    save_mask(kept, p, sink=128, recent=768, align=16, target_sparsity=0.5, model="tiny")
+    before = p.read_bytes()
+
+    def interrupted(tensors, path, metadata=None):
+        Path(path).write_bytes(b"\x10\x00\x00")  # a partial header
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(st_io, "_st_save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_mask(1 - kept, p, sink=128, recent=768, align=16, target_sparsity=0.5, model="x")
+    assert p.read_bytes() == before and os.listdir(tmp_path) == [p.name]
+    with pytest.raises(KeyboardInterrupt):
+        save_mask(kept, tmp_path / "new.safetensors", sink=128, recent=768, align=16,
+                  target_sparsity=0.5, model="x")
+    assert os.listdir(tmp_path) == [p.name]
 
 
 def test_bad_alignment_refused(tmp_path):
