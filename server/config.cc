@@ -1,6 +1,7 @@
 #include "server/config.h"
 
 #include <iostream>
+#include <string>
 #include <variant>
 
 #include "CLI/CLI.hpp"
@@ -204,7 +205,11 @@ absl::Status CheckConfig(const ServerConfig& c) {
   if (c.admission != "reserve" && c.admission != "optimistic") {
     return bad("admission", "must be 'reserve' or 'optimistic', got '" + c.admission + "'");
   }
-  if (c.max_model_len < 0) return bad("max-model-len", "must be >= 0");
+  if (c.max_model_len < 0 || c.max_model_len == 1) {
+    // 1 fits no request: one prompt token leaves no room for a generated one.
+    return bad("max-model-len", "must be 0 (the model's) or >= 2, got " +
+                                    std::to_string(c.max_model_len));
+  }
   if (c.sink < -1) return bad("sink", "must be >= 0 (or -1 for the mask's)");
   if (c.recent < -1) return bad("recent", "must be >= 0 (or -1 for the mask's)");
   if (c.num_threads < 0) return bad("num-threads", "must be >= 0");

@@ -101,6 +101,23 @@ TEST(CheckConfig, CpuActivations) {
   EXPECT_NE(CheckConfig(c).message().find("--cpu-activations"), absl::string_view::npos);
 }
 
+// --max-model-len 1 fits no request (one prompt token, no room to generate): refused at
+// start-up naming the flag, not after loading by a failed warm-up generation.
+TEST(CheckConfig, MaxModelLen) {
+  ServerConfig c;
+  c.model = "/m";
+  for (int64_t bad : {-1, 1}) {
+    c.max_model_len = static_cast<decltype(c.max_model_len)>(bad);
+    absl::Status s = CheckConfig(c);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(s.message().find("--max-model-len"), absl::string_view::npos) << s;
+  }
+  for (int64_t good : {0, 2, 8192}) {
+    c.max_model_len = static_cast<decltype(c.max_model_len)>(good);
+    EXPECT_TRUE(CheckConfig(c).ok()) << good;
+  }
+}
+
 TEST(ParseConfig, CpuActivationsFromEnvTwin) {
   setenv("LEANK_CPU_ACTIVATIONS", "bf16", 1);
   std::vector<std::string> args = {"leank-server", "--model=/m"};
