@@ -6,7 +6,7 @@ Outputs in out_dir: train_log.jsonl (one JSON line per logged step), stage1.ckpt
 stage2-sNN.ckpt.pt (resume points), alpha_stage1.safetensors, alpha_stage2-sNN.safetensors,
 masks-sNN.safetensors (project format), plots (PNG, when matplotlib is installed).
 Rerunning the same command resumes: finished stages are loaded, unfinished ones continue from
-their last checkpoint.
+their last checkpoint. SIGINT / SIGTERM checkpoint the steps done and exit 128 + signal.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, fields
@@ -27,7 +28,7 @@ from train.checks import (ConfigError, check_run, check_samples, check_stage, ch
 from train.data import Generator, load_samples
 from train.masks import binarize, kept_counts, save_mask
 from train.model import LlamaModel
-from train.trainer import MiddleConfig, StageConfig, run_stage, validate
+from train.trainer import Interrupted, MiddleConfig, StageConfig, run_stage, validate
 
 
 def load_config(path, overrides=()) -> dict:
@@ -99,6 +100,34 @@ def read_samples(path: Path, key: str):
         raise ConfigError(f"{key}: {path} is not a sample file of train.data: {e}") from None
 
 
+class StageInterrupted(Exception):
+    def __init__(self, tag: str, step: int, ckpt):
+        super().__init__(tag, step, ckpt)
+        self.tag, self.step, self.ckpt = tag, step, ckpt
+
+
+class StopOnSignal:
+    """SIGINT / SIGTERM ask the training loop to checkpoint and stop after the current step;
+    a second signal gets the default action (Ctrl-C twice quits at once)."""
+
+    def __init__(self):
+        self.signum = 0
+        self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(self, signum, frame) -> None:
+        self.signum = signum
+        signal.signal(signum, self.old[signum])
+        print(f"leank_train: {signal.Signals(signum).name}: stopping after this step",
+              file=sys.stderr, flush=True)
+
+    def __call__(self) -> bool:
+        return self.signum != 0
+
+    def restore(self) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
 class Run:
     def __init__(self, cfg: dict, root: Path):
         self.cfg, self.root = cfg, root
@@ -125,7 +154,7 @@ class Run:
         return torch.from_numpy(st_io.load(self.out / name)["alpha"])
 
     def stage(self, model, data, alpha, scfg: StageConfig, mid: MiddleConfig, *, stage: int,
-              tag: str, regs, sparsities=None, align: int = 16) -> torch.Tensor:
+              tag: str, regs, sparsities=None, align: int = 16, stop=None) -> torch.Tensor:
         done, ckpt = f"alpha_{tag}.safetensors", self.out / f"{tag}.ckpt.pt"
         if (self.out / done).exists():
             print(f"{tag}: finished earlier, loading {done}")
@@ -141,10 +170,15 @@ class Run:
             torch.save({"step": step, "alpha": a.cpu(), "opt": opt}, str(ckpt) + ".tmp")
             os.replace(str(ckpt) + ".tmp", ckpt)
 
-        alpha = run_stage(model, data, alpha, scfg, mid, stage=stage, regs=regs,
-                          sparsities=sparsities, align=align,
-                          seed=self.cfg.get("seed", 0) + stage, start_step=start,
-                          opt_state=opt_state, log=self.log, checkpoint=checkpoint, desc=tag)
+        try:
+            alpha = run_stage(model, data, alpha, scfg, mid, stage=stage, regs=regs,
+                              sparsities=sparsities, align=align,
+                              seed=self.cfg.get("seed", 0) + stage, start_step=start,
+                              opt_state=opt_state, log=self.log, checkpoint=checkpoint,
+                              desc=tag, stop=stop)
+        except Interrupted as e:
+            self.log({"event": "interrupted", "tag": tag, "step": e.step})
+            raise StageInterrupted(tag, e.step, ckpt if ckpt.exists() else None) from None
         self.save_alpha(alpha, done, {"stage": stage, "regs": json.dumps(list(regs)),
                                       "sparsities": json.dumps(list(sparsities or []))})
         if ckpt.exists():
@@ -158,11 +192,19 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], help="override, e.g. stage1.steps=10")
     ap.add_argument("--root", default=".", help="paths in the config are relative to this")
     a = ap.parse_args(argv)
+    stop = StopOnSignal()
     try:
-        train(a)
+        train(a, stop)
     except ConfigError as e:
         print(f"leank_train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except StageInterrupted as e:
+        saved = f"{e.ckpt} holds it" if e.ckpt else "nothing was saved (no step finished)"
+        print(f"leank_train: interrupted in {e.tag} at step {e.step}; {saved}. Rerun the same "
+              "command to resume.", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
+    finally:
+        stop.restore()
 
 
 def setup(cfg: dict, root: Path):
@@ -204,7 +246,7 @@ def setup(cfg: dict, root: Path):
     return dev, mid, s1, s2, targets, align, model, data, val
 
 
-def train(a) -> None:
+def train(a, stop=None) -> None:
     cfg = load_config(a.config, a.set)
     root = Path(a.root)
     torch.manual_seed(cfg.get("seed", 0) if isinstance(cfg.get("seed", 0), int) else 0)
@@ -217,7 +259,7 @@ def train(a) -> None:
     regs = s1.reg if isinstance(s1.reg, list) else [s1.reg]
     shape = (mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim)
     alpha1 = run.stage(model, data, torch.ones(len(regs), *shape, device=dev), s1, mid,
-                       stage=1, tag="stage1", regs=regs)
+                       stage=1, tag="stage1", regs=regs, stop=stop)
     best = 0
     if val:
         # Pick the stage-1 run (reg) whose binarised masks fit dense best on held-out samples;
@@ -234,7 +276,7 @@ def train(a) -> None:
     a1 = alpha1[best]
     alpha2 = run.stage(model, data, a1[None].repeat(len(targets), 1, 1, 1), s2, mid, stage=2,
                        tag="stage2", regs=[s2.reg] * len(targets), sparsities=targets,
-                       align=align)
+                       align=align, stop=stop)
     finals = [binarize(alpha2[i].cpu(), t, align) for i, t in enumerate(targets)]
     if val:
         v = validate(model, val, mid, [k.to(dev) for k in finals])

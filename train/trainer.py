@@ -107,6 +107,14 @@ def ste_mask(alpha: torch.Tensor, sparsity: float, align: int):
     return hard + (alpha - alpha.detach()), hard, hard.sum(-1) == 0
 
 
+class Interrupted(Exception):
+    """run_stage stopped at `step` because stop() said so; the checkpoint holds that step."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped at step {step}")
+        self.step = step
+
+
 @dataclass
 class Progress:
     """tqdm when installed, otherwise a line every `every` steps."""
@@ -149,13 +157,15 @@ def run_stage(model: LlamaModel, data: Sequence[Sample], alpha: torch.Tensor, cf
               start_step: int = 0, opt_state: Optional[dict] = None,
               log: Optional[Callable[[dict], None]] = None,
               checkpoint: Optional[Callable[[int, torch.Tensor, dict], None]] = None,
-              desc: str = "") -> torch.Tensor:
+              desc: str = "", stop: Optional[Callable[[], bool]] = None) -> torch.Tensor:
     """Trains R independent factor sets alpha [R, L, H, D] (run r with reg regs[r]) for
     stage 1 (clamped factors + L1) or stage 2 (STE on the aligned binary mask at
     sparsities[r]). The R runs share each sample's dense prefill; since AdamW is element-wise
     and the losses are separable, this equals R separate runs. Resumes at start_step with
     opt_state. The sample order depends only on (seed, step), so a resumed run sees the same
-    data. Returns alpha [R, L, H, D]."""
+    data. stop() is asked before each step: when true, the state so far is checkpointed and
+    Interrupted is raised (a signal handler sets it, so a step is never cut in half).
+    Returns alpha [R, L, H, D]."""
     R = alpha.shape[0]
     if len(regs) != R or (stage == 2 and (sparsities is None or len(sparsities) != R)):
         raise ValueError("one reg (and in stage 2 one sparsity) per factor set")
@@ -167,6 +177,11 @@ def run_stage(model: LlamaModel, data: Sequence[Sample], alpha: torch.Tensor, cf
     random.Random(seed).shuffle(order)
     bar = Progress(cfg.steps, start_step, desc or f"stage{stage}", cfg.log_every)
     for step in range(start_step, cfg.steps):
+        if stop is not None and stop():
+            bar.close()
+            if checkpoint is not None and step > start_step:
+                checkpoint(step, alpha.detach(), opt.state_dict())
+            raise Interrupted(step)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_frac, cfg.decay_frac)
         t0 = time.time()

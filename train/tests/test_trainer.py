@@ -2,6 +2,7 @@
 the loss, checkpoints resume exactly, the CLI writes valid masks."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -121,3 +122,86 @@ def test_cli_end_to_end_and_resume(tmp_path, capsys):
     leank_train.main(["--config", str(tmp_path / "cfg.json"), "--root", str(tmp_path)])
     log2 = (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()
     assert not any(json.loads(l).get("stage") for l in log2[n:])
+
+
+def test_stop_checkpoints_the_steps_done_and_resumes_exactly(tiny_model, samples):
+    from train.trainer import Interrupted
+    mc = tiny_model.cfg
+    a0 = torch.rand(1, mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
+                    generator=torch.Generator().manual_seed(11))
+    cfg = StageConfig(steps=7, lr=0.05, reg=0.01, log_every=100, ckpt_every=1000)
+    full = run_stage(tiny_model, samples, a0, cfg, MID, stage=1, regs=[0.01])
+    saved, asked = {}, []
+
+    def stop():  # as a signal arriving during step 4 (0-based 3)
+        asked.append(1)
+        return len(asked) > 4
+
+    def ck(step, a, opt):
+        saved.update(step=step, alpha=a.clone(), opt=opt)
+
+    with pytest.raises(Interrupted) as e:
+        run_stage(tiny_model, samples, a0, cfg, MID, stage=1, regs=[0.01], checkpoint=ck,
+                  stop=stop)
+    assert e.value.step == 4 and saved["step"] == 4  # ckpt_every 1000: saved because stopped
+    resumed = run_stage(tiny_model, samples, saved["alpha"], cfg, MID, stage=1, regs=[0.01],
+                        start_step=4, opt_state=saved["opt"])
+    assert torch.allclose(full, resumed, atol=1e-6)
+
+
+def _start_cli(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    cmd = [sys.executable, "-m", "train.leank_train", "--config", str(tmp_path / "cfg.json"),
+           "--root", str(tmp_path)]
+    return subprocess.Popen(cmd, cwd=root, stderr=subprocess.STDOUT, stdout=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for(proc, needle):
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError("".join(lines))
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_cli_signal_saves_a_checkpoint_and_no_mask(tmp_path, sig):
+    """SIGTERM / Ctrl-C: the steps done are checkpointed (not only every ckpt_every), the exit
+    status is 128 + signal, no mask is written, and the same command resumes there."""
+    import signal
+    model = LlamaModel.random(tiny_config(), seed=3, std=0.15)
+    model.save_hf(tmp_path / "model")
+    save_samples(random_samples(4), tmp_path / "train.npz")
+    cfg = {"model": "model", "out_dir": "out", "device": "cpu", "data": {"file": "train.npz"},
+           "middle": vars(MID),
+           "stage1": {"steps": 10 ** 7, "reg": [0.01], "log_every": 5, "ckpt_every": 10 ** 6},
+           "stage2": {"steps": 3, "targets": [0.5]}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    signum = getattr(signal, sig)
+    proc = _start_cli(tmp_path)
+    try:
+        _wait_for(proc, "stage1 10/")
+        proc.send_signal(signum)
+        err = proc.stdout.read()
+        assert proc.wait(timeout=60) == 128 + signum, err
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "Rerun the same command to resume" in err, err
+    out = tmp_path / "out"
+    assert (out / "stage1.ckpt.pt").exists()
+    assert not list(out.glob("masks-*")) and not list(out.glob("*.tmp"))
+    step = torch.load(str(out / "stage1.ckpt.pt"))["step"]
+    assert step >= 10
+    proc = _start_cli(tmp_path)
+    try:
+        lines = _wait_for(proc, "resuming at step")
+        proc.send_signal(signal.SIGTERM)
+        proc.stdout.read()
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert f"stage1: resuming at step {step}" in lines[-1]
