@@ -100,6 +100,58 @@ def read_samples(path: Path, key: str):
         raise ConfigError(f"{key}: {path} is not a sample file of train.data: {e}") from None
 
 
+# Keys that do not change what a run computes: a resumed run may differ in these.
+_RESUME_FREE = {"out_dir", "device", "tf32", "stage1.log_every", "stage1.ckpt_every",
+                "stage2.log_every", "stage2.ckpt_every"}
+_OUTPUTS = ("train_log.jsonl", "alpha_stage*.safetensors", "stage*.ckpt.pt", "stage*.ckpt.pt.tmp",
+            "masks-s*.safetensors", "plot-*.png", "*.safetensors.tmp")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_out_dir(out: Path, cfg: dict, overwrite: bool) -> None:
+    """Resuming is only right for the same run: a finished stage of another config would be
+    reused silently (its masks exported under the new targets). So out_dir must be new, hold
+    a run of the same config (train_log.jsonl's last start event), or --overwrite is given
+    (the earlier outputs are deleted)."""
+    found = sorted({f for pat in _OUTPUTS for f in out.glob(pat)}) if out.is_dir() else []
+    if not found:
+        return
+    if overwrite:
+        for f in found:
+            f.unlink()
+        print(f"--overwrite: removed {len(found)} files of an earlier run from {out}")
+        return
+    prev = None
+    log = out / "train_log.jsonl"
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("event") == "start":
+                prev = rec.get("config")
+    hint = "use another out_dir, or --overwrite to delete the earlier outputs"
+    if not isinstance(prev, dict):
+        raise ConfigError(f"out_dir {out}: holds trainer outputs ({found[0].name}, ...) but no "
+                          f"config to resume from; {hint}")
+    a, b = _flat(prev), _flat(cfg)
+    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in _RESUME_FREE and a.get(k) != b.get(k)]
+    if diff:
+        raise ConfigError(f"out_dir {out}: holds a run of another config ({'; '.join(diff)});"
+                          f" {hint}")
+
+
 class StageInterrupted(Exception):
     def __init__(self, tag: str, step: int, ckpt):
         super().__init__(tag, step, ckpt)
@@ -191,6 +243,9 @@ def main(argv=None) -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--set", action="append", default=[], help="override, e.g. stage1.steps=10")
     ap.add_argument("--root", default=".", help="paths in the config are relative to this")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="delete an earlier run's outputs in out_dir (default: resume the same "
+                         "config, refuse another)")
     a = ap.parse_args(argv)
     stop = StopOnSignal()
     try:
@@ -252,6 +307,7 @@ def train(a, stop=None) -> None:
     torch.manual_seed(cfg.get("seed", 0) if isinstance(cfg.get("seed", 0), int) else 0)
     dev, mid, s1, s2, targets, align, model, data, val = setup(cfg, root)
     exp = cfg.get("export", {})
+    check_out_dir(resolve(root, cfg["out_dir"]), cfg, a.overwrite)
     run = Run(cfg, root)
     run.log({"event": "start", "config": cfg, "device": dev, "torch": torch.__version__,
              "samples": len(data)})

@@ -164,3 +164,37 @@ def test_written_masks_meet_the_server_loader(setup_dir, align):
         assert int(meta["sink"]) == 128 and int(meta["recent"]) == 768
         assert 0.0 <= float(meta["target_sparsity"]) <= 1.0
         assert abs(1.0 - kept.mean() - t) <= align / (2 * kept.size)
+
+
+def test_out_dir_of_another_run_is_refused_unless_overwrite(setup_dir, capsys):
+    """A finished stage of another config used to be reused silently (stage-2 factors of
+    target 0.5 exported as the mask of 0.6); now the same config resumes, another is refused,
+    and --overwrite starts afresh."""
+    out = setup_dir / "out"
+    run_cli(setup_dir)
+    first = (out / "masks-s50.safetensors").read_bytes()
+    for override, message in (("stage2.targets=[0.6]", "stage2.targets: [0.5] -> [0.6]"),
+                              ("stage1.steps=3", "stage1.steps: 2 -> 3")):
+        with pytest.raises(SystemExit) as e:
+            run_cli(setup_dir, override)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "holds a run of another config" in err and message in err
+        assert "--overwrite" in err and "Traceback" not in err
+    assert (out / "masks-s50.safetensors").read_bytes() == first
+    run_cli(setup_dir, "stage1.log_every=5")  # logging does not change the run: resumes
+    assert "stage1: finished earlier" in capsys.readouterr().out
+    leank_train.main(["--config", str(setup_dir / "cfg.json"), "--root", str(setup_dir),
+                      "--set", "stage2.targets=[0.75]", "--overwrite"])
+    assert sorted(p.name for p in out.glob("masks-*")) == ["masks-s75.safetensors"]
+    log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in log if "event" in r].count("start") == 1
+
+
+def test_out_dir_with_outputs_but_no_log_is_refused(setup_dir, capsys):
+    (setup_dir / "out").mkdir()
+    (setup_dir / "out" / "masks-s50.safetensors").write_bytes(b"x")
+    with pytest.raises(SystemExit) as e:
+        run_cli(setup_dir)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no config to resume from" in err, err
+    assert (setup_dir / "out" / "masks-s50.safetensors").read_bytes() == b"x"
