@@ -115,8 +115,8 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
 
   // Work lists: every (seq, kv head, region) segment cut into token ranges of about
   // layer_bytes / ctas bytes, whole 64-token tiles, largest first (the hardware then hands
-  // the next item to whichever CTA slot frees first). The CTA count is the candidate (1 to 8
-  // resident waves) with the smallest predicted makespan (Makespan: per-item fixed cost vs
+  // the next item to whichever CTA slot frees first). The CTA count is the candidate (0.5 to
+  // 8 resident waves) with the smallest predicted makespan (Makespan: per-item fixed cost vs
   // balance) on the layer that moves the most bytes. Equal segments (dense) fit one wave
   // exactly and pay the per-item cost once; uneven ones (LeanK heads) need a few waves to
   // balance. Measured on H100 (docs/benchmarks.md): the previous rule, ~1 MB items up to
