@@ -30,9 +30,20 @@ _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
 def _read_header(path: Path) -> Tuple[dict, int]:
+    """ValueError (not a MemoryError or struct.error) for a file that is not safetensors."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n).decode("utf-8"))
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        if not 2 <= n <= size - 8:
+            raise ValueError(f"{path}: not a safetensors file (header length {n}, file size "
+                             f"{size})")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{path}: not a safetensors file (header: {e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
     return header, 8 + n
 
 
@@ -86,6 +97,18 @@ def save(tensors: Dict[str, np.ndarray], path, metadata: Dict[str, str] | None =
     tmp = path.with_name(path.name + ".tmp")
     try:
         _write(tensors, tmp, metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path, data: bytes) -> None:
+    """Any file, written like save(): NAME.tmp, then a rename over `path`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

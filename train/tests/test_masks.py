@@ -166,3 +166,35 @@ def test_baselines_have_requested_budget():
     counts = head_counts(score, 0.6, 16)
     rnd = random_mask(counts, 64, seed=3)
     assert torch.equal(kept_counts(rnd), counts)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x01", b"not safetensors at all",
+                                     (100).to_bytes(8, "little") + b"{}",
+                                     (2).to_bytes(8, "little") + b"[]",
+                                     (4).to_bytes(8, "little") + b"\xff\xfe{}"])
+def test_read_of_a_file_that_is_not_safetensors_is_a_value_error(tmp_path, content):
+    """Before: a MemoryError (a text file's first 8 bytes read as a huge header length),
+    struct.error (a short file) or a bare JSON error without the file name."""
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(content)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        st_io.read_metadata(p)
+
+
+def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    out = tmp_path / "r.json"
+    out.write_bytes(b"earlier")
+    write_bytes = Path.write_bytes
+
+    def half_then_interrupt(self, data):
+        write_bytes(self, data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        st_io.write_atomic(out, b"new contents")
+    assert out.read_bytes() == b"earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    monkeypatch.undo()
+    st_io.write_atomic(out, b"new contents")
+    assert out.read_bytes() == b"new contents" and not (tmp_path / "r.json.tmp").exists()
