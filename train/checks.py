@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -136,14 +137,18 @@ def sliding_window(cfg: dict) -> int:
 # ---- samples ---------------------------------------------------------------------------------
 
 def check_samples(samples: Sequence, what: str, vocab_size: int, max_positions: int,
-                  window: int = 0, allow_empty: bool = False) -> None:
-    """Every sample has a prompt and an answer, token ids inside the vocabulary and fits the
-    model's positions (and its sliding window, which model.py does not implement)."""
+                  window: int = 0, allow_empty: bool = False, need_answer: bool = True) -> None:
+    """Every sample has a prompt and an answer (plain text: need_answer False), token ids
+    inside the vocabulary and fits the model's positions (and its sliding window, which
+    model.py does not implement)."""
     if not samples and not allow_empty:
         raise ConfigError(f"{what}: no samples")
     for i, s in enumerate(samples):
         n = len(s.prompt) + len(s.answer)
-        if len(s.prompt) < 2 or len(s.answer) < 1:
+        if not need_answer:
+            if len(s.prompt) < 1:
+                raise ConfigError(f"{what}: sample {i} has no tokens")
+        elif len(s.prompt) < 2 or len(s.answer) < 1:
             raise ConfigError(f"{what}: sample {i} needs >= 2 prompt tokens and >= 1 answer "
                               f"token, has {len(s.prompt)} and {len(s.answer)}")
         if n > max_positions:
@@ -180,24 +185,27 @@ def check_stage(name: str, d: dict, multi_reg: bool) -> None:
     need_int(f"{name}.ckpt_every", d["ckpt_every"], 1)
 
 
-def check_targets(targets, align: int, head_dim: int, tag) -> None:
+def check_targets(targets, align: int, head_dim: int, tag,
+                  keys=("stage2.targets", "stage2.align")) -> None:
     """stage2.targets: distinct sparsities in [0, 1] (distinct file names); stage2.align: what
-    the server's mask loader accepts and a divisor of head_dim."""
+    the server's mask loader accepts and a divisor of head_dim. `keys` names them in messages
+    (leank_eval: sparsities, align)."""
+    tk, ak = keys
     if not isinstance(targets, list) or not targets:
-        raise ConfigError(f"stage2.targets: must be a non-empty list of sparsities in [0, 1], "
+        raise ConfigError(f"{tk}: must be a non-empty list of sparsities in [0, 1], "
                           f"got {targets!r}")
     for t in targets:
-        need_number("stage2.targets", t, 0, 1)
+        need_number(tk, t, 0, 1)
     tags = [tag(t) for t in targets]
     dup = next((x for x in tags if tags.count(x) > 1), None)
     if dup:
-        raise ConfigError(f"stage2.targets: {targets!r} give two masks the same file name "
+        raise ConfigError(f"{tk}: {targets!r} give two masks the same file name "
                           f"(masks-{dup}.safetensors)")
     if align not in ALIGNS:
-        raise ConfigError(f"stage2.align: must be 16 or 32 (what leank-server accepts), "
+        raise ConfigError(f"{ak}: must be 16 or 32 (what leank-server accepts), "
                           f"got {align!r}")
     if head_dim % align:
-        raise ConfigError(f"stage2.align: {align} does not divide the model's head_dim "
+        raise ConfigError(f"{ak}: {align} does not divide the model's head_dim "
                           f"{head_dim}")
 
 
@@ -220,13 +228,80 @@ def check_run(cfg: dict) -> None:
     need_int("seed", cfg.get("seed", 0), 0)
     if "val_n" in cfg:
         need_int("val_n", cfg["val_n"], 0)
-    mid = cfg.get("middle", {})
-    for key, lo in (("sink", 0), ("recent", 0), ("block", 1)):
-        if key in mid:
-            need_int(f"middle.{key}", mid[key], lo)
+    check_middle(cfg.get("middle", {}))
     exp = cfg.get("export", {})
     for key in ("sink", "recent"):  # the server refuses a mask whose sink/recent are not > 0
         if key in exp:
             need_int(f"export.{key}", exp[key], 1)
     if "model" in exp and not isinstance(exp["model"], str):
         raise ConfigError(f"export.model: must be a string, got {exp['model']!r}")
+
+
+def check_middle(mid, required: bool = False) -> None:
+    """middle.sink / recent >= 0, block >= 1 (all three given when `required`)."""
+    if not isinstance(mid, dict):
+        raise ConfigError(f"middle: must be an object with sink, recent, block, got {mid!r}")
+    for key, lo in (("sink", 0), ("recent", 0), ("block", 1)):
+        if key in mid:
+            need_int(f"middle.{key}", mid[key], lo)
+        elif required:
+            raise ConfigError(f"middle.{key}: missing")
+
+
+# ---- evaluation config (leank_eval, eval_server) ----------------------------------------------
+
+EVAL_KEYS = {"model", "dtype", "device", "tf32", "seed", "middle", "sparsities", "align",
+             "leank_masks", "calib", "fidelity", "tasks", "extra_masks", "time_budget_s",
+             "fidelity_share", "out", "torch_threads", "cells", "texts", "server_threads",
+             "kv_cache_memory", "methods", "keep_outputs"}
+
+
+def check_eval(cfg: dict) -> None:
+    """leank_eval's config, before the model is read (sparsities / align need head_dim:
+    check_targets)."""
+    bad = sorted(set(cfg) - EVAL_KEYS)
+    if bad:
+        raise ConfigError(f"unknown config keys {bad} (known: {', '.join(sorted(EVAL_KEYS))})")
+    for key in ("model", "out", "leank_masks"):
+        if not isinstance(cfg.get(key), str) or not cfg[key]:
+            raise ConfigError(f"{key}: must be a path, got {cfg.get(key)!r}")
+    if "{tag}" not in cfg["leank_masks"]:
+        raise ConfigError(f"leank_masks: must contain {{tag}} (e.g. masks-{{tag}}.safetensors), "
+                          f"got {cfg['leank_masks']!r}")
+    if cfg.get("dtype", "float32") not in DTYPES:
+        raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
+    need_int("seed", cfg.get("seed", 0), 0)
+    check_middle(cfg.get("middle", {"sink": 128, "recent": 768, "block": 16}), required=True)
+    need_number("time_budget_s", cfg.get("time_budget_s", 1e9), 0, lo_open=True)
+    need_number("fidelity_share", cfg.get("fidelity_share", 0.25), 0, 1)
+    for key in ("torch_threads", "server_threads"):
+        if key in cfg:
+            need_int(key, cfg[key], 1)
+    for key in ("fidelity", "tasks", "cells", "texts"):
+        if not isinstance(cfg.get(key, []), list):
+            raise ConfigError(f"{key}: must be a list, got {cfg[key]!r}")
+    for key in ("calib",):
+        if key in cfg and (not isinstance(cfg[key], str) or not cfg[key]):
+            raise ConfigError(f"{key}: must be a path, got {cfg[key]!r}")
+    extra = cfg.get("extra_masks", {})
+    if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
+        raise ConfigError(f"extra_masks: must be an object NAME -> mask file, got {extra!r}")
+
+
+def check_out_file(path, key: str) -> None:
+    """`path` can be written (its folder is made): checked before hours of work, not after.
+    An existing file is replaced (atomically, by the writer); a folder is refused."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{key}: {path} is a folder, expected a file name")
+    up = next((q for q in path.parents if q.exists()), None)
+    if up is not None and not up.is_dir():
+        raise ConfigError(f"{key}: cannot write {path}: {up} is not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(path.name + ".tmp")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot write {path}: {e.strerror}") from None

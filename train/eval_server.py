@@ -48,6 +48,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from train import st_io
 from train.data import Sample, load_samples
 from train.leank_train import resolve, sparsity_tag
 from train.masks import load_mask
@@ -450,4 +451,4 @@ def markdown(res: dict) -> str:
 
 def write(res: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    st_io.write_atomic(out, json.dumps(res, indent=1).encode())

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -31,10 +31,14 @@ from typing import Dict, List, Optional
 
 import torch
 
+from train import st_io
 from train.attention import MiddleSpec
-from train.data import Sample, load_samples
-from train.leank_train import load_config, resolve, sparsity_tag
-from train.masks import binarize, kept_counts, load_mask, magnitude_mask, random_mask
+from train.checks import (ConfigError, check_eval, check_out_file, check_samples, check_targets,
+                          read_model_config, sliding_window)
+from train.data import Sample
+from train.leank_train import (load_config, load_model, pick_device, read_samples, resolve,
+                               sparsity_tag)
+from train.masks import kept_counts, load_mask, magnitude_mask, random_mask
 from train.model import LlamaModel
 
 
@@ -97,35 +101,98 @@ def main(argv=None) -> None:
     ap.add_argument("--server-bin", help="evaluate through leank-server: start one loopback "
                     "server per method (dense + leank at each sparsity), one at a time")
     a = ap.parse_args(argv)
-    if a.server or a.server_bin:
-        return main_server(a)
-    cfg = load_config(a.config, a.set)
-    root = Path(a.root)
-    dev = cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.get("tf32", False) and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-    model = LlamaModel.load_hf(resolve(root, cfg["model"]), device=dev,
-                               dtype=getattr(torch, cfg.get("dtype", "float32")))
+    try:
+        if a.server or a.server_bin:
+            main_server(a)
+        else:
+            evaluate(a)
+    except ConfigError as e:
+        print(f"leank_eval: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("leank_eval: interrupted; no results written", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+class Inputs:
+    """The checked config, model and mask / sample readers of one evaluation."""
+
+    def __init__(self, a, server: bool):
+        self.cfg = cfg = load_config(a.config, a.set)
+        self.root = Path(a.root)
+        check_eval(cfg)
+        hf = read_model_config(self.path(cfg["model"]))
+        self.dev = cfg.get("device", "cpu") if server else pick_device(cfg)
+        self.model = load_model(self.path(cfg["model"]), cfg, self.dev)
+        mc = self.model.cfg
+        self.shape = (mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim)
+        check_targets(cfg.get("sparsities"), cfg.get("align", 16), mc.head_dim, sparsity_tag,
+                      keys=("sparsities", "align"))
+        self.limits = dict(vocab_size=mc.vocab_size, max_positions=mc.max_position_embeddings,
+                           window=sliding_window(hf))
+        self.out = self.path(cfg["out"])
+        check_out_file(self.out, "out")
+
+    def path(self, p: str) -> Path:
+        return resolve(self.root, p)
+
+    def mask(self, key: str, p: str) -> torch.Tensor:
+        """A project-format mask of this model's shape, as float [L, H, D]."""
+        path = self.path(p)
+        if not path.is_file():
+            raise ConfigError(f"{key}: {path} does not exist")
+        try:
+            kept, _ = load_mask(path)
+        except (OSError, ValueError, KeyError) as e:
+            msg = str(e.args[0]) if e.args else str(e)
+            raise ConfigError(f"{key}: not a mask file: "
+                              f"{msg if str(path) in msg else f'{path}: {msg}'}") from None
+        if tuple(kept.shape) != self.shape:
+            raise ConfigError(f"{key}: {path} has shape {list(kept.shape)}, the model needs "
+                              f"{list(self.shape)} (layers, kv heads, head_dim)")
+        return torch.from_numpy(kept).float()
+
+    def samples(self, key: str, p: str, text: bool = False) -> List[Sample]:
+        got = read_samples(self.path(p), key)
+        check_samples(got, key, need_answer=not text, **self.limits)
+        return got
+
+
+def evaluate(a) -> None:
+    inp = Inputs(a, server=False)
+    cfg, model = inp.cfg, inp.model
     mid = cfg.get("middle", {"sink": 128, "recent": 768, "block": 16})
     ev = Evaluator(model, mid["sink"], mid["recent"], mid["block"])
     align = cfg.get("align", 16)
+    # Every file is read (and checked) before the first forward pass.
+    calib = inp.samples("calib", cfg["calib"], text=True) if "calib" in cfg else []
+    texts = []
+    for f in cfg.get("fidelity", []):
+        texts += inp.samples("fidelity", f, text=True)
+    p0 = ev.first_middle_pos()
+    short = next((i for i, s in enumerate(texts) if len(s.prompt) <= p0), None)
+    if short is not None:
+        raise ConfigError(f"fidelity: sample {short} has {len(texts[short].prompt)} tokens; no "
+                          f"query has middle keys before position {p0 + 1} (middle sink + "
+                          "recent + block)")
+    task_sets = [inp.samples("tasks", f) for f in cfg.get("tasks", [])]
+    leank = {s: inp.mask("leank_masks", cfg["leank_masks"].format(tag=sparsity_tag(s)))
+             for s in cfg["sparsities"]}
+    extra = {n: inp.mask(f"extra_masks.{n}", p) for n, p in cfg.get("extra_masks", {}).items()}
     t_start = time.time()
 
     # ---- methods ----
     methods: Dict[str, Optional[torch.Tensor]] = {"dense": None}
-    calib = load_samples(resolve(root, cfg["calib"])) if "calib" in cfg else []
     scores = channel_scores(model, calib) if calib else None
     for s in cfg["sparsities"]:
         tag = sparsity_tag(s)
-        kept, meta = load_mask(resolve(root, cfg["leank_masks"].format(tag=tag)))
-        kept = torch.from_numpy(kept).float()
+        kept = leank[s]
         methods[f"leank-{tag}"] = kept
         if scores is not None:
             methods[f"magnitude-{tag}"] = magnitude_mask(scores, s, align)
         methods[f"random-{tag}"] = random_mask(kept_counts(kept), kept.shape[-1],
                                                seed=cfg.get("seed", 0) + int(100 * s))
-    for name, path in cfg.get("extra_masks", {}).items():
-        methods[name] = torch.from_numpy(load_mask(resolve(root, path))[0]).float()
+    methods.update(extra)
     info = {n: (None if k is None else {"sparsity": 1 - float(k.mean()),
                                         "zero_heads": int((kept_counts(k) == 0).sum())})
             for n, k in methods.items()}
@@ -137,10 +204,6 @@ def main(argv=None) -> None:
 
     # ---- fidelity on plain text ----
     fid = defaultdict(lambda: defaultdict(lambda: [0.0, 0, 0]))  # [method][len] = kl, agree, n
-    texts = []
-    for f in cfg.get("fidelity", []):
-        texts += load_samples(resolve(root, f))
-    p0 = ev.first_middle_pos()
     for s in texts:
         if time.time() - t_start > budget * cfg.get("fidelity_share", 0.25):
             break
@@ -164,8 +227,8 @@ def main(argv=None) -> None:
 
     # ---- tasks ----
     cells = defaultdict(list)  # (task, length) -> samples
-    for f in cfg.get("tasks", []):
-        for s in load_samples(resolve(root, f)):
+    for got in task_sets:
+        for s in got:
             L = len(s.prompt) + len(s.answer)
             cells[(s.task, L)].append(s)
     keys = sorted(cells)
@@ -199,21 +262,24 @@ def main(argv=None) -> None:
                                               "answer_top1": v[3] / v[4] if v[4] else 1.0}
                                   for (t, L), v in sorted(byk.items())}
     results["elapsed_s"] = time.time() - t_start
-    out = resolve(root, cfg["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out} in {results['elapsed_s']:.0f}s")
+    st_io.write_atomic(inp.out, json.dumps(results, indent=1).encode())
+    print(f"wrote {inp.out} in {results['elapsed_s']:.0f}s")
 
 
 def main_server(a) -> None:
     """--server / --server-bin: the evaluation through the gRPC server, cross-checked against
     PyTorch on the same samples (train/eval_server.py; config e.g. smollm2-eval-server.json)."""
     from train import eval_server as es
-    cfg = load_config(a.config, a.set)
-    root = Path(a.root)
+    inp = Inputs(a, server=True)
+    cfg, root, model = inp.cfg, inp.root, inp.model
     torch.set_num_threads(cfg.get("torch_threads", torch.get_num_threads()))
-    model = LlamaModel.load_hf(resolve(root, cfg["model"]), device=cfg.get("device", "cpu"),
-                               dtype=getattr(torch, cfg.get("dtype", "float32")))
+    for s in cfg["sparsities"]:  # read again by es.run; checked here before any server starts
+        inp.mask("leank_masks", cfg["leank_masks"].format(tag=sparsity_tag(s)))
+    for key in ("cells", "texts"):
+        for i, item in enumerate(cfg.get(key, [])):
+            if not isinstance(item, dict) or not isinstance(item.get("file"), str):
+                raise ConfigError(f"{key}[{i}]: must be an object with a \"file\", got {item!r}")
+            inp.samples(f"{key}[{i}].file", item["file"], text=key == "texts")
     servers = {}
     for item in a.server:
         name, _, target = item.rpartition("=")
@@ -225,10 +291,9 @@ def main_server(a) -> None:
         servers[name] = target
     res = es.run(cfg, root, model, servers or None, a.server_bin,
                  log=lambda m: print(m, flush=True))
-    out = resolve(root, cfg["out"])
-    es.write(res, out)
+    es.write(res, inp.out)
     print(es.markdown(res))
-    print(f"wrote {out} in {res['elapsed_s']:.0f}s")
+    print(f"wrote {inp.out} in {res['elapsed_s']:.0f}s")
 
 
 if __name__ == "__main__":

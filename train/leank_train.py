@@ -262,6 +262,27 @@ def main(argv=None) -> None:
         stop.restore()
 
 
+def pick_device(cfg: dict) -> str:
+    """cfg's device (default: cuda when there is one); sets tf32 when asked."""
+    dev = cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu")
+    if str(dev).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {dev!r} but torch sees no CUDA device (use \"cpu\")")
+    if cfg.get("tf32", False) and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return dev
+
+
+def load_model(model_dir: Path, cfg: dict, dev: str) -> LlamaModel:
+    """The model of a folder read_model_config accepted; ConfigError for missing or
+    mis-shaped weights (the message names the file)."""
+    try:
+        return LlamaModel.load_hf(model_dir, dtype=getattr(torch, cfg.get("dtype", "float32")),
+                                  device=dev)
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(e.args[0] if e.args and isinstance(e.args[0], str) else str(e)) \
+            from None
+
+
 def setup(cfg: dict, root: Path):
     """Checks the whole config, the model folder and the samples before any training:
     returns (device, middle, stage1, stage2, targets, align, model, data, val)."""
@@ -278,17 +299,8 @@ def setup(cfg: dict, root: Path):
     check_stage("stage2", asdict(s2), multi_reg=False)
     head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
     check_targets(targets, align, head_dim, sparsity_tag)
-    dev = cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu")
-    if str(dev).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {dev!r} but torch sees no CUDA device (use \"cpu\")")
-    dtype = getattr(torch, cfg.get("dtype", "float32"))
-    if cfg.get("tf32", False) and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        model = LlamaModel.load_hf(model_dir, dtype=dtype, device=dev)
-    except (OSError, KeyError, ValueError) as e:  # missing/mis-shaped weights (names the file)
-        raise ConfigError(e.args[0] if e.args and isinstance(e.args[0], str) else str(e)) \
-            from None
+    dev = pick_device(cfg)
+    model = load_model(model_dir, cfg, dev)
     data = load_data(cfg, root)
     mc = model.cfg
     limits = dict(vocab_size=mc.vocab_size, max_positions=mc.max_position_embeddings,
