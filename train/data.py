@@ -27,6 +27,7 @@ import json
 import lzma
 import os
 import random
+import sys
 import sysconfig
 import uuid
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from train import st_io
 
 WORDS = (
     "apple anchor basket beacon canyon candle dolphin dragon ember engine falcon fabric garden "
@@ -45,6 +48,7 @@ WORDS = (
     "pebble rabbit radish salmon sponge tomato tulip velvet vessel wizard walrus")
 WORD_LIST = WORDS.split()
 TASKS = ("uuid", "number", "multikey", "multivalue")
+HAYSTACKS = ("pydoc-train", "pydoc-eval", "licenses", "essay")
 
 
 @dataclass
@@ -260,7 +264,7 @@ def save_samples(samples: Sequence[Sample], path, info: Optional[Dict] = None) -
     data = buf.getvalue()
     if str(path).endswith(".xz"):
         data = lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
-    Path(path).write_bytes(data)
+    st_io.write_atomic(path, data)  # NAME.tmp, then a rename: no partial file at `path`
 
 
 def load_samples(path) -> List[Sample]:
@@ -292,12 +296,48 @@ def main(argv=None) -> None:
     ap.add_argument("--max-len", type=int, default=8192)
     ap.add_argument("--tasks", default="number,multikey,multivalue,uuid",
                     help="comma list of " + ", ".join(TASKS) + ", text")
-    ap.add_argument("--haystack", default="pydoc-train")
+    ap.add_argument("--haystack", default="pydoc-train", choices=HAYSTACKS)
     ap.add_argument("--keys", default="train", choices=["train", "eval"])
-    ap.add_argument("--template", default="chatml")
+    ap.add_argument("--template", default="chatml", choices=["chatml", "plain"])
     a = ap.parse_args(argv)
-    gen = Generator(hf_encoder(a.tokenizer), a.haystack, a.keys, a.template)
-    samples = gen.dataset(a.n, a.seed, a.min_len, a.max_len, a.tasks.split(","))
+    from train.checks import ConfigError
+    try:
+        generate(a)
+    except ConfigError as e:
+        print(f"train.data: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("train.data: interrupted; nothing written", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def generate(a) -> None:
+    from train.checks import ConfigError, check_out_file, need_int
+    need_int("--n", a.n, 1)
+    need_int("--seed", a.seed, 0)
+    need_int("--min-len", a.min_len, 1)
+    need_int("--max-len", a.max_len, a.min_len)
+    tasks = a.tasks.split(",")
+    bad = [t for t in tasks if t not in TASKS + ("text",)]
+    if bad:
+        raise ConfigError(f"--tasks: unknown task {bad[0]!r} (known: {', '.join(TASKS)}, text)")
+    tok = Path(a.tokenizer) / "tokenizer.json"
+    if not tok.is_file():
+        raise ConfigError(f"--tokenizer: {tok} does not exist")
+    check_out_file(a.out, "--out")
+    try:
+        enc = hf_encoder(a.tokenizer)
+    except ImportError:
+        raise ConfigError("--tokenizer: reading tokenizer.json needs the `tokenizers` package "
+                          "(pip install tokenizers)") from None
+    except Exception as e:  # the tokenizers package's own errors
+        raise ConfigError(f"--tokenizer: cannot read {tok}: {e}") from None
+    gen = Generator(enc, a.haystack, a.keys, a.template)
+    try:
+        samples = gen.dataset(a.n, a.seed, a.min_len, a.max_len, tasks)
+    except ValueError as e:  # "length L too short for task T"
+        raise ConfigError(f"--min-len: {e} (prompt template, question and needles do not "
+                          "fit)") from None
     save_samples(samples, a.out, vars(a))
     lens = [len(s.prompt) + len(s.answer) for s in samples]
     print(f"{a.out}: {len(samples)} samples, tokens {min(lens)}..{max(lens)}, "

@@ -1,4 +1,4 @@
-"""leank_eval's command line: a bad config, model folder, mask, data file,
+"""leank_eval's and train.data's command lines: a bad config, model folder, mask, data file,
 option or output path exits 2 with one line naming it (no traceback) before any work; Ctrl-C
 exits 130 with one line; outputs are written to NAME.tmp and renamed (an interrupted run
 leaves the earlier output intact and no partial file)."""
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import random_samples, tiny_config
+from train import data as tdata
 from train import leank_eval, st_io
 from train.data import save_samples
 from train.masks import save_mask
@@ -215,3 +216,82 @@ def test_eval_results_are_replaced_atomically(eval_dir, monkeypatch):
         run_eval(eval_dir)
     assert out.read_text() == "earlier results"
     assert sorted(p.name for p in out.parent.iterdir()) == ["eval.json"]
+
+
+# ---- train.data -------------------------------------------------------------------------------
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A tokenizer folder with a fake encoder (bytes % 101), so no `tokenizers` is needed."""
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr(tdata, "hf_encoder",
+                        lambda d: (lambda s: [b % 101 for b in s.encode()][:40]))
+    return tmp_path
+
+
+def run_data(d, *args):
+    base = {"--tokenizer": str(d / "tok"), "--out": str(d / "d.npz"), "--n": "3",
+            "--min-len": "400", "--max-len": "500", "--haystack": "essay"}
+    extra = dict(zip(args[0::2], args[1::2]))
+    tdata.main([x for kv in {**base, **extra}.items() for x in kv])
+
+
+def test_data_runs(data_dir):
+    run_data(data_dir)
+    got = tdata.load_samples(data_dir / "d.npz")
+    assert len(got) == 3 and all(400 <= len(s.prompt) + len(s.answer) <= 500 for s in got)
+
+
+BAD_DATA = [
+    (("--tokenizer", "missing"), "--tokenizer: missing/tokenizer.json does not exist"),
+    (("--n", "-1"), "--n: must be an integer >= 1, got -1"),
+    (("--n", "0"), "--n: must be an integer >= 1, got 0"),
+    (("--seed", "-2"), "--seed: must be an integer >= 0, got -2"),
+    (("--min-len", "0"), "--min-len: must be an integer >= 1, got 0"),
+    (("--max-len", "10"), "--max-len: must be an integer >= 400, got 10"),
+    (("--min-len", "20", "--max-len", "20"), "--min-len: length 20 too short for task"),
+    (("--tasks", "number,foo"), "--tasks: unknown task 'foo'"),
+    (("--out", "tok/tokenizer.json/x.npz"), "--out: cannot write"),
+    (("--out", "tok"), "--out: "),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_DATA, ids=[" ".join(b[0]) for b in BAD_DATA])
+def test_data_bad_input_exits_2_naming_it(data_dir, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(data_dir)
+    with pytest.raises(SystemExit) as e:
+        run_data(data_dir, *args)
+    assert e.value.code == 2
+    one_line_error(capsys, "train.data", message)
+    assert not (data_dir / "d.npz").exists()
+
+
+def test_data_ctrl_c_exits_130_and_keeps_the_earlier_file(data_dir, capsys, monkeypatch):
+    (data_dir / "d.npz").write_bytes(b"earlier")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tdata.Generator, "dataset", interrupted)
+    with pytest.raises(SystemExit) as e:
+        no_escape(run_data, data_dir)
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "train.data: interrupted; nothing written"
+    assert (data_dir / "d.npz").read_bytes() == b"earlier"
+
+
+def test_save_samples_is_atomic(tmp_path, monkeypatch):
+    out = tmp_path / "d.npz.xz"
+    out.write_bytes(b"earlier")
+    write_bytes = Path.write_bytes
+
+    def half_then_interrupt(self, data):
+        write_bytes(self, data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_samples(random_samples(2), out)
+    assert out.read_bytes() == b"earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz.xz"]
