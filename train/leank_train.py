@@ -328,7 +328,7 @@ def train(a, stop=None) -> None:
     shape = (mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim)
     alpha1 = run.stage(model, data, torch.ones(len(regs), *shape, device=dev), s1, mid,
                        stage=1, tag="stage1", regs=regs, stop=stop)
-    best = 0
+    best, best_v = 0, float("inf")
     if val:
         # Pick the stage-1 run (reg) whose binarised masks fit dense best on held-out samples;
         # the "before stage 2" numbers also show what stage 2 adds.
