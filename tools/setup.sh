@@ -17,7 +17,7 @@ PIP_PACKAGES=(gguf numpy safetensors tokenizers)
 if [ "${LEANK_SETUP_MINIMAL:-0}" != 1 ]; then
   APT_PACKAGES+=(
     python3 python3-pip python3-venv python3-numpy python3-pytest python3-torch
-    python3-grpcio python3-protobuf yamllint tmux
+    python3-grpcio python3-protobuf python3-pyflakes yamllint tmux
   )
 else
   PIP_PACKAGES=()
