@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -23,6 +24,19 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 class ConfigError(ValueError):
     """A bad input the user can fix (printed without a traceback)."""
+
+
+def run_cli(prog: str, interrupted: str, fn: Callable[[], None]) -> None:
+    """Runs a command-line entry point: a ConfigError is one line `PROG: error: ...` and exit
+    2, Ctrl-C one line `PROG: interrupted; INTERRUPTED` and exit 130 (no traceback)."""
+    try:
+        fn()
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _is_int(v) -> bool:

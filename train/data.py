@@ -27,7 +27,6 @@ import json
 import lzma
 import os
 import random
-import sys
 import sysconfig
 import uuid
 from dataclasses import dataclass
@@ -300,15 +299,8 @@ def main(argv=None) -> None:
     ap.add_argument("--keys", default="train", choices=["train", "eval"])
     ap.add_argument("--template", default="chatml", choices=["chatml", "plain"])
     a = ap.parse_args(argv)
-    from train.checks import ConfigError
-    try:
-        generate(a)
-    except ConfigError as e:
-        print(f"train.data: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("train.data: interrupted; nothing written", file=sys.stderr)
-        raise SystemExit(130) from None
+    from train.checks import run_cli
+    run_cli("train.data", "nothing written", lambda: generate(a))
 
 
 def generate(a) -> None:

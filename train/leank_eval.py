@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 from train import st_io
 from train.attention import MiddleSpec
 from train.checks import (ConfigError, check_eval, check_out_file, check_samples, check_targets,
-                          read_model_config, sliding_window)
+                          read_model_config, run_cli, sliding_window)
 from train.data import Sample
 from train.leank_train import (load_config, load_model, pick_device, read_samples, resolve,
                                sparsity_tag)
@@ -101,17 +100,8 @@ def main(argv=None) -> None:
     ap.add_argument("--server-bin", help="evaluate through leank-server: start one loopback "
                     "server per method (dense + leank at each sparsity), one at a time")
     a = ap.parse_args(argv)
-    try:
-        if a.server or a.server_bin:
-            main_server(a)
-        else:
-            evaluate(a)
-    except ConfigError as e:
-        print(f"leank_eval: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("leank_eval: interrupted; no results written", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_cli("leank_eval", "no results written",
+            lambda: main_server(a) if a.server or a.server_bin else evaluate(a))
 
 
 class Inputs:

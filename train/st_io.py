@@ -89,30 +89,28 @@ def load(path) -> Dict[str, np.ndarray]:
     return out
 
 
+def _replace(path: Path, write) -> None:
+    """write(NAME.tmp), then a rename over `path`; the temporary file is removed on failure."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save(tensors: Dict[str, np.ndarray], path, metadata: Dict[str, str] | None = None) -> None:
     """Writes atomically: a temporary file beside `path`, then a rename, so an interrupted or
     failed write never leaves a partial file at `path` (nor replaces an earlier one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        _write(tensors, tmp, metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _replace(path, lambda tmp: _write(tensors, tmp, metadata))
 
 
 def write_atomic(path, data: bytes) -> None:
     """Any file, written like save(): NAME.tmp, then a rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _replace(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def _write(tensors: Dict[str, np.ndarray], path: Path, metadata: Dict[str, str] | None) -> None:
