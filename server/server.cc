@@ -13,8 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "server/engine_loop.h"
+#include "server/health.h"
 #include "server/http_endpoints.h"
 #include "server/metrics.h"
 #include "server/service.h"
@@ -96,13 +96,6 @@ absl::Status WarmUp(EngineLoop& loop) {
   return absl::DeadlineExceededError("warm-up generation did not finish in 10 minutes");
 }
 
-void SetServing(grpc::Server* server, bool serving) {
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  if (health == nullptr) return;
-  health->SetServingStatus(serving);  // every service, "" included
-  health->SetServingStatus(kServiceName, serving);
-}
-
 // Waits until nothing is in flight or `timeout` passes; true when drained.
 bool WaitIdle(const EngineLoop& loop, const ServerStatus& status, double timeout_s) {
   const auto until = std::chrono::steady_clock::now() +
@@ -129,8 +122,8 @@ int RunServer(const ServerConfig& config, const EngineFactory& factory) {
   Metrics metrics;
   ServerStatus status;
   LeankServiceImpl service(&status, &metrics);
+  HealthService health({kServiceName});  // NOT_SERVING until the model is loaded and warm
 
-  grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(config.host, ":", config.port);
@@ -140,13 +133,13 @@ int RunServer(const ServerConfig& config, const EngineFactory& factory) {
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &grpc_port);
   builder.RegisterService(&service);
+  builder.RegisterService(&health);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
     spdlog::critical("gRPC: cannot listen on {} (address in use or not available; --host/--port)",
                      address);
     return 1;
   }
-  SetServing(server.get(), false);  // the default health service starts at SERVING
 
   HttpEndpoints http(&metrics, &status);
   int http_port = 0;
@@ -154,6 +147,7 @@ int RunServer(const ServerConfig& config, const EngineFactory& factory) {
     absl::StatusOr<int> p = http.Start(config.host, config.metrics_port);
     if (!p.ok()) {
       spdlog::critical("{}", std::string(p.status().message()));
+      health.Shutdown();
       server->Shutdown();
       return 1;
     }
@@ -165,6 +159,7 @@ int RunServer(const ServerConfig& config, const EngineFactory& factory) {
   absl::StatusOr<std::unique_ptr<Engine>> engine = factory(config.ToEngineOptions());
   if (!engine.ok()) {
     spdlog::critical("loading the model failed: {}", engine.status().ToString());
+    health.Shutdown();
     server->Shutdown();
     http.Stop();
     return 1;
@@ -176,6 +171,7 @@ int RunServer(const ServerConfig& config, const EngineFactory& factory) {
   if (config.warmup) {
     if (absl::Status s = WarmUp(loop); !s.ok()) {
       spdlog::critical("warm-up generation failed: {}", s.ToString());
+      health.Shutdown();
       server->Shutdown();
       http.Stop();
       loop.Stop();
@@ -187,7 +183,7 @@ int RunServer(const ServerConfig& config, const EngineFactory& factory) {
                info.kv_capacity_tokens);
   status.ready.store(true);
   metrics.SetReady(true, false);
-  SetServing(server.get(), true);
+  health.SetServing(true);
   shutdown.serving.store(true);
 
   {
@@ -198,7 +194,7 @@ int RunServer(const ServerConfig& config, const EngineFactory& factory) {
   // Drain: refuse new work, let in-flight requests finish up to the grace period.
   status.draining.store(true);
   metrics.SetReady(true, true);
-  SetServing(server.get(), false);
+  health.SetServing(false);
   spdlog::info("draining: {} requests in flight, up to {} s", loop.InFlight(),
                config.drain_timeout);
   if (!WaitIdle(loop, status, config.drain_timeout)) {
@@ -206,6 +202,7 @@ int RunServer(const ServerConfig& config, const EngineFactory& factory) {
     loop.AbortAll();
     WaitIdle(loop, status, 5.0);
   }
+  health.Shutdown();  // ends open Watch streams, which Shutdown would wait on
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   http.Stop();
   loop.Stop();

@@ -120,11 +120,13 @@ bool PortAccepts(int port) {
 
 }  // namespace
 
+bool ServerProcess::Listening() const { return PortAccepts(grpc_port_); }
+
 bool ServerProcess::WaitServing(std::chrono::seconds timeout) {
   const auto until = std::chrono::steady_clock::now() + timeout;
   // Until the port listens, poll with plain TCP: a gRPC channel that failed to
   // connect backs off for seconds before it tries again.
-  while (!PortAccepts(grpc_port_)) {
+  while (!Listening()) {
     if (!Alive() || std::chrono::steady_clock::now() >= until) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

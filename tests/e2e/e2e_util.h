@@ -29,6 +29,8 @@ class ServerProcess {
                                               std::map<std::string, std::string> env = {});
   ~ServerProcess();  // SIGKILL if still running
 
+  // True once the gRPC port accepts TCP connections.
+  bool Listening() const;
   // Polls grpc.health.v1 until SERVING; false on timeout or if the child died.
   bool WaitServing(std::chrono::seconds timeout);
   // Start + WaitServing. The free ports are picked before the child binds them, so a

@@ -1,8 +1,11 @@
 // leank-fake-server: the real server (flags, gRPC, HTTP, engine loop, drain) over the
 // FakeEngine, so the e2e suite runs in seconds with no model. LEANK_FAKE_STEP_US sets
-// the fake step time (default 2000 us).
+// the fake step time (default 2000 us); LEANK_FAKE_LOAD_MS makes "loading the model"
+// take that long (default 0), so tests can probe a server that is not ready yet.
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "server/config.h"
 #include "server/server.h"
@@ -23,7 +26,10 @@ int main(int argc, char** argv) {
   leank::server::SetUpLogging(config->log_level);
   leank::testing::FakeEngineOptions fake;
   if (const char* us = std::getenv("LEANK_FAKE_STEP_US")) fake.step_us = std::atoi(us);
-  return leank::server::RunServer(*config, [fake](const leank::EngineOptions& o) {
+  int load_ms = 0;
+  if (const char* ms = std::getenv("LEANK_FAKE_LOAD_MS")) load_ms = std::atoi(ms);
+  return leank::server::RunServer(*config, [fake, load_ms](const leank::EngineOptions& o) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(load_ms));
     return leank::testing::CreateFakeEngine(o, fake);
   });
 }

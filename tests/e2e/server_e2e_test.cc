@@ -46,8 +46,13 @@ std::string SmolLm2Dir() {
 Flavor MakeFlavor(const std::string& name) {
   if (name == "fake") {
     // KV: 10 blocks of 16 tokens (the fake counts 1 KiB per token).
-    return {"fake", LEANK_FAKE_SERVER_BIN,        {"--model=fake"}, 24,
-            1500,   {"--kv-cache-memory=163840", "--admission=optimistic"}, seconds(30)};
+    return {"fake",
+            LEANK_FAKE_SERVER_BIN,
+            {"--model=fake"},
+            24,
+            1500,
+            {"--kv-cache-memory=163840", "--admission=optimistic"},
+            seconds(30)};
   }
   if (name == "smollm2_leank") {
     // LeanK layout: a random 50% K mask, sink 16 + recent 16, so generations of 40+
@@ -143,9 +148,8 @@ class ServerE2E : public ::testing::TestWithParam<std::string> {
     std::vector<std::string> args = flavor_.args;
     args.insert(args.end(), extra.begin(), extra.end());
     bool up = false;
-    auto server = ServerProcess::StartServing(flavor_.binary, args,
-                                              LogPath(flavor_.name + "-" + tag),
-                                              flavor_.start_timeout, &up);
+    auto server = ServerProcess::StartServing(
+        flavor_.binary, args, LogPath(flavor_.name + "-" + tag), flavor_.start_timeout, &up);
     EXPECT_TRUE(up) << "server did not become SERVING; log:\n" << server->Log();
     return up ? std::move(server) : nullptr;
   }
@@ -239,8 +243,8 @@ TEST_P(ServerE2E, SecondServerOnThePortInUseFailsClearly) {
   // `timeout`: were the port shared, the second server would run until killed.
   std::string cmd = "timeout 60 " + flavor_.binary;
   for (const std::string& a : flavor_.args) cmd += " '" + a + "'";
-  cmd += " --host=127.0.0.1 --port=" + std::to_string(server.grpc_port()) +
-         " --metrics-port=0 2>&1";
+  cmd +=
+      " --host=127.0.0.1 --port=" + std::to_string(server.grpc_port()) + " --metrics-port=0 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string out;
@@ -663,6 +667,32 @@ TEST(ServerBinary, PrintsItsConfigSchemaAndRefusesBadFlags) {
   std::stringstream ss;
   ss << e.rdbuf();
   EXPECT_NE(ss.str().find("--model"), std::string::npos) << ss.str();
+}
+
+TEST(ServerBinary, NotServingWhileTheModelLoads) {
+  // The fake takes 3 s to "load": from the moment the port listens until then, health
+  // says NOT_SERVING (grpc++'s default health service said SERVING for an instant after
+  // the port opened), Generate is UNAVAILABLE and /readyz is 503.
+  auto server = ServerProcess::Start(LEANK_FAKE_SERVER_BIN, {"--model=fake"}, LogPath("loading"),
+                                     {{"LEANK_FAKE_LOAD_MS", "3000"}});
+  ASSERT_TRUE(
+      Eventually([&] { return server->Listening() || !server->Alive(); }, milliseconds(20000)))
+      << server->Log();
+  ASSERT_TRUE(server->Alive()) << server->Log();
+  EXPECT_EQ(server->Health(), HealthStatus::NOT_SERVING);
+  EXPECT_EQ(server->Health("leank.v1.LeankService"), HealthStatus::NOT_SERVING);
+  StreamResult early = Generate(*server->Stub(), Greedy("Hello", 4), milliseconds(5000));
+  EXPECT_EQ(early.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(early.status.error_message(), "model is loading");
+  int code = 0;
+  HttpGet(server->http_port(), "/readyz", &code);
+  EXPECT_EQ(code, 503);
+  ASSERT_TRUE(server->WaitServing(seconds(30))) << server->Log();
+  EXPECT_EQ(server->Health("leank.v1.LeankService"), HealthStatus::SERVING);
+  StreamResult late = Generate(*server->Stub(), Greedy("Hello", 4));
+  EXPECT_TRUE(late.status.ok()) << late.status.error_message();
+  HttpGet(server->http_port(), "/readyz", &code);
+  EXPECT_EQ(code, 200);
 }
 
 INSTANTIATE_TEST_SUITE_P(Flavors, ServerE2E, ::testing::Values("fake", "smollm2", "smollm2_leank"),
