@@ -2,6 +2,8 @@ import os
 import random
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,6 +26,17 @@ def tiny_config(model_type="llama", **kw) -> ModelConfig:
 def tiny_model():
     torch.manual_seed(0)
     return LlamaModel.random(tiny_config(), seed=3, std=0.15)
+
+
+def fail_writes_halfway(monkeypatch, exc):
+    """Path.write_bytes writes half of its data, then raises `exc` (a full disk, a Ctrl-C)."""
+    write_bytes = Path.write_bytes
+
+    def half_then_raise(self, data):
+        write_bytes(self, data[: len(data) // 2])
+        raise exc
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_raise)
 
 
 def random_samples(n, vocab=101, min_len=60, max_len=90, answer_len=4, seed=0):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_samples, tiny_config
+from conftest import fail_writes_halfway, random_samples, tiny_config
 from train import data as tdata
 from train import leank_eval, st_io
 from train.data import save_samples
@@ -205,13 +205,7 @@ def test_eval_results_are_replaced_atomically(eval_dir, monkeypatch):
     out = eval_dir / "out" / "eval.json"
     out.parent.mkdir()
     out.write_text("earlier results")
-    write_bytes = Path.write_bytes
-
-    def half_then_fail(self, data):
-        write_bytes(self, data[: len(data) // 2])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Path, "write_bytes", half_then_fail)
+    fail_writes_halfway(monkeypatch, OSError(28, "No space left on device"))
     with pytest.raises(OSError):
         run_eval(eval_dir)
     assert out.read_text() == "earlier results"
@@ -284,13 +278,7 @@ def test_data_ctrl_c_exits_130_and_keeps_the_earlier_file(data_dir, capsys, monk
 def test_save_samples_is_atomic(tmp_path, monkeypatch):
     out = tmp_path / "d.npz.xz"
     out.write_bytes(b"earlier")
-    write_bytes = Path.write_bytes
-
-    def half_then_interrupt(self, data):
-        write_bytes(self, data[: len(data) // 2])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Path, "write_bytes", half_then_interrupt)
+    fail_writes_halfway(monkeypatch, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         save_samples(random_samples(2), out)
     assert out.read_bytes() == b"earlier"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import fail_writes_halfway
 from train import st_io
 from train.masks import (binarize, head_counts, import_leank, import_leank_to_file,
                          kept_counts, load_mask, magnitude_mask, random_mask, save_mask,
@@ -184,13 +185,7 @@ def test_read_of_a_file_that_is_not_safetensors_is_a_value_error(tmp_path, conte
 def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     out = tmp_path / "r.json"
     out.write_bytes(b"earlier")
-    write_bytes = Path.write_bytes
-
-    def half_then_interrupt(self, data):
-        write_bytes(self, data[: len(data) // 2])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Path, "write_bytes", half_then_interrupt)
+    fail_writes_halfway(monkeypatch, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         st_io.write_atomic(out, b"new contents")
     assert out.read_bytes() == b"earlier"

@@ -12,8 +12,7 @@ from conftest import random_samples, tiny_config
 from train.data import save_samples
 from train.masks import load_mask, target_total
 from train.model import LlamaModel
-from train.trainer import (MiddleConfig, StageConfig, lr_factor, run_stage, sample_loss,
-                           sample_losses)
+from train.trainer import MiddleConfig, StageConfig, lr_factor, run_stage, sample_loss
 
 MID = MiddleConfig(sink=8, recent=16, block=4)
 
