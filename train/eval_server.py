@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import socket
 import subprocess
@@ -49,7 +48,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from train import st_io
-from train.data import Sample, load_samples
+from train.data import load_samples
 from train.leank_train import resolve, sparsity_tag
 from train.masks import load_mask
 from train.model import KVCache, LlamaModel

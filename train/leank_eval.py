@@ -48,7 +48,6 @@ def channel_scores(model: LlamaModel, texts: List[Sample]) -> torch.Tensor:
     g = mc.num_attention_heads // mc.num_key_value_heads
     q2 = torch.zeros(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, dtype=torch.float64)
     k2 = torch.zeros_like(q2)
-    n = [0]
 
     def obs(li, q, k):
         q2[li] += q.double().pow(2).reshape(mc.num_key_value_heads, g, -1, mc.head_dim).mean(

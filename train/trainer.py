@@ -10,11 +10,10 @@ This is exactly LeanK's objective, at the cost of a forward over a few tokens pe
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
