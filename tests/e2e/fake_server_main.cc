@@ -1,10 +1,13 @@
 // leank-fake-server: the real server (flags, gRPC, HTTP, engine loop, drain) over the
 // FakeEngine, so the e2e suite runs in seconds with no model. LEANK_FAKE_STEP_US sets
-// the fake step time (default 2000 us); LEANK_FAKE_LOAD_MS makes "loading the model"
-// take that long (default 0), so tests can probe a server that is not ready yet.
+// the fake step time (default 2000 us). With LEANK_FAKE_LOAD_UNTIL=PATH, "loading the
+// model" lasts until PATH exists (at most 60 s), so a test can probe a server that is
+// not ready yet for as long as it needs and then let it finish.
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
+#include <string>
 #include <thread>
 
 #include "server/config.h"
@@ -26,10 +29,12 @@ int main(int argc, char** argv) {
   leank::server::SetUpLogging(config->log_level);
   leank::testing::FakeEngineOptions fake;
   if (const char* us = std::getenv("LEANK_FAKE_STEP_US")) fake.step_us = std::atoi(us);
-  int load_ms = 0;
-  if (const char* ms = std::getenv("LEANK_FAKE_LOAD_MS")) load_ms = std::atoi(ms);
-  return leank::server::RunServer(*config, [fake, load_ms](const leank::EngineOptions& o) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(load_ms));
+  const char* until = std::getenv("LEANK_FAKE_LOAD_UNTIL");
+  const std::string load_until = until != nullptr ? until : "";
+  return leank::server::RunServer(*config, [fake, load_until](const leank::EngineOptions& o) {
+    for (int i = 0; i < 3000 && !load_until.empty() && !std::filesystem::exists(load_until); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     return leank::testing::CreateFakeEngine(o, fake);
   });
 }

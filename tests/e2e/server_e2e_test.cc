@@ -670,11 +670,13 @@ TEST(ServerBinary, PrintsItsConfigSchemaAndRefusesBadFlags) {
 }
 
 TEST(ServerBinary, NotServingWhileTheModelLoads) {
-  // The fake takes 3 s to "load": from the moment the port listens until then, health
-  // says NOT_SERVING (grpc++'s default health service said SERVING for an instant after
-  // the port opened), Generate is UNAVAILABLE and /readyz is 503.
+  // The fake "loads" until the test creates a file: from the moment the port listens
+  // until then, health says NOT_SERVING (grpc++'s default health service said SERVING
+  // for an instant after the port opened), Generate is UNAVAILABLE and /readyz is 503.
+  const std::string loaded = LogPath("loaded");
+  std::filesystem::remove(loaded);
   auto server = ServerProcess::Start(LEANK_FAKE_SERVER_BIN, {"--model=fake"}, LogPath("loading"),
-                                     {{"LEANK_FAKE_LOAD_MS", "3000"}});
+                                     {{"LEANK_FAKE_LOAD_UNTIL", loaded}});
   ASSERT_TRUE(
       Eventually([&] { return server->Listening() || !server->Alive(); }, milliseconds(20000)))
       << server->Log();
@@ -687,12 +689,15 @@ TEST(ServerBinary, NotServingWhileTheModelLoads) {
   int code = 0;
   HttpGet(server->http_port(), "/readyz", &code);
   EXPECT_EQ(code, 503);
+  EXPECT_EQ(server->Health(), HealthStatus::NOT_SERVING);  // still loading after all that
+  std::ofstream(loaded) << "go\n";
   ASSERT_TRUE(server->WaitServing(seconds(30))) << server->Log();
   EXPECT_EQ(server->Health("leank.v1.LeankService"), HealthStatus::SERVING);
   StreamResult late = Generate(*server->Stub(), Greedy("Hello", 4));
   EXPECT_TRUE(late.status.ok()) << late.status.error_message();
   HttpGet(server->http_port(), "/readyz", &code);
   EXPECT_EQ(code, 200);
+  std::filesystem::remove(loaded);
 }
 
 INSTANTIATE_TEST_SUITE_P(Flavors, ServerE2E, ::testing::Values("fake", "smollm2", "smollm2_leank"),
