@@ -62,6 +62,7 @@ class DeviceMeta {
   const AttentionShape& shape() const { return shape_; }
   bool dense() const { return dense_; }
   int kept(int layer, int head) const;
+  std::span<const int32_t> kept_table() const { return kept_; }  // [layers][H]
   // Offsets (elements) inside a pruned block of `layer`, as in cache/README.md.
   int32_t pruned_k_offset(int layer, int head) const;  // -1 when kept == 0
   int32_t pruned_v_offset(int layer, int head) const;  // -1 when kept == 0
@@ -102,6 +103,15 @@ std::vector<int32_t> DecodeFullBlocksAfterCompaction(const AttentionShape& shape
                                                      std::span<const int32_t> full_blocks,
                                                      int num_compactions);
 
+// The CTA count a decode plan chose, reused by the next plan while the batch keeps its
+// segments and its heaviest layer's bytes stay within 1/64 (decode grows a token a step).
+struct DecodeCtaChoice {
+  size_t num_segs = 0;  // (seq, kv head, region) segments of the heaviest layer
+  int64_t bytes = 0;    // the heaviest layer's K/V bytes
+  int ctas = 0;         // CTAs per layer aimed at
+  int max_waves = 0;    // no layer's items may exceed max_waves * resident (0: no limit)
+};
+
 // Split-KV decode attention. Not thread-safe; one per stream.
 class DecodeAttention {
  public:
@@ -137,13 +147,7 @@ class DecodeAttention {
   std::vector<int> layer_items_, layer_item_offset_;
   std::vector<int64_t> layer_bytes_;
   int max_items_ = 0;
-  // The last CTA-count choice (Plan), reused while the batch keeps its segments and its
-  // heaviest layer's bytes stay within 1/64: decode steps grow by one token each.
-  struct CtaChoice {
-    size_t num_segs = 0;
-    int64_t bytes = 0;
-    int ctas = 0, max_waves = 0;
-  } last_choice_;
+  DecodeCtaChoice last_choice_;  // of the last Plan that searched
   // Device buffers (grown on demand).
   PlanBuffer plan_;
   float* d_partial_ = nullptr;  // [max_items][G][head_dim + 1] (O then lse)

@@ -1,79 +1,22 @@
-// DecodeAttention: host-side plan (block tables + byte-balanced split-KV work lists of
-// every layer, one upload per step) and the per-layer launch.
+// DecodeAttention: host-side plan (block tables + the split-KV work lists of every layer
+// from decode_work.cc, one upload per step) and the per-layer launch.
 
 #include <algorithm>
-#include <climits>
-#include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <functional>
-#include <queue>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
+#include "kernels/decode_work.h"
 #include "kernels/internal.h"
 
 namespace leank::kernels {
 
 using detail::DecodeItem;
-using detail::kTileTokens;
 
 namespace {
 
 int CeilDiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
-
-// A (sequence, kv head, region) stretch of tokens, all at one cost per token.
-struct Seg {
-  int seq, head, region, tokens;
-  int64_t bytes_per_token;
-};
-
-// Token ranges of `g` for a target of `target` bytes per CTA: about bytes / target equal
-// pieces of whole tiles, at most kMaxSplit.
-template <typename F>
-void ForEachPiece(const Seg& g, double target, F&& f) {
-  const int max_split = std::min(detail::kMaxSplit, CeilDiv(g.tokens, kTileTokens));
-  const int split = std::clamp(
-      static_cast<int>(std::lround(double(g.tokens * g.bytes_per_token) / target)), 1, max_split);
-  const int chunk = CeilDiv(CeilDiv(g.tokens, split), kTileTokens) * kTileTokens;
-  for (int b = 0; b < g.tokens; b += chunk) f(b, std::min(g.tokens, b + chunk));
-}
-
-int CountPieces(const std::vector<Seg>& segs, double target) {
-  int n = 0;
-  for (const Seg& g : segs) ForEachPiece(g, target, [&](int, int) { ++n; });
-  return n;
-}
-
-// Fixed cost of one work item (prologue: item, block table and q loads before the first
-// tile lands; epilogue: warp merge, partial write, slot merge), in bytes that one resident
-// CTA would stream meanwhile. Measured on H100: dense 8 x 32K took 387.7 / 405.4 / 429.1 us
-// with 1 / 3.9 / 7.8 items per resident CTA, about 6 us (~70 KB at 3.1 TB/s / 264) each.
-constexpr int64_t kItemOverheadBytes = int64_t{70} << 10;
-
-// Predicted makespan of one layer's items on `slots` resident CTAs, as the hardware runs
-// them: largest first, each to the slot that frees first, each paying kItemOverheadBytes.
-int64_t Makespan(const std::vector<Seg>& segs, double target, int slots) {
-  std::vector<int64_t> cost;
-  for (const Seg& g : segs) {
-    ForEachPiece(g, target, [&](int b, int e) {
-      cost.push_back((e - b) * g.bytes_per_token + kItemOverheadBytes);
-    });
-  }
-  std::sort(cost.begin(), cost.end(), std::greater<>());
-  if (cost.empty()) return 0;
-  if (static_cast<int>(cost.size()) <= slots) return cost.front();  // one item per slot
-  std::priority_queue<int64_t, std::vector<int64_t>, std::greater<>> free_at(
-      std::greater<>(), std::vector<int64_t>(slots, 0));
-  int64_t end = 0;
-  for (int64_t c : cost) {
-    const int64_t t = free_at.top() + c;
-    free_at.pop();
-    free_at.push(t);
-    end = std::max(end, t);
-  }
-  return end;
-}
 
 }  // namespace
 
@@ -92,7 +35,7 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
                                    int target_ctas) {
   const AttentionShape& sh = meta_.shape();
   const int S = static_cast<int>(seqs.size()), H = sh.num_kv_heads, D = sh.head_dim,
-            B = sh.block_size, L = sh.num_layers, G = sh.num_q_heads / sh.num_kv_heads;
+            B = sh.block_size, G = sh.num_q_heads / sh.num_kv_heads;
   std::vector<int32_t> seq_tokens(2 * S), full_ptr(S + 1, 0), pruned_ptr(S + 1, 0), full_idx,
       pruned_idx;
   for (int s = 0; s < S; ++s) {
@@ -113,101 +56,17 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
     pruned_ptr[s + 1] = static_cast<int32_t>(pruned_idx.size());
   }
 
-  // Work lists: every (seq, kv head, region) segment cut into token ranges of about
-  // layer_bytes / ctas bytes, whole 64-token tiles, largest first (the hardware then hands
-  // the next item to whichever CTA slot frees first). The CTA count is the candidate (0.5 to
-  // 8 resident waves) with the smallest predicted makespan (Makespan: per-item fixed cost vs
-  // balance) on the layer that moves the most bytes. Equal segments (dense) fit one wave
-  // exactly and pay the per-item cost once; uneven ones (LeanK heads) need a few waves to
-  // balance. Measured on H100 (docs/benchmarks.md): the previous rule, ~1 MB items up to
-  // 8 waves, left dense 8 x 32K ... 32 x 16K at 86-87% of read bandwidth, one wave 90-92%.
+  // Every layer's work list (decode_work.h: byte-balanced splits so all SMs are busy).
   const int resident = num_sms_ * detail::DecodeBlocksPerSm(D);
-  std::vector<std::vector<Seg>> layer_segs(L);
-  int heaviest = 0;
-  layer_bytes_.assign(L, 0);
-  for (int l = 0; l < L; ++l) {
-    std::vector<Seg>& segs = layer_segs[l];
-    for (int s = 0; s < S; ++s) {
-      const int n = seq_tokens[2 * s], m = seq_tokens[2 * s + 1];
-      for (int h = 0; h < H; ++h) {
-        segs.push_back({s, h, detail::kRegionFull, n - m, int64_t(4) * D});
-        const int kept = meta_.kept(l, h);
-        if (m > 0 && kept > 0)
-          segs.push_back({s, h, detail::kRegionPruned, m, 2 * int64_t(kept + D)});
-      }
-    }
-    for (const Seg& g : segs) layer_bytes_[l] += g.tokens * g.bytes_per_token;
-    if (layer_bytes_[l] > layer_bytes_[heaviest]) heaviest = l;
-  }
-  int ctas = target_ctas;
-  int max_waves = 0;  // 0: no limit (a caller's target_ctas)
-  const CtaChoice& last = last_choice_;
-  const int64_t heavy_bytes = layer_bytes_[heaviest];
-  if (ctas <= 0 && last.ctas > 0 && last.num_segs == layer_segs[heaviest].size() &&
-      std::abs(heavy_bytes - last.bytes) <= last.bytes / 64) {
-    ctas = last.ctas;  // the same batch a few tokens on: the search would choose alike
-    max_waves = last.max_waves;
-  } else if (ctas <= 0) {
-    // Eighths of a resident wave: below one wave too, because rounding the splits can
-    // give more items than the target (a second, nearly empty wave at small batches).
-    const double total = double(layer_bytes_[heaviest]);
-    // Every segment already at its maximum split (one tile per item, or kMaxSplit) with
-    // the largest target (short contexts): every candidate gives the same items, so skip
-    // the search (the plan is built on the host while the step's first kernels run; batch
-    // 1 x 1K lost 2.5% to it).
-    const double min_target = std::max(1.0, total / std::max(1, resident / 2));
-    const bool saturated =
-        std::all_of(layer_segs[heaviest].begin(), layer_segs[heaviest].end(), [&](const Seg& g) {
-          return g.tokens * g.bytes_per_token / min_target >=
-                 std::min(detail::kMaxSplit, CeilDiv(g.tokens, kTileTokens)) - 0.5;
-        });
-    ctas = resident;
-    int64_t best = INT64_MAX;
-    for (int eighths : {4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64}) {  // 0.5 to 8 waves
-      if (saturated) break;
-      const int c = std::max(1, resident * eighths / 8);
-      const int64_t t = Makespan(layer_segs[heaviest], std::max(1.0, total / c), resident);
-      if (t < best) {
-        best = t;
-        ctas = c;
-      }
-    }
-    max_waves = CeilDiv(CountPieces(layer_segs[heaviest], std::max(1.0, total / ctas)), resident);
-    last_choice_ = {layer_segs[heaviest].size(), heavy_bytes, ctas, max_waves};
-  }
-  std::vector<DecodeItem> items;
-  std::vector<int32_t> merge_ptr;
-  layer_items_.assign(L, 0);
-  layer_item_offset_.assign(L, 0);
-  max_items_ = 0;
-  std::vector<std::pair<int64_t, DecodeItem>> layer_list;
-  for (int l = 0; l < L; ++l) {
-    // Another layer's splits can round to more items than the heaviest's: fewer, larger
-    // ones then, so that no layer starts an extra, nearly empty wave (LeanK 1 x 4K: 291
-    // items on 264 slots took 22.0 us instead of 17.1).
-    double target = std::max(1.0, double(layer_bytes_[l]) / ctas);
-    for (int i = 0; i < 4 && max_waves > 0; ++i) {
-      const int n = CountPieces(layer_segs[l], target);
-      if (n <= max_waves * resident) break;
-      target *= double(n) / (max_waves * resident);
-    }
-    layer_list.clear();
-    int slot = 0;
-    for (const Seg& g : layer_segs[l]) {
-      if (g.region == detail::kRegionFull) merge_ptr.push_back(slot);  // first seg of (s, h)
-      ForEachPiece(g, target, [&](int b, int e) {
-        layer_list.push_back(
-            {(e - b) * g.bytes_per_token, DecodeItem{g.seq, g.head, g.region, b, e, slot++}});
-      });
-    }
-    merge_ptr.push_back(slot);
-    std::stable_sort(layer_list.begin(), layer_list.end(),
-                     [](const auto& a, const auto& b) { return a.first > b.first; });
-    layer_item_offset_[l] = static_cast<int>(items.size());
-    layer_items_[l] = static_cast<int>(layer_list.size());
-    max_items_ = std::max(max_items_, layer_items_[l]);
-    for (const auto& [bytes, it] : layer_list) items.push_back(it);
-  }
+  DecodeWork w =
+      BuildDecodeWork(sh, seq_tokens, meta_.kept_table(), resident, target_ctas, last_choice_);
+  if (target_ctas <= 0) last_choice_ = w.choice;
+  layer_items_ = std::move(w.layer_items);
+  layer_item_offset_ = std::move(w.layer_item_offset);
+  layer_bytes_ = std::move(w.layer_bytes);
+  max_items_ = w.max_items;
+  const std::vector<DecodeItem>& items = w.items;
+  const std::vector<int32_t>& merge_ptr = w.merge_ptr;
 
   plan_.Clear();
   off_tokens_ = plan_.Append(seq_tokens.data(), seq_tokens.size());

@@ -22,8 +22,8 @@
 
 #include "bench/kernels/bench_util.h"
 #include "kernels/attention.h"
-#include "nlohmann/json.hpp"
 #include "kernels/cuda_check.h"
+#include "nlohmann/json.hpp"
 
 namespace leank::bench {
 namespace {
@@ -44,10 +44,9 @@ struct Options {
   int iters = 50;
   int warmup = 5;
   int block_size = 16;
-  int ctas = 0;
-  bool shuffle = true;
-  bool prefill = true;  // shuffled block tables (a fragmented pool) or in order  // the plan's
-                        // target CTA count per layer (0: its default)
+  int ctas = 0;         // the plan's target CTA count per layer (0: its default)
+  bool shuffle = true;  // shuffled block tables (a fragmented pool) or in order
+  bool prefill = true;  // also time 8K causal prefill attention
   std::string git_commit = "unknown";
 };
 

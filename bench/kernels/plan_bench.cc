@@ -1,0 +1,192 @@
+// leank-bench-decode-plan: host time of the decode work lists (BuildDecodeWork, the bulk
+// of DecodeAttention::Plan, which the engine runs once per decode step) for the
+// Llama-3.1-8B attention shape, dense and with LeanK's released mask. No GPU needed:
+// it measures the CPU it runs on. Per point: the first plan (CTA search) and the steady
+// plan (the next steps, one token longer each, reusing the choice), medians.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/decode_work.h"
+#include "nlohmann/json.hpp"
+
+namespace leank {
+namespace {
+
+using kernels::AttentionShape;
+using kernels::BuildDecodeWork;
+using kernels::DecodeCtaChoice;
+using kernels::DecodeWork;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string json_path;
+  std::string mask_path =
+      std::string(LEANK_SOURCE_DIR) + "/bench/kernels/data/llama3.1-8b-instruct.json";
+  std::vector<int> batches = {1, 8, 16, 32, 64, 128, 256};
+  std::vector<int> contexts = {1024, 4096, 32768};
+  int resident = 264;  // H100: 132 SMs x 2 decode CTAs
+  int iters = 30;
+  std::string git_commit = "unknown";
+};
+
+std::vector<int> ParseList(const std::string& s) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::stoi(item));
+  return v;
+}
+
+std::string CpuName() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+std::string Today() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&t));
+  return buf;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Point {
+  double first_us = 0, steady_us = 0;
+  int max_items = 0, ctas = 0;
+};
+
+Point TimePlan(const Options& o, const AttentionShape& shape, bool dense,
+               const std::vector<int32_t>& kept, int batch, int context) {
+  std::vector<int32_t> seq_tokens(2 * batch);
+  auto set_lengths = [&](int64_t n) {
+    for (int s = 0; s < batch; ++s) {
+      seq_tokens[2 * s] = static_cast<int32_t>(n);
+      seq_tokens[2 * s + 1] = static_cast<int32_t>(kernels::MiddleTokens(shape, dense, n));
+    }
+  };
+  Point p;
+  std::vector<double> first, steady;
+  for (int it = 0; it < o.iters; ++it) {
+    set_lengths(context);
+    auto t0 = Clock::now();
+    DecodeWork w = BuildDecodeWork(shape, seq_tokens, kept, o.resident, 0, DecodeCtaChoice{});
+    first.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    p.max_items = w.max_items;
+    p.ctas = w.choice.ctas;
+    // The next steps: one token longer, the choice reused as DecodeAttention::Plan does.
+    set_lengths(context + 1 + it % 16);
+    t0 = Clock::now();
+    DecodeWork next = BuildDecodeWork(shape, seq_tokens, kept, o.resident, 0, w.choice);
+    steady.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    if (next.items.empty()) std::abort();  // keeps the work observable
+  }
+  p.first_us = Median(first);
+  p.steady_us = Median(steady);
+  return p;
+}
+
+int Main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    auto arg = [&](const char* name) { return std::strcmp(argv[i], name) == 0 && i + 1 < argc; };
+    if (arg("--json")) {
+      o.json_path = argv[++i];
+    } else if (arg("--mask")) {
+      o.mask_path = argv[++i];
+    } else if (arg("--batches")) {
+      o.batches = ParseList(argv[++i]);
+    } else if (arg("--contexts")) {
+      o.contexts = ParseList(argv[++i]);
+    } else if (arg("--resident")) {
+      o.resident = std::stoi(argv[++i]);
+    } else if (arg("--iters")) {
+      o.iters = std::stoi(argv[++i]);
+    } else if (arg("--git-commit")) {
+      o.git_commit = argv[++i];
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 1024,...] "
+                   "[--resident 264] [--iters N] [--git-commit SHA]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  if (o.iters < 1 || o.resident < 1) {
+    std::fprintf(stderr, "--iters and --resident must be >= 1\n");
+    return 2;
+  }
+  std::ifstream f(o.mask_path);
+  if (!f) {
+    std::fprintf(stderr, "cannot open mask %s\n", o.mask_path.c_str());
+    return 1;
+  }
+  const auto mask =
+      nlohmann::json::parse(f).at("kept").get<std::vector<std::vector<std::vector<int>>>>();
+  const AttentionShape shape{static_cast<int>(mask.size()), 8, 32, 128, 16, 128, 768};
+  std::vector<int32_t> kept_leank, kept_dense(size_t(shape.num_layers) * 8, 128);
+  for (const auto& layer : mask) {
+    for (const auto& head : layer) kept_leank.push_back(static_cast<int32_t>(head.size()));
+  }
+  const std::string cpu = CpuName();
+  std::printf("cpu %s; %d layers, resident CTAs %d; medians of %d\n", cpu.c_str(), shape.num_layers,
+              o.resident, o.iters);
+  std::printf("%6s %7s %6s %10s %10s %9s %6s\n", "batch", "context", "impl", "first_us",
+              "steady_us", "items/l", "ctas");
+  nlohmann::json records = nlohmann::json::array();
+  for (int batch : o.batches) {
+    for (int context : o.contexts) {
+      for (bool dense : {true, false}) {
+        const Point p = TimePlan(o, shape, dense, dense ? kept_dense : kept_leank, batch, context);
+        std::printf("%6d %7d %6s %10.1f %10.1f %9d %6d\n", batch, context,
+                    dense ? "dense" : "leank", p.first_us, p.steady_us, p.max_items, p.ctas);
+        std::fflush(stdout);
+        records.push_back({{"scenario", "decode_plan_host"},
+                           {"impl", dense ? "dense" : "leank"},
+                           {"batch", batch},
+                           {"context", context},
+                           {"first_plan_us", p.first_us},
+                           {"steady_plan_us", p.steady_us},
+                           {"max_items_per_layer", p.max_items},
+                           {"ctas_per_layer", p.ctas},
+                           {"resident_ctas", o.resident},
+                           {"layers", shape.num_layers},
+                           {"shape", "llama-3.1-8b: 32 q heads, 8 kv heads, head_dim 128"},
+                           {"mask", dense ? "none (dense mode)" : "LeanK released llama3.1-8b"},
+                           {"timing", "median of iters; BuildDecodeWork only (no table copy)"},
+                           {"iters", o.iters},
+                           {"cpu", cpu},
+                           {"date", Today()},
+                           {"git_commit", o.git_commit}});
+      }
+    }
+  }
+  if (!o.json_path.empty()) {
+    std::ofstream out(o.json_path);
+    out << records.dump(1) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "cannot write %s\n", o.json_path.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace leank
+
+int main(int argc, char** argv) { return leank::Main(argc, argv); }
