@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -103,6 +104,8 @@ std::vector<int32_t> DecodeFullBlocksAfterCompaction(const AttentionShape& shape
                                                      std::span<const int32_t> full_blocks,
                                                      int num_compactions);
 
+struct DecodeWork;  // decode_work.h
+
 // The CTA count a decode plan chose, reused by the next plan while the batch keeps its
 // segments and its heaviest layer's bytes stay within 1/64 (decode grows a token a step).
 struct DecodeCtaChoice {
@@ -136,16 +139,15 @@ class DecodeAttention {
   void Run(int layer, const bf16* q, const bf16* full, const bf16* pruned, float scale, bf16* out,
            cudaStream_t stream) const;
 
-  int num_items(int layer) const { return layer_items_[layer]; }
+  int num_items(int layer) const;
   // Bytes of K/V the planned batch must read for `layer` (the ideal traffic).
-  int64_t kv_bytes(int layer) const { return layer_bytes_[layer]; }
+  int64_t kv_bytes(int layer) const;
 
  private:
   const DeviceMeta& meta_;
   int num_sms_ = 0;
   int num_seqs_ = 0;
-  std::vector<int> layer_items_, layer_item_offset_;
-  std::vector<int64_t> layer_bytes_;
+  std::unique_ptr<DecodeWork> work_;  // the planned work lists (decode_work.h), reused
   int max_items_ = 0;
   DecodeCtaChoice last_choice_;  // of the last Plan that searched
   // Device buffers (grown on demand).

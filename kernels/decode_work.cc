@@ -3,6 +3,7 @@
 #include "kernels/decode_work.h"
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -25,21 +26,102 @@ struct Seg {
   int64_t bytes_per_token;
 };
 
-// Token ranges of `g` for a target of `target` bytes per CTA: about bytes / target equal
-// pieces of whole tiles, at most kMaxSplit.
+// Piece length (tokens, whole tiles) of `g` (tokens >= 1) for a target of `target` bytes
+// per CTA: about bytes / target equal pieces, at most kMaxSplit; the last may be shorter.
+// 32-bit divisions: this runs for every segment of every layer at every step.
+int PieceTokens(const Seg& g, double target) {
+  const int max_split = std::min(detail::kMaxSplit, (g.tokens + kTileTokens - 1) / kTileTokens);
+  // Rounded half away from zero (as lround), clamped before the conversion to int.
+  const int split = static_cast<int>(std::clamp(
+      std::round(double(g.tokens * g.bytes_per_token) / target), 1.0, double(max_split)));
+  static_assert((kTileTokens & (kTileTokens - 1)) == 0);
+  return ((g.tokens + split - 1) / split + kTileTokens - 1) & ~(kTileTokens - 1);
+}
+
+// PieceTokens at one target, memoized by (tokens, bytes per token): a batch's segments
+// repeat a few shapes (equal lengths, a handful of kept counts).
+class PieceMemo {
+ public:
+  explicit PieceMemo(double target) : target_(target) {
+    for (Entry& e : slots_) e.tokens = -1;
+  }
+  int operator()(const Seg& g) {
+    const uint64_t h = uint64_t(g.tokens) * 0x9E3779B97F4A7C15ull ^
+                       uint64_t(g.bytes_per_token) * 0xC2B2AE3D27D4EB4Full;
+    Entry& e = slots_[h >> 58];
+    if (e.tokens != g.tokens || e.bytes_per_token != g.bytes_per_token) {
+      e = {g.tokens, g.bytes_per_token, PieceTokens(g, target_)};
+    }
+    return e.chunk;
+  }
+
+ private:
+  struct Entry {
+    int tokens;
+    int64_t bytes_per_token;
+    int chunk;
+  };
+  double target_;
+  std::array<Entry, 64> slots_;
+};
+
+// Token ranges [b, e) of `g` cut in pieces of `chunk` tokens.
 template <typename F>
-void ForEachPiece(const Seg& g, double target, F&& f) {
-  const int max_split = std::min(detail::kMaxSplit, CeilDiv(g.tokens, kTileTokens));
-  const int split = std::clamp(
-      static_cast<int>(std::lround(double(g.tokens * g.bytes_per_token) / target)), 1, max_split);
-  const int chunk = CeilDiv(CeilDiv(g.tokens, split), kTileTokens) * kTileTokens;
+void ForEachPiece(const Seg& g, int chunk, F&& f) {
   for (int b = 0; b < g.tokens; b += chunk) f(b, std::min(g.tokens, b + chunk));
 }
 
 int CountPieces(const std::vector<Seg>& segs, double target) {
+  PieceMemo piece(target);
   int n = 0;
-  for (const Seg& g : segs) ForEachPiece(g, target, [&](int, int) { ++n; });
+  for (const Seg& g : segs) {
+    const int chunk = piece(g);
+    n += (g.tokens + chunk - 1) / chunk;
+  }
   return n;
+}
+
+// Appends `list` to `out` sorted by `bytes` (one per item) descending, equal bytes in list
+// order: what std::stable_sort gives, by counting. The distinct byte counts are few (the
+// pieces of a segment share a length but the last), so they are hashed, ranked and counted.
+void AppendLargestFirst(const std::vector<DecodeItem>& list, const std::vector<int64_t>& bytes,
+                        std::vector<DecodeItem>* out) {
+  thread_local std::vector<int32_t> table;   // open addressing: index into distinct, -1 empty
+  thread_local std::vector<int32_t> key_of;  // per item: index into distinct
+  thread_local std::vector<int64_t> distinct;
+  thread_local std::vector<int32_t> order, start;  // distinct indices by bytes; run starts
+  const size_t n = list.size();
+  size_t cap = 16;
+  while (cap < 2 * n) cap *= 2;
+  table.assign(cap, -1);
+  key_of.resize(n);
+  distinct.clear();
+  for (size_t i = 0; i < n; ++i) {
+    size_t h = ((uint64_t(bytes[i]) * 0x9E3779B97F4A7C15ull) >> 20) & (cap - 1);
+    while (table[h] >= 0 && distinct[table[h]] != bytes[i]) h = (h + 1) & (cap - 1);
+    if (table[h] < 0) {
+      table[h] = static_cast<int32_t>(distinct.size());
+      distinct.push_back(bytes[i]);
+    }
+    key_of[i] = table[h];
+  }
+  const size_t k = distinct.size();
+  order.resize(k);
+  for (size_t d = 0; d < k; ++d) order[d] = static_cast<int32_t>(d);
+  std::sort(order.begin(), order.end(),
+            [&](int32_t a, int32_t b) { return distinct[a] > distinct[b]; });
+  // start[d]: where distinct value d's items begin in the output (counts, then prefix sums).
+  start.assign(k, 0);
+  for (size_t i = 0; i < n; ++i) ++start[key_of[i]];
+  int32_t at = 0;
+  for (int32_t d : order) {
+    const int32_t c = start[d];
+    start[d] = at;
+    at += c;
+  }
+  const size_t base = out->size();
+  out->resize(base + n);
+  for (size_t i = 0; i < n; ++i) (*out)[base + start[key_of[i]]++] = list[i];
 }
 
 // Fixed cost of one work item (prologue: item, block table and q loads before the first
@@ -52,8 +134,9 @@ constexpr int64_t kItemOverheadBytes = int64_t{70} << 10;
 // them: largest first, each to the slot that frees first, each paying kItemOverheadBytes.
 int64_t Makespan(const std::vector<Seg>& segs, double target, int slots) {
   std::vector<int64_t> cost;
+  PieceMemo piece(target);
   for (const Seg& g : segs) {
-    ForEachPiece(g, target, [&](int b, int e) {
+    ForEachPiece(g, piece(g), [&](int b, int e) {
       cost.push_back((e - b) * g.bytes_per_token + kItemOverheadBytes);
     });
   }
@@ -103,24 +186,52 @@ DecodeCtaChoice SearchCtas(const std::vector<Seg>& segs, int64_t total, int resi
 
 }  // namespace
 
-DecodeWork BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> seq_tokens,
-                           std::span<const int32_t> kept, int resident, int target_ctas,
-                           const DecodeCtaChoice& last) {
+void BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> seq_tokens,
+                     std::span<const int32_t> kept, int resident, int target_ctas,
+                     const DecodeCtaChoice& last, DecodeWork* work) {
   const int S = static_cast<int>(seq_tokens.size() / 2), H = sh.num_kv_heads, D = sh.head_dim,
             L = sh.num_layers;
-  DecodeWork w;
+  DecodeWork& w = *work;  // its vectors keep their capacity from the last step
+  w.items.clear();
+  w.merge_ptr.clear();
+  w.max_items = 0;
+  // Scratch kept across calls too: a step allocates (and page-faults) nothing new once
+  // the batch stops growing. Plans run on one thread per DecodeAttention, often the same.
+  thread_local std::vector<std::vector<Seg>> layer_segs;
+  thread_local std::vector<DecodeItem> layer_list;
+  thread_local std::vector<int64_t> item_bytes;  // of layer_list's items
+  if (static_cast<int>(layer_segs.size()) < L) layer_segs.resize(L);
   // Work lists: every (seq, kv head, region) segment cut into token ranges of about
   // layer_bytes / ctas bytes, whole 64-token tiles, largest first (the hardware then hands
   // the next item to whichever CTA slot frees first). Equal segments (dense) fit one wave
   // exactly and pay the per-item cost once; uneven ones (LeanK heads) need a few waves to
   // balance. Measured on H100 (docs/benchmarks.md): the previous rule, ~1 MB items up to
   // 8 waves, left dense 8 x 32K ... 32 x 16K at 86-87% of read bandwidth, one wave 90-92%.
-  std::vector<std::vector<Seg>> layer_segs(L);
+  //
+  // Layers with the same kept counts (every layer when no sequence has a middle yet, e.g.
+  // dense mode) get the same segments, hence the same list: built once, copied after.
+  bool any_middle = false;
+  for (int s = 0; s < S; ++s) any_middle |= seq_tokens[2 * s + 1] > 0;
+  std::vector<int> source(L);  // the first layer whose list this layer repeats
+  for (int l = 0; l < L; ++l) {
+    source[l] = l;
+    for (int p = 0; p < l && source[l] == l; ++p) {
+      if (source[p] == p &&
+          (!any_middle ||
+           std::equal(kept.begin() + l * H, kept.begin() + (l + 1) * H, kept.begin() + p * H))) {
+        source[l] = p;
+      }
+    }
+  }
   int heaviest = 0;
   w.layer_bytes.assign(L, 0);
   for (int l = 0; l < L; ++l) {
+    if (source[l] != l) {
+      w.layer_bytes[l] = w.layer_bytes[source[l]];
+      continue;
+    }
     std::vector<Seg>& segs = layer_segs[l];
-    segs.reserve(size_t(2) * S * H);
+    segs.clear();
     for (int s = 0; s < S; ++s) {
       const int n = seq_tokens[2 * s], m = seq_tokens[2 * s + 1];
       for (int h = 0; h < H; ++h) {
@@ -132,7 +243,7 @@ DecodeWork BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> se
     for (const Seg& g : segs) w.layer_bytes[l] += g.tokens * g.bytes_per_token;
     if (w.layer_bytes[l] > w.layer_bytes[heaviest]) heaviest = l;
   }
-  const int64_t heavy_bytes = w.layer_bytes[heaviest];
+  const int64_t heavy_bytes = w.layer_bytes[heaviest];  // heaviest is a source layer
   if (target_ctas > 0) {
     w.choice = {layer_segs[heaviest].size(), heavy_bytes, target_ctas, 0};
   } else if (last.ctas > 0 && last.num_segs == layer_segs[heaviest].size() &&
@@ -146,8 +257,16 @@ DecodeWork BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> se
   w.layer_items.assign(L, 0);
   w.layer_item_offset.assign(L, 0);
   w.merge_ptr.reserve(size_t(L) * (size_t(S) * H + 1));
-  std::vector<std::pair<int64_t, DecodeItem>> layer_list;
   for (int l = 0; l < L; ++l) {
+    if (source[l] != l) {
+      const int off = w.layer_item_offset[source[l]], n = w.layer_items[source[l]];
+      w.layer_item_offset[l] = static_cast<int>(w.items.size());
+      w.layer_items[l] = n;
+      for (int i = 0; i < n; ++i) w.items.push_back(w.items[off + i]);  // valid when growing
+      const size_t row = size_t(S) * H + 1, src = size_t(source[l]) * row;
+      for (size_t i = 0; i < row; ++i) w.merge_ptr.push_back(w.merge_ptr[src + i]);
+      continue;
+    }
     // Another layer's splits can round to more items than the heaviest's: fewer, larger
     // ones then, so that no layer starts an extra, nearly empty wave (LeanK 1 x 4K: 291
     // items on 264 slots took 22.0 us instead of 17.1).
@@ -158,23 +277,22 @@ DecodeWork BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> se
       target *= double(n) / (max_waves * resident);
     }
     layer_list.clear();
+    item_bytes.clear();
     int slot = 0;
+    PieceMemo piece(target);
     for (const Seg& g : layer_segs[l]) {
       if (g.region == detail::kRegionFull) w.merge_ptr.push_back(slot);  // first seg of (s, h)
-      ForEachPiece(g, target, [&](int b, int e) {
-        layer_list.push_back(
-            {(e - b) * g.bytes_per_token, DecodeItem{g.seq, g.head, g.region, b, e, slot++}});
+      ForEachPiece(g, piece(g), [&](int b, int e) {
+        item_bytes.push_back((e - b) * g.bytes_per_token);
+        layer_list.push_back(DecodeItem{g.seq, g.head, g.region, b, e, slot++});
       });
     }
     w.merge_ptr.push_back(slot);
-    std::stable_sort(layer_list.begin(), layer_list.end(),
-                     [](const auto& a, const auto& b) { return a.first > b.first; });
     w.layer_item_offset[l] = static_cast<int>(w.items.size());
     w.layer_items[l] = static_cast<int>(layer_list.size());
     w.max_items = std::max(w.max_items, w.layer_items[l]);
-    for (const auto& [bytes, it] : layer_list) w.items.push_back(it);
+    AppendLargestFirst(layer_list, item_bytes, &w.items);
   }
-  return w;
 }
 
 }  // namespace leank::kernels

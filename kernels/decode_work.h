@@ -33,8 +33,10 @@ struct DecodeWork {
 // target_ctas > 0 forces the CTAs per layer (tests, benchmarks); otherwise the choice
 // of `last` is reused when it still applies, else searched (0.5 to 8 resident waves,
 // smallest predicted makespan on the heaviest layer).
-DecodeWork BuildDecodeWork(const AttentionShape& shape, std::span<const int32_t> seq_tokens,
-                           std::span<const int32_t> kept, int resident, int target_ctas,
-                           const DecodeCtaChoice& last);
+// The result replaces `*work`'s contents; pass the same DecodeWork each step so that its
+// vectors keep their capacity (a plan then allocates nothing once the batch is steady).
+void BuildDecodeWork(const AttentionShape& shape, std::span<const int32_t> seq_tokens,
+                     std::span<const int32_t> kept, int resident, int target_ctas,
+                     const DecodeCtaChoice& last, DecodeWork* work);
 
 }  // namespace leank::kernels

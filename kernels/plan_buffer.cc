@@ -32,8 +32,7 @@ void PlanBuffer::Upload(cudaStream_t stream) {
     LEANK_CUDA_CHECK(cudaMalloc(&device_, device_capacity_));
   }
   if (!host_.empty()) std::memcpy(pinned_, host_.data(), host_.size());
-  LEANK_CUDA_CHECK(
-      cudaMemcpyAsync(device_, pinned_, host_.size(), cudaMemcpyHostToDevice, stream));
+  LEANK_CUDA_CHECK(cudaMemcpyAsync(device_, pinned_, host_.size(), cudaMemcpyHostToDevice, stream));
   LEANK_CUDA_CHECK(cudaEventRecord(copied_, stream));
 }
 

@@ -1,8 +1,8 @@
 // BuildDecodeWork (kernels/decode_work.h) on the host: every layer's items cover each
 // (sequence, kv head, region) exactly once in whole tiles, slots and merge ranges agree,
-// items run largest first, bytes are what the regions move, no layer rounds into an
-// extra wave, dense equal segments take one wave, and the CTA choice is reused or forced
-// as documented. Random batches from a fixed seed.
+// items run largest first (a stable order), bytes are what the regions move, no layer rounds into
+// an extra wave, dense equal segments take one wave, and the CTA choice is reused or forced as
+// documented. Random batches from a fixed seed.
 #include "kernels/decode_work.h"
 
 #include <algorithm>
@@ -89,6 +89,8 @@ void CheckWork(const Batch& b, const DecodeWork& w) {
       const int64_t item_bytes =
           int64_t(it.tok_end - it.tok_begin) * BytesPerToken(b, l, it.kv_head, it.region);
       EXPECT_LE(item_bytes, prev_bytes) << "item " << i << " is larger than the one before";
+      // Equal sizes keep the order the pieces were cut in, which is the slot order.
+      if (i > 0 && item_bytes == prev_bytes) EXPECT_GT(it.slot, items[i - 1].slot) << "item " << i;
       prev_bytes = item_bytes;
       bytes += item_bytes;
       ranges[{it.seq, it.kv_head, it.region}].push_back({it.tok_begin, it.tok_end});
@@ -126,6 +128,7 @@ void CheckWork(const Batch& b, const DecodeWork& w) {
 
 TEST(DecodeWork, RandomBatchesCoverEveryRegionOnce) {
   std::mt19937 rng(2508);
+  DecodeWork w;  // reused like DecodeAttention's: nothing of the last batch may remain
   for (int trial = 0; trial < 40; ++trial) {
     SCOPED_TRACE(::testing::Message() << "trial " << trial);
     const bool dense = trial % 3 == 0;
@@ -136,7 +139,7 @@ TEST(DecodeWork, RandomBatchesCoverEveryRegionOnce) {
       n = rng() % 3 == 0 ? picks[rng() % 11] : 1 + static_cast<int64_t>(rng() % 70000);
     }
     Batch b = MakeBatch(rng, dense, lengths);
-    const DecodeWork w = BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 0, {});
+    BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 0, {}, &w);
     CheckWork(b, w);
     EXPECT_GT(w.choice.ctas, 0);
     EXPECT_GT(w.choice.max_waves, 0);
@@ -154,7 +157,8 @@ TEST(DecodeWork, DenseEqualSequencesTakeOneWave) {
   for (int batch : {8, 32, 64}) {
     for (int64_t context : {16384, 32768}) {
       Batch b = MakeBatch(rng, true, std::vector<int64_t>(batch, context));
-      const DecodeWork w = BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 0, {});
+      DecodeWork w;
+      BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 0, {}, &w);
       CheckWork(b, w);
       for (int l = 0; l < b.shape.num_layers; ++l) {
         // One wave, or one item per (seq, kv head) when those alone exceed a wave (64 x 8).
@@ -175,13 +179,15 @@ TEST(DecodeWork, ForcedCtasAndReusedChoice) {
   std::mt19937 rng(7);
   Batch b = MakeBatch(rng, false, {20000, 30000, 5000});
   // Forced: that CTA count, no wave limit.
-  const DecodeWork forced = BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 50, {});
+  DecodeWork forced;
+  BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 50, {}, &forced);
   CheckWork(b, forced);
   EXPECT_EQ(forced.choice.ctas, 50);
   EXPECT_EQ(forced.choice.max_waves, 0);
   // Searched, then reused one token later (bytes within 1/64) and searched again when
   // the bytes moved more. 7 CTAs is no candidate of the search (eighths of 264).
-  const DecodeWork first = BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 0, {});
+  DecodeWork first;
+  BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 0, {}, &first);
   DecodeCtaChoice odd = first.choice;
   odd.ctas = 7;
   Batch next = b;
@@ -190,14 +196,14 @@ TEST(DecodeWork, ForcedCtasAndReusedChoice) {
     next.seq_tokens[s + 1] =
         static_cast<int32_t>(MiddleTokens(next.shape, false, next.seq_tokens[s]));
   }
-  const DecodeWork reused =
-      BuildDecodeWork(next.shape, next.seq_tokens, next.kept, kResident, 0, odd);
+  DecodeWork reused;
+  BuildDecodeWork(next.shape, next.seq_tokens, next.kept, kResident, 0, odd, &reused);
   CheckWork(next, reused);
   EXPECT_EQ(reused.choice.ctas, 7);
   DecodeCtaChoice stale = odd;
   stale.bytes = odd.bytes * 2;
-  const DecodeWork searched =
-      BuildDecodeWork(next.shape, next.seq_tokens, next.kept, kResident, 0, stale);
+  DecodeWork searched;
+  BuildDecodeWork(next.shape, next.seq_tokens, next.kept, kResident, 0, stale, &searched);
   EXPECT_NE(searched.choice.ctas, 7);
   EXPECT_EQ(
       searched.choice.bytes,
@@ -206,15 +212,17 @@ TEST(DecodeWork, ForcedCtasAndReusedChoice) {
   // A batch with another segment count never reuses.
   DecodeCtaChoice other = odd;
   other.num_segs += 1;
-  EXPECT_NE(
-      BuildDecodeWork(next.shape, next.seq_tokens, next.kept, kResident, 0, other).choice.ctas, 7);
+  DecodeWork fresh;
+  BuildDecodeWork(next.shape, next.seq_tokens, next.kept, kResident, 0, other, &fresh);
+  EXPECT_NE(fresh.choice.ctas, 7);
 }
 
 TEST(DecodeWork, ShortBatchOneItemPerSegment) {
   // Contexts under one tile cannot split: one item per (seq, head), no search needed.
   std::mt19937 rng(3);
   Batch b = MakeBatch(rng, false, {1, 17, 63, 64});
-  const DecodeWork w = BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 0, {});
+  DecodeWork w;
+  BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, 0, {}, &w);
   CheckWork(b, w);
   for (int l = 0; l < b.shape.num_layers; ++l) EXPECT_EQ(w.layer_items[l], 4 * 8);
 }
