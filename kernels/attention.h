@@ -104,7 +104,7 @@ std::vector<int32_t> DecodeFullBlocksAfterCompaction(const AttentionShape& shape
                                                      std::span<const int32_t> full_blocks,
                                                      int num_compactions);
 
-struct DecodeWork;  // decode_work.h
+class DecodePlanner;  // decode_work.h
 
 // The CTA count a decode plan chose, reused by the next plan while the batch keeps its
 // segments and its heaviest layer's bytes stay within 1/64 (decode grows a token a step).
@@ -113,6 +113,7 @@ struct DecodeCtaChoice {
   int64_t bytes = 0;    // the heaviest layer's K/V bytes
   int ctas = 0;         // CTAs per layer aimed at
   int max_waves = 0;    // no layer's items may exceed max_waves * resident (0: no limit)
+  bool operator==(const DecodeCtaChoice&) const = default;
 };
 
 // Split-KV decode attention. Not thread-safe; one per stream.
@@ -129,6 +130,13 @@ class DecodeAttention {
   // Plan that are still queued must be on the same stream.
   // `target_ctas` > 0 forces the number of CTAs per layer the plan aims at (tests, benchmarks).
   absl::Status Plan(std::span<const SeqView> seqs, cudaStream_t stream, int target_ctas = 0);
+
+  // Host: builds the work lists of the planned batch one token longer each, for the next
+  // Plan to take if its batch is exactly that. Call it once this step's kernels are queued
+  // and the host would wait for the GPU anyway. Never changes a plan's result.
+  void PrepareNextStep();
+  int64_t plans() const;
+  int64_t prepared_plans() const;  // plans whose work lists PrepareNextStep built
 
   // Attention of layer `layer` for the planned batch.
   // q:      [num_seqs][num_q_heads][head_dim] bf16 (after RoPE)
@@ -147,9 +155,8 @@ class DecodeAttention {
   const DeviceMeta& meta_;
   int num_sms_ = 0;
   int num_seqs_ = 0;
-  std::unique_ptr<DecodeWork> work_;  // the planned work lists (decode_work.h), reused
+  std::unique_ptr<DecodePlanner> planner_;  // the work lists (decode_work.h)
   int max_items_ = 0;
-  DecodeCtaChoice last_choice_;  // of the last Plan that searched
   // Device buffers (grown on demand).
   PlanBuffer plan_;
   float* d_partial_ = nullptr;  // [max_items][G][head_dim + 1] (O then lse)

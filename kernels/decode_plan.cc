@@ -20,11 +20,13 @@ int CeilDiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
 }  // namespace
 
-DecodeAttention::DecodeAttention(const DeviceMeta& meta)
-    : meta_(meta), work_(std::make_unique<DecodeWork>()) {
+DecodeAttention::DecodeAttention(const DeviceMeta& meta) : meta_(meta) {
   int dev = 0;
   LEANK_CUDA_CHECK(cudaGetDevice(&dev));
   LEANK_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
+  const int resident = num_sms_ * detail::DecodeBlocksPerSm(meta.shape().head_dim);
+  planner_ =
+      std::make_unique<DecodePlanner>(meta.shape(), meta.dense(), meta.kept_table(), resident);
 }
 
 DecodeAttention::~DecodeAttention() {
@@ -58,13 +60,10 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
   }
 
   // Every layer's work list (decode_work.h: byte-balanced splits so all SMs are busy).
-  const int resident = num_sms_ * detail::DecodeBlocksPerSm(D);
-  BuildDecodeWork(sh, seq_tokens, meta_.kept_table(), resident, target_ctas, last_choice_,
-                  work_.get());
-  if (target_ctas <= 0) last_choice_ = work_->choice;
-  max_items_ = work_->max_items;
-  const std::vector<DecodeItem>& items = work_->items;
-  const std::vector<int32_t>& merge_ptr = work_->merge_ptr;
+  const DecodeWork& work = planner_->Plan(seq_tokens, target_ctas);
+  max_items_ = work.max_items;
+  const std::vector<DecodeItem>& items = work.items;
+  const std::vector<int32_t>& merge_ptr = work.merge_ptr;
 
   plan_.Clear();
   off_tokens_ = plan_.Append(seq_tokens.data(), seq_tokens.size());
@@ -93,8 +92,11 @@ absl::Status DecodeAttention::Plan(std::span<const SeqView> seqs, cudaStream_t s
   return absl::OkStatus();
 }
 
-int DecodeAttention::num_items(int layer) const { return work_->layer_items[layer]; }
-int64_t DecodeAttention::kv_bytes(int layer) const { return work_->layer_bytes[layer]; }
+void DecodeAttention::PrepareNextStep() { planner_->PrepareNext(); }
+int64_t DecodeAttention::plans() const { return planner_->plans(); }
+int64_t DecodeAttention::prepared_plans() const { return planner_->prepared_used(); }
+int DecodeAttention::num_items(int layer) const { return planner_->work().layer_items[layer]; }
+int64_t DecodeAttention::kv_bytes(int layer) const { return planner_->work().layer_bytes[layer]; }
 
 void DecodeAttention::Run(int layer, const bf16* q, const bf16* full, const bf16* pruned,
                           float scale, bf16* out, cudaStream_t stream) const {
@@ -111,8 +113,8 @@ void DecodeAttention::Run(int layer, const bf16* q, const bf16* full, const bf16
   p.full_idx = reinterpret_cast<const int32_t*>(base + off_full_idx_);
   p.pruned_ptr = reinterpret_cast<const int32_t*>(base + off_pruned_ptr_);
   p.pruned_idx = reinterpret_cast<const int32_t*>(base + off_pruned_idx_);
-  p.items =
-      reinterpret_cast<const DecodeItem*>(base + off_items_) + work_->layer_item_offset[layer];
+  p.items = reinterpret_cast<const DecodeItem*>(base + off_items_) +
+            planner_->work().layer_item_offset[layer];
   p.merge_ptr =
       reinterpret_cast<const int32_t*>(base + off_merge_ptr_) + size_t(layer) * (num_seqs_ * H + 1);
   p.kept = meta_.d_kept() + layer * H;
@@ -128,7 +130,7 @@ void DecodeAttention::Run(int layer, const bf16* q, const bf16* full, const bf16
   p.block_size = sh.block_size;
   p.log2_block = sh.block_size == 16 ? 4 : sh.block_size == 32 ? 5 : 6;
   p.scale_log2 = scale * 1.4426950408889634f;
-  detail::LaunchDecode(p, D, work_->layer_items[layer], num_seqs_, stream);
+  detail::LaunchDecode(p, D, planner_->work().layer_items[layer], num_seqs_, stream);
 }
 
 }  // namespace leank::kernels

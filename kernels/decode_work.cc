@@ -295,4 +295,42 @@ void BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> seq_toke
   }
 }
 
+DecodePlanner::DecodePlanner(const AttentionShape& shape, bool dense, std::span<const int32_t> kept,
+                             int resident)
+    : shape_(shape),
+      dense_(dense),
+      kept_(kept.begin(), kept.end()),
+      resident_(resident),
+      work_(std::make_unique<DecodeWork>()),
+      next_(std::make_unique<DecodeWork>()) {}
+
+const DecodeWork& DecodePlanner::Plan(std::span<const int32_t> seq_tokens, int target_ctas) {
+  ++plans_;
+  const bool same =
+      next_valid_ && target_ctas <= 0 && next_from_ == choice_ &&
+      std::equal(seq_tokens.begin(), seq_tokens.end(), next_tokens_.begin(), next_tokens_.end());
+  next_valid_ = false;
+  if (same) {
+    std::swap(work_, next_);
+    ++prepared_used_;
+  } else {
+    BuildDecodeWork(shape_, seq_tokens, kept_, resident_, target_ctas, choice_, work_.get());
+  }
+  if (target_ctas <= 0) choice_ = work_->choice;
+  tokens_.assign(seq_tokens.begin(), seq_tokens.end());
+  return *work_;
+}
+
+void DecodePlanner::PrepareNext() {
+  next_tokens_.resize(tokens_.size());
+  for (size_t s = 0; s < tokens_.size(); s += 2) {
+    const int64_t n = int64_t{tokens_[s]} + 1;
+    next_tokens_[s] = static_cast<int32_t>(n);
+    next_tokens_[s + 1] = static_cast<int32_t>(MiddleTokens(shape_, dense_, n));
+  }
+  BuildDecodeWork(shape_, next_tokens_, kept_, resident_, 0, choice_, next_.get());
+  next_from_ = choice_;
+  next_valid_ = !tokens_.empty();
+}
+
 }  // namespace leank::kernels

@@ -711,6 +711,10 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   if (num_sampled > 0) {
     sample_status = sampler_.Enqueue(logits_.as<float>(), vocab, row_samples, stream_);
   }
+  // While the GPU runs the step: the decode work lists of the next step, for the case that
+  // it is this batch one token on (the common one); the next Plan takes them only if its
+  // inputs are exactly those (kernels/decode_work.h), else it builds anew.
+  if (num_decode > 0) decode_->PrepareNextStep();
   cudaError_t e = cudaStreamSynchronize(stream_);
   if (e != cudaSuccess) {
     return absl::InternalError(absl::StrCat("CUDA step failed: ", cudaGetErrorString(e)));

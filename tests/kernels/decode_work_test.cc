@@ -227,5 +227,87 @@ TEST(DecodeWork, ShortBatchOneItemPerSegment) {
   for (int l = 0; l < b.shape.num_layers; ++l) EXPECT_EQ(w.layer_items[l], 4 * 8);
 }
 
+void ExpectSameWork(const DecodeWork& a, const DecodeWork& b) {
+  ASSERT_EQ(a.items.size(), b.items.size());
+  for (size_t i = 0; i < a.items.size(); ++i) {
+    const DecodeItem &x = a.items[i], &y = b.items[i];
+    ASSERT_TRUE(x.seq == y.seq && x.kv_head == y.kv_head && x.region == y.region &&
+                x.tok_begin == y.tok_begin && x.tok_end == y.tok_end && x.slot == y.slot)
+        << "item " << i;
+  }
+  EXPECT_EQ(a.merge_ptr, b.merge_ptr);
+  EXPECT_EQ(a.layer_items, b.layer_items);
+  EXPECT_EQ(a.layer_item_offset, b.layer_item_offset);
+  EXPECT_EQ(a.layer_bytes, b.layer_bytes);
+  EXPECT_EQ(a.max_items, b.max_items);
+  EXPECT_TRUE(a.choice == b.choice);
+}
+
+// Decode steps of a batch: each sequence one token longer a step, past compactions
+// (M grows by a block) and the CTA choice's 1/64 drift, so reuse and search both occur.
+std::vector<int32_t> StepTokens(const Batch& b, int step) {
+  std::vector<int32_t> t = b.seq_tokens;
+  for (size_t s = 0; s < t.size(); s += 2) {
+    t[s] += step;
+    t[s + 1] = static_cast<int32_t>(MiddleTokens(b.shape, b.dense, t[s]));
+  }
+  return t;
+}
+
+TEST(DecodePlanner, PreparedListsEqualFreshOnesAndAreUsed) {
+  std::mt19937 rng(11);
+  for (bool dense : {false, true}) {
+    Batch b = MakeBatch(rng, dense, {900, 1200, 5000, 60});
+    DecodePlanner prepared(b.shape, dense, b.kept, kResident),
+        fresh(b.shape, dense, b.kept, kResident);
+    constexpr int kSteps = 200;
+    for (int step = 0; step < kSteps; ++step) {
+      const std::vector<int32_t> tokens = StepTokens(b, step);
+      const DecodeWork& p = prepared.Plan(tokens);
+      const DecodeWork& f = fresh.Plan(tokens);
+      ExpectSameWork(p, f);
+      CheckWork(Batch{b.shape, dense, tokens, b.kept}, p);
+      prepared.PrepareNext();
+    }
+    EXPECT_EQ(prepared.plans(), kSteps);
+    EXPECT_EQ(prepared.prepared_used(), kSteps - 1);  // all but the first
+    EXPECT_EQ(fresh.prepared_used(), 0);
+  }
+}
+
+TEST(DecodePlanner, AnotherBatchIsBuiltAnew) {
+  std::mt19937 rng(12);
+  Batch b = MakeBatch(rng, false, {3000, 7000, 20000});
+  DecodePlanner planner(b.shape, false, b.kept, kResident);
+  DecodePlanner fresh(b.shape, false, b.kept, kResident);
+  planner.Plan(b.seq_tokens);
+  fresh.Plan(b.seq_tokens);
+  planner.PrepareNext();
+  // Two tokens on instead of one; a sequence gone; a forced CTA count: none may use the
+  // prepared lists, each must equal a fresh plan.
+  std::vector<int32_t> two = StepTokens(b, 2);
+  ExpectSameWork(planner.Plan(two), fresh.Plan(two));
+  planner.PrepareNext();
+  std::vector<int32_t> fewer(two.begin(), two.end() - 2);
+  for (size_t s = 0; s < fewer.size(); s += 2) {
+    ++fewer[s];
+    fewer[s + 1] = static_cast<int32_t>(MiddleTokens(b.shape, false, fewer[s]));
+  }
+  ExpectSameWork(planner.Plan(fewer), fresh.Plan(fewer));
+  planner.PrepareNext();
+  std::vector<int32_t> next = fewer;
+  for (size_t s = 0; s < next.size(); s += 2) {
+    ++next[s];
+    next[s + 1] = static_cast<int32_t>(MiddleTokens(b.shape, false, next[s]));
+  }
+  ExpectSameWork(planner.Plan(next, 77), fresh.Plan(next, 77));
+  EXPECT_EQ(planner.work().choice.ctas, 77);
+  EXPECT_EQ(planner.prepared_used(), 0);
+  // The forced plan left the held choice alone: the next default plan matches fresh.
+  planner.PrepareNext();
+  ExpectSameWork(planner.Plan(next), fresh.Plan(next));
+  EXPECT_EQ(planner.prepared_used(), 0);  // it prepared next + 1, not next
+}
+
 }  // namespace
 }  // namespace leank::kernels
