@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
 #include "kernels/decode_work.h"
+#include "kernels/host_pool.h"
 #include "kernels/internal.h"
 
 namespace leank::kernels {
@@ -25,8 +26,8 @@ DecodeAttention::DecodeAttention(const DeviceMeta& meta) : meta_(meta) {
   LEANK_CUDA_CHECK(cudaGetDevice(&dev));
   LEANK_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
   const int resident = num_sms_ * detail::DecodeBlocksPerSm(meta.shape().head_dim);
-  planner_ =
-      std::make_unique<DecodePlanner>(meta.shape(), meta.dense(), meta.kept_table(), resident);
+  planner_ = std::make_unique<DecodePlanner>(meta.shape(), meta.dense(), meta.kept_table(),
+                                             resident, HostPool::DefaultThreads());
 }
 
 DecodeAttention::~DecodeAttention() {

@@ -8,8 +8,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <queue>
 #include <utility>
+
+#include "kernels/host_pool.h"
 
 namespace leank::kernels {
 
@@ -81,11 +84,11 @@ int CountPieces(const std::vector<Seg>& segs, double target) {
   return n;
 }
 
-// Appends `list` to `out` sorted by `bytes` (one per item) descending, equal bytes in list
-// order: what std::stable_sort gives, by counting. The distinct byte counts are few (the
-// pieces of a segment share a length but the last), so they are hashed, ranked and counted.
-void AppendLargestFirst(const std::vector<DecodeItem>& list, const std::vector<int64_t>& bytes,
-                        std::vector<DecodeItem>* out) {
+// Writes `list` to out[0, list.size()) sorted by `bytes` (one per item) descending, equal
+// bytes in list order: what std::stable_sort gives, by counting. The distinct byte counts are few
+// (the pieces of a segment share a length but the last), so they are hashed, ranked and counted.
+void WriteLargestFirst(const std::vector<DecodeItem>& list, const std::vector<int64_t>& bytes,
+                       DecodeItem* out) {
   thread_local std::vector<int32_t> table;   // open addressing: index into distinct, -1 empty
   thread_local std::vector<int32_t> key_of;  // per item: index into distinct
   thread_local std::vector<int64_t> distinct;
@@ -119,9 +122,7 @@ void AppendLargestFirst(const std::vector<DecodeItem>& list, const std::vector<i
     start[d] = at;
     at += c;
   }
-  const size_t base = out->size();
-  out->resize(base + n);
-  for (size_t i = 0; i < n; ++i) (*out)[base + start[key_of[i]]++] = list[i];
+  for (size_t i = 0; i < n; ++i) out[start[key_of[i]]++] = list[i];
 }
 
 // Fixed cost of one work item (prologue: item, block table and q loads before the first
@@ -188,19 +189,20 @@ DecodeCtaChoice SearchCtas(const std::vector<Seg>& segs, int64_t total, int resi
 
 void BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> seq_tokens,
                      std::span<const int32_t> kept, int resident, int target_ctas,
-                     const DecodeCtaChoice& last, DecodeWork* work) {
+                     const DecodeCtaChoice& last, DecodeWork* work, HostPool* pool) {
   const int S = static_cast<int>(seq_tokens.size() / 2), H = sh.num_kv_heads, D = sh.head_dim,
             L = sh.num_layers;
   DecodeWork& w = *work;  // its vectors keep their capacity from the last step
-  w.items.clear();
-  w.merge_ptr.clear();
-  w.max_items = 0;
   // Scratch kept across calls too: a step allocates (and page-faults) nothing new once
-  // the batch stops growing. Plans run on one thread per DecodeAttention, often the same.
-  thread_local std::vector<std::vector<Seg>> layer_segs;
-  thread_local std::vector<DecodeItem> layer_list;
-  thread_local std::vector<int64_t> item_bytes;  // of layer_list's items
+  // the batch stops growing. The per-layer scratch is the calling thread's; pool threads
+  // use it for the layers they are given, and their own for the rest.
+  // (Lambdas do not capture thread_locals: these references name the caller's.)
+  thread_local std::vector<std::vector<Seg>> caller_segs;
+  thread_local std::vector<double> caller_target;
+  std::vector<std::vector<Seg>>& layer_segs = caller_segs;
+  std::vector<double>& layer_target = caller_target;
   if (static_cast<int>(layer_segs.size()) < L) layer_segs.resize(L);
+  layer_target.assign(L, 0.0);
   // Work lists: every (seq, kv head, region) segment cut into token ranges of about
   // layer_bytes / ctas bytes, whole 64-token tiles, largest first (the hardware then hands
   // the next item to whichever CTA slot frees first). Equal segments (dense) fit one wave
@@ -212,7 +214,7 @@ void BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> seq_toke
   // dense mode) get the same segments, hence the same list: built once, copied after.
   bool any_middle = false;
   for (int s = 0; s < S; ++s) any_middle |= seq_tokens[2 * s + 1] > 0;
-  std::vector<int> source(L);  // the first layer whose list this layer repeats
+  std::vector<int> source(L), sources;  // the first layer whose list a layer repeats
   for (int l = 0; l < L; ++l) {
     source[l] = l;
     for (int p = 0; p < l && source[l] == l; ++p) {
@@ -222,16 +224,24 @@ void BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> seq_toke
         source[l] = p;
       }
     }
+    if (source[l] == l) sources.push_back(l);
   }
-  int heaviest = 0;
-  w.layer_bytes.assign(L, 0);
-  for (int l = 0; l < L; ++l) {
-    if (source[l] != l) {
-      w.layer_bytes[l] = w.layer_bytes[source[l]];
-      continue;
+  // Layers in parallel on `pool` when the plan is large enough to pay for the hand-off.
+  const bool parallel = pool != nullptr && pool->threads() > 1 &&
+                        int64_t{S} * H * static_cast<int64_t>(sources.size()) >= 1024;
+  auto for_sources = [&](const std::function<void(int)>& fn) {
+    if (parallel) {
+      pool->ParallelFor(static_cast<int>(sources.size()), [&](int i) { fn(sources[i]); });
+    } else {
+      for (int l : sources) fn(l);
     }
+  };
+
+  w.layer_bytes.assign(L, 0);
+  for_sources([&](int l) {
     std::vector<Seg>& segs = layer_segs[l];
     segs.clear();
+    int64_t bytes = 0;
     for (int s = 0; s < S; ++s) {
       const int n = seq_tokens[2 * s], m = seq_tokens[2 * s + 1];
       for (int h = 0; h < H; ++h) {
@@ -240,10 +250,15 @@ void BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> seq_toke
         if (k > 0) segs.push_back({s, h, detail::kRegionPruned, m, 2 * int64_t(k + D)});
       }
     }
-    for (const Seg& g : segs) w.layer_bytes[l] += g.tokens * g.bytes_per_token;
-    if (w.layer_bytes[l] > w.layer_bytes[heaviest]) heaviest = l;
+    for (const Seg& g : segs) bytes += g.tokens * g.bytes_per_token;
+    w.layer_bytes[l] = bytes;
+  });
+  int heaviest = 0;
+  for (int l = 0; l < L; ++l) {
+    if (source[l] != l) w.layer_bytes[l] = w.layer_bytes[source[l]];
+    if (w.layer_bytes[l] > w.layer_bytes[heaviest]) heaviest = l;  // a source layer
   }
-  const int64_t heavy_bytes = w.layer_bytes[heaviest];  // heaviest is a source layer
+  const int64_t heavy_bytes = w.layer_bytes[heaviest];
   if (target_ctas > 0) {
     w.choice = {layer_segs[heaviest].size(), heavy_bytes, target_ctas, 0};
   } else if (last.ctas > 0 && last.num_segs == layer_segs[heaviest].size() &&
@@ -254,55 +269,71 @@ void BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> seq_toke
   }
   const int ctas = w.choice.ctas, max_waves = w.choice.max_waves;
 
+  // Each layer's target and item count, then where its items and merge ranges go.
   w.layer_items.assign(L, 0);
-  w.layer_item_offset.assign(L, 0);
-  w.merge_ptr.reserve(size_t(L) * (size_t(S) * H + 1));
-  for (int l = 0; l < L; ++l) {
-    if (source[l] != l) {
-      const int off = w.layer_item_offset[source[l]], n = w.layer_items[source[l]];
-      w.layer_item_offset[l] = static_cast<int>(w.items.size());
-      w.layer_items[l] = n;
-      for (int i = 0; i < n; ++i) w.items.push_back(w.items[off + i]);  // valid when growing
-      const size_t row = size_t(S) * H + 1, src = size_t(source[l]) * row;
-      for (size_t i = 0; i < row; ++i) w.merge_ptr.push_back(w.merge_ptr[src + i]);
-      continue;
-    }
+  for_sources([&](int l) {
     // Another layer's splits can round to more items than the heaviest's: fewer, larger
     // ones then, so that no layer starts an extra, nearly empty wave (LeanK 1 x 4K: 291
     // items on 264 slots took 22.0 us instead of 17.1).
     double target = std::max(1.0, double(w.layer_bytes[l]) / ctas);
-    for (int i = 0; i < 4 && max_waves > 0; ++i) {
-      const int n = CountPieces(layer_segs[l], target);
-      if (n <= max_waves * resident) break;
+    int n = CountPieces(layer_segs[l], target);
+    for (int i = 0; i < 4 && max_waves > 0 && n > max_waves * resident; ++i) {
       target *= double(n) / (max_waves * resident);
+      n = CountPieces(layer_segs[l], target);
     }
+    layer_target[l] = target;
+    w.layer_items[l] = n;
+  });
+  w.layer_item_offset.assign(L, 0);
+  w.max_items = 0;
+  int total = 0;
+  for (int l = 0; l < L; ++l) {
+    if (source[l] != l) w.layer_items[l] = w.layer_items[source[l]];
+    w.layer_item_offset[l] = total;
+    total += w.layer_items[l];
+    w.max_items = std::max(w.max_items, w.layer_items[l]);
+  }
+  const size_t row = size_t(S) * H + 1;  // merge_ptr entries per layer
+  w.items.resize(total);
+  w.merge_ptr.resize(L * row);
+
+  for_sources([&](int l) {
+    thread_local std::vector<DecodeItem> layer_list;
+    thread_local std::vector<int64_t> item_bytes;  // of layer_list's items
     layer_list.clear();
     item_bytes.clear();
+    int32_t* merge = w.merge_ptr.data() + l * row;
     int slot = 0;
-    PieceMemo piece(target);
+    PieceMemo piece(layer_target[l]);
     for (const Seg& g : layer_segs[l]) {
-      if (g.region == detail::kRegionFull) w.merge_ptr.push_back(slot);  // first seg of (s, h)
+      if (g.region == detail::kRegionFull) *merge++ = slot;  // first seg of (s, h)
       ForEachPiece(g, piece(g), [&](int b, int e) {
         item_bytes.push_back((e - b) * g.bytes_per_token);
         layer_list.push_back(DecodeItem{g.seq, g.head, g.region, b, e, slot++});
       });
     }
-    w.merge_ptr.push_back(slot);
-    w.layer_item_offset[l] = static_cast<int>(w.items.size());
-    w.layer_items[l] = static_cast<int>(layer_list.size());
-    w.max_items = std::max(w.max_items, w.layer_items[l]);
-    AppendLargestFirst(layer_list, item_bytes, &w.items);
+    *merge = slot;
+    WriteLargestFirst(layer_list, item_bytes, w.items.data() + w.layer_item_offset[l]);
+  });
+  for (int l = 0; l < L; ++l) {
+    if (source[l] == l) continue;
+    std::copy_n(w.items.begin() + w.layer_item_offset[source[l]], w.layer_items[l],
+                w.items.begin() + w.layer_item_offset[l]);
+    std::copy_n(w.merge_ptr.begin() + source[l] * row, row, w.merge_ptr.begin() + l * row);
   }
 }
 
 DecodePlanner::DecodePlanner(const AttentionShape& shape, bool dense, std::span<const int32_t> kept,
-                             int resident)
+                             int resident, int threads)
     : shape_(shape),
       dense_(dense),
       kept_(kept.begin(), kept.end()),
       resident_(resident),
+      pool_(std::make_unique<HostPool>(threads)),
       work_(std::make_unique<DecodeWork>()),
       next_(std::make_unique<DecodeWork>()) {}
+
+DecodePlanner::~DecodePlanner() = default;
 
 const DecodeWork& DecodePlanner::Plan(std::span<const int32_t> seq_tokens, int target_ctas) {
   ++plans_;
@@ -314,7 +345,8 @@ const DecodeWork& DecodePlanner::Plan(std::span<const int32_t> seq_tokens, int t
     std::swap(work_, next_);
     ++prepared_used_;
   } else {
-    BuildDecodeWork(shape_, seq_tokens, kept_, resident_, target_ctas, choice_, work_.get());
+    BuildDecodeWork(shape_, seq_tokens, kept_, resident_, target_ctas, choice_, work_.get(),
+                    pool_.get());
   }
   if (target_ctas <= 0) choice_ = work_->choice;
   tokens_.assign(seq_tokens.begin(), seq_tokens.end());
@@ -328,7 +360,7 @@ void DecodePlanner::PrepareNext() {
     next_tokens_[s] = static_cast<int32_t>(n);
     next_tokens_[s + 1] = static_cast<int32_t>(MiddleTokens(shape_, dense_, n));
   }
-  BuildDecodeWork(shape_, next_tokens_, kept_, resident_, 0, choice_, next_.get());
+  BuildDecodeWork(shape_, next_tokens_, kept_, resident_, 0, choice_, next_.get(), pool_.get());
   next_from_ = choice_;
   next_valid_ = !tokens_.empty();
 }

@@ -16,6 +16,8 @@
 
 namespace leank::kernels {
 
+class HostPool;  // host_pool.h
+
 struct DecodeWork {
   // Every layer's items, layer after layer; within a layer largest (bytes) first. A
   // (seq, kv head)'s items have contiguous slots, full region first.
@@ -37,9 +39,11 @@ struct DecodeWork {
 // smallest predicted makespan on the heaviest layer).
 // The result replaces `*work`'s contents; pass the same DecodeWork each step so that its
 // vectors keep their capacity (a plan then allocates nothing once the batch is steady).
+// With a `pool` of more than one thread, large plans build their layers in parallel (the
+// result is the same).
 void BuildDecodeWork(const AttentionShape& shape, std::span<const int32_t> seq_tokens,
                      std::span<const int32_t> kept, int resident, int target_ctas,
-                     const DecodeCtaChoice& last, DecodeWork* work);
+                     const DecodeCtaChoice& last, DecodeWork* work, HostPool* pool = nullptr);
 
 // The work lists of one DecodeAttention, step after step: keeps the CTA choice between
 // steps and can build the next step's lists ahead of time. PrepareNext() (called while
@@ -49,9 +53,11 @@ void BuildDecodeWork(const AttentionShape& shape, std::span<const int32_t> seq_t
 // choice held, so prepared lists are a pure saving, never a difference.
 class DecodePlanner {
  public:
-  // kept: [layers][num_kv_heads] (copied); dense: no middle region (M = 0).
+  // kept: [layers][num_kv_heads] (copied); dense: no middle region (M = 0); threads:
+  // host threads a plan may use (HostPool::DefaultThreads() in DecodeAttention).
   DecodePlanner(const AttentionShape& shape, bool dense, std::span<const int32_t> kept,
-                int resident);
+                int resident, int threads = 1);
+  ~DecodePlanner();
 
   // seq_tokens: [seqs][2] = n, M(n). target_ctas > 0 forces the CTA count (and neither
   // reads nor changes the choice held).
@@ -68,6 +74,7 @@ class DecodePlanner {
   bool dense_;
   std::vector<int32_t> kept_;
   int resident_;
+  std::unique_ptr<HostPool> pool_;
   DecodeCtaChoice choice_;                   // of the last Plan that searched or reused
   std::unique_ptr<DecodeWork> work_, next_;  // the current lists; the prepared ones
   std::vector<int32_t> tokens_, next_tokens_;

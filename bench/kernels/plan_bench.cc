@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/decode_work.h"
+#include "kernels/host_pool.h"
 #include "nlohmann/json.hpp"
 
 namespace leank {
@@ -24,6 +25,7 @@ using kernels::AttentionShape;
 using kernels::BuildDecodeWork;
 using kernels::DecodeCtaChoice;
 using kernels::DecodeWork;
+using kernels::HostPool;
 using Clock = std::chrono::steady_clock;
 
 struct Options {
@@ -34,6 +36,7 @@ struct Options {
   std::vector<int> contexts = {1024, 4096, 32768};
   int resident = 264;  // H100: 132 SMs x 2 decode CTAs
   int iters = 30;
+  int threads = 1;  // host threads of the plan (DecodeAttention uses HostPool::DefaultThreads())
   std::string git_commit = "unknown";
 };
 
@@ -72,7 +75,7 @@ struct Point {
 };
 
 Point TimePlan(const Options& o, const AttentionShape& shape, bool dense,
-               const std::vector<int32_t>& kept, int batch, int context) {
+               const std::vector<int32_t>& kept, int batch, int context, HostPool* pool) {
   std::vector<int32_t> seq_tokens(2 * batch);
   auto set_lengths = [&](int64_t n) {
     for (int s = 0; s < batch; ++s) {
@@ -86,7 +89,7 @@ Point TimePlan(const Options& o, const AttentionShape& shape, bool dense,
   for (int it = 0; it < o.iters; ++it) {
     set_lengths(context);
     auto t0 = Clock::now();
-    BuildDecodeWork(shape, seq_tokens, kept, o.resident, 0, DecodeCtaChoice{}, &work);
+    BuildDecodeWork(shape, seq_tokens, kept, o.resident, 0, DecodeCtaChoice{}, &work, pool);
     first.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     p.max_items = work.max_items;
     p.ctas = work.choice.ctas;
@@ -94,7 +97,7 @@ Point TimePlan(const Options& o, const AttentionShape& shape, bool dense,
     const DecodeCtaChoice choice = work.choice;
     set_lengths(context + 1 + it % 16);
     t0 = Clock::now();
-    BuildDecodeWork(shape, seq_tokens, kept, o.resident, 0, choice, &work);
+    BuildDecodeWork(shape, seq_tokens, kept, o.resident, 0, choice, &work, pool);
     steady.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     if (work.items.empty()) std::abort();  // keeps the work observable
   }
@@ -117,6 +120,8 @@ int Main(int argc, char** argv) {
       o.contexts = ParseList(argv[++i]);
     } else if (arg("--resident")) {
       o.resident = std::stoi(argv[++i]);
+    } else if (arg("--threads")) {
+      o.threads = std::stoi(argv[++i]);
     } else if (arg("--iters")) {
       o.iters = std::stoi(argv[++i]);
     } else if (arg("--git-commit")) {
@@ -124,13 +129,13 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 1024,...] "
-                   "[--resident 264] [--iters N] [--git-commit SHA]\n",
+                   "[--resident 264] [--threads N] [--iters N] [--git-commit SHA]\n",
                    argv[0]);
       return 2;
     }
   }
-  if (o.iters < 1 || o.resident < 1) {
-    std::fprintf(stderr, "--iters and --resident must be >= 1\n");
+  if (o.iters < 1 || o.resident < 1 || o.threads < 1) {
+    std::fprintf(stderr, "--iters, --resident and --threads must be >= 1\n");
     return 2;
   }
   std::ifstream f(o.mask_path);
@@ -146,6 +151,7 @@ int Main(int argc, char** argv) {
     for (const auto& head : layer) kept_leank.push_back(static_cast<int32_t>(head.size()));
   }
   const std::string cpu = CpuName();
+  HostPool pool(o.threads);
   std::printf("cpu %s; %d layers, resident CTAs %d; medians of %d\n", cpu.c_str(), shape.num_layers,
               o.resident, o.iters);
   std::printf("%6s %7s %6s %10s %10s %9s %6s\n", "batch", "context", "impl", "first_us",
@@ -154,7 +160,8 @@ int Main(int argc, char** argv) {
   for (int batch : o.batches) {
     for (int context : o.contexts) {
       for (bool dense : {true, false}) {
-        const Point p = TimePlan(o, shape, dense, dense ? kept_dense : kept_leank, batch, context);
+        const Point p =
+            TimePlan(o, shape, dense, dense ? kept_dense : kept_leank, batch, context, &pool);
         std::printf("%6d %7d %6s %10.1f %10.1f %9d %6d\n", batch, context,
                     dense ? "dense" : "leank", p.first_us, p.steady_us, p.max_items, p.ctas);
         std::fflush(stdout);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/host_pool.h"
 
 namespace leank::kernels {
 namespace {
@@ -126,6 +127,22 @@ void CheckWork(const Batch& b, const DecodeWork& w) {
   EXPECT_EQ(w.max_items, max_items);
 }
 
+void ExpectSameWork(const DecodeWork& a, const DecodeWork& b) {
+  ASSERT_EQ(a.items.size(), b.items.size());
+  for (size_t i = 0; i < a.items.size(); ++i) {
+    const DecodeItem &x = a.items[i], &y = b.items[i];
+    ASSERT_TRUE(x.seq == y.seq && x.kv_head == y.kv_head && x.region == y.region &&
+                x.tok_begin == y.tok_begin && x.tok_end == y.tok_end && x.slot == y.slot)
+        << "item " << i;
+  }
+  EXPECT_EQ(a.merge_ptr, b.merge_ptr);
+  EXPECT_EQ(a.layer_items, b.layer_items);
+  EXPECT_EQ(a.layer_item_offset, b.layer_item_offset);
+  EXPECT_EQ(a.layer_bytes, b.layer_bytes);
+  EXPECT_EQ(a.max_items, b.max_items);
+  EXPECT_TRUE(a.choice == b.choice);
+}
+
 TEST(DecodeWork, RandomBatchesCoverEveryRegionOnce) {
   std::mt19937 rng(2508);
   DecodeWork w;  // reused like DecodeAttention's: nothing of the last batch may remain
@@ -227,22 +244,6 @@ TEST(DecodeWork, ShortBatchOneItemPerSegment) {
   for (int l = 0; l < b.shape.num_layers; ++l) EXPECT_EQ(w.layer_items[l], 4 * 8);
 }
 
-void ExpectSameWork(const DecodeWork& a, const DecodeWork& b) {
-  ASSERT_EQ(a.items.size(), b.items.size());
-  for (size_t i = 0; i < a.items.size(); ++i) {
-    const DecodeItem &x = a.items[i], &y = b.items[i];
-    ASSERT_TRUE(x.seq == y.seq && x.kv_head == y.kv_head && x.region == y.region &&
-                x.tok_begin == y.tok_begin && x.tok_end == y.tok_end && x.slot == y.slot)
-        << "item " << i;
-  }
-  EXPECT_EQ(a.merge_ptr, b.merge_ptr);
-  EXPECT_EQ(a.layer_items, b.layer_items);
-  EXPECT_EQ(a.layer_item_offset, b.layer_item_offset);
-  EXPECT_EQ(a.layer_bytes, b.layer_bytes);
-  EXPECT_EQ(a.max_items, b.max_items);
-  EXPECT_TRUE(a.choice == b.choice);
-}
-
 // Decode steps of a batch: each sequence one token longer a step, past compactions
 // (M grows by a block) and the CTA choice's 1/64 drift, so reuse and search both occur.
 std::vector<int32_t> StepTokens(const Batch& b, int step) {
@@ -254,11 +255,29 @@ std::vector<int32_t> StepTokens(const Batch& b, int step) {
   return t;
 }
 
+TEST(DecodeWork, ParallelBuildEqualsSerial) {
+  std::mt19937 rng(2026);
+  HostPool pool(3);
+  DecodeWork serial, parallel;  // both reused across batches
+  for (int trial = 0; trial < 12; ++trial) {
+    SCOPED_TRACE(::testing::Message() << "trial " << trial);
+    std::vector<int64_t> lengths(4 + rng() % 60);  // above the parallel threshold
+    for (auto& n : lengths) n = 1 + static_cast<int64_t>(rng() % 40000);
+    Batch b = MakeBatch(rng, trial % 4 == 0, lengths, 1 + static_cast<int>(rng() % 32));
+    const int target = trial % 5 == 4 ? 300 : 0;
+    BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, target, {}, &serial);
+    BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, target, {}, &parallel, &pool);
+    ExpectSameWork(serial, parallel);
+    CheckWork(b, parallel);
+  }
+}
+
 TEST(DecodePlanner, PreparedListsEqualFreshOnesAndAreUsed) {
   std::mt19937 rng(11);
   for (bool dense : {false, true}) {
     Batch b = MakeBatch(rng, dense, {900, 1200, 5000, 60});
-    DecodePlanner prepared(b.shape, dense, b.kept, kResident),
+    // The prepared planner also builds with 2 threads.
+    DecodePlanner prepared(b.shape, dense, b.kept, kResident, 2),
         fresh(b.shape, dense, b.kept, kResident);
     constexpr int kSteps = 200;
     for (int step = 0; step < kSteps; ++step) {
