@@ -228,7 +228,7 @@ void BuildDecodeWork(const AttentionShape& sh, std::span<const int32_t> seq_toke
   }
   // Layers in parallel on `pool` when the plan is large enough to pay for the hand-off.
   const bool parallel = pool != nullptr && pool->threads() > 1 &&
-                        int64_t{S} * H * static_cast<int64_t>(sources.size()) >= 1024;
+                        int64_t{S} * H * static_cast<int64_t>(sources.size()) >= 4096;
   auto for_sources = [&](const std::function<void(int)>& fn) {
     if (parallel) {
       pool->ParallelFor(static_cast<int>(sources.size()), [&](int i) { fn(sources[i]); });

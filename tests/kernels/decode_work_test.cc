@@ -261,9 +261,13 @@ TEST(DecodeWork, ParallelBuildEqualsSerial) {
   DecodeWork serial, parallel;  // both reused across batches
   for (int trial = 0; trial < 12; ++trial) {
     SCOPED_TRACE(::testing::Message() << "trial " << trial);
-    std::vector<int64_t> lengths(4 + rng() % 60);  // above the parallel threshold
+    // Above the parallel threshold (4096 seq x kv head x distinct layer segments): masked
+    // batches of 32-63 sequences over 16-32 layers, dense ones (one distinct layer) of
+    // 512-700 sequences.
+    const bool dense = trial % 4 == 0;
+    std::vector<int64_t> lengths(dense ? 512 + rng() % 189 : 32 + rng() % 32);
     for (auto& n : lengths) n = 1 + static_cast<int64_t>(rng() % 40000);
-    Batch b = MakeBatch(rng, trial % 4 == 0, lengths, 1 + static_cast<int>(rng() % 32));
+    Batch b = MakeBatch(rng, dense, lengths, dense ? 4 : 16 + static_cast<int>(rng() % 17));
     const int target = trial % 5 == 4 ? 300 : 0;
     BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, target, {}, &serial);
     BuildDecodeWork(b.shape, b.seq_tokens, b.kept, kResident, target, {}, &parallel, &pool);
