@@ -106,36 +106,50 @@ Point TimePlan(const Options& o, const AttentionShape& shape, bool dense,
   return p;
 }
 
+constexpr char kUsage[] =
+    "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 1024,...] "
+    "[--resident 264] [--threads N] [--iters N] [--git-commit SHA]\n";
+
 int Main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    auto arg = [&](const char* name) { return std::strcmp(argv[i], name) == 0 && i + 1 < argc; };
-    if (arg("--json")) {
-      o.json_path = argv[++i];
-    } else if (arg("--mask")) {
-      o.mask_path = argv[++i];
-    } else if (arg("--batches")) {
-      o.batches = ParseList(argv[++i]);
-    } else if (arg("--contexts")) {
-      o.contexts = ParseList(argv[++i]);
-    } else if (arg("--resident")) {
-      o.resident = std::stoi(argv[++i]);
-    } else if (arg("--threads")) {
-      o.threads = std::stoi(argv[++i]);
-    } else if (arg("--iters")) {
-      o.iters = std::stoi(argv[++i]);
-    } else if (arg("--git-commit")) {
-      o.git_commit = argv[++i];
-    } else {
-      std::fprintf(stderr,
-                   "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 1024,...] "
-                   "[--resident 264] [--threads N] [--iters N] [--git-commit SHA]\n",
-                   argv[0]);
-      return 2;
+  try {
+    for (int i = 1; i < argc; ++i) {
+      auto arg = [&](const char* name) { return std::strcmp(argv[i], name) == 0 && i + 1 < argc; };
+      if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+        std::printf(kUsage, argv[0]);
+        return 0;
+      } else if (arg("--json")) {
+        o.json_path = argv[++i];
+      } else if (arg("--mask")) {
+        o.mask_path = argv[++i];
+      } else if (arg("--batches")) {
+        o.batches = ParseList(argv[++i]);
+      } else if (arg("--contexts")) {
+        o.contexts = ParseList(argv[++i]);
+      } else if (arg("--resident")) {
+        o.resident = std::stoi(argv[++i]);
+      } else if (arg("--threads")) {
+        o.threads = std::stoi(argv[++i]);
+      } else if (arg("--iters")) {
+        o.iters = std::stoi(argv[++i]);
+      } else if (arg("--git-commit")) {
+        o.git_commit = argv[++i];
+      } else {
+        std::fprintf(stderr, "unknown or incomplete option %s\n", argv[i]);
+        std::fprintf(stderr, kUsage, argv[0]);
+        return 2;
+      }
     }
+  } catch (const std::exception&) {  // std::stoi: not a number
+    std::fprintf(stderr, "option values must be integers (lists: 1,8,32)\n");
+    return 2;
   }
-  if (o.iters < 1 || o.resident < 1 || o.threads < 1) {
-    std::fprintf(stderr, "--iters, --resident and --threads must be >= 1\n");
+  const auto positive = [](const std::vector<int>& v) {
+    return !v.empty() && std::all_of(v.begin(), v.end(), [](int x) { return x >= 1; });
+  };
+  if (o.iters < 1 || o.resident < 1 || o.threads < 1 || !positive(o.batches) ||
+      !positive(o.contexts)) {
+    std::fprintf(stderr, "--iters, --resident, --threads, --batches and --contexts must be >= 1\n");
     return 2;
   }
   std::ifstream f(o.mask_path);
@@ -143,8 +157,20 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "cannot open mask %s\n", o.mask_path.c_str());
     return 1;
   }
-  const auto mask =
-      nlohmann::json::parse(f).at("kept").get<std::vector<std::vector<std::vector<int>>>>();
+  std::vector<std::vector<std::vector<int>>> mask;
+  try {
+    mask = nlohmann::json::parse(f).at("kept").get<decltype(mask)>();
+  } catch (const nlohmann::json::exception& e) {
+    std::fprintf(stderr, "mask %s: not a kept-channel JSON ({\"kept\": [layer][head][ch]}): %s\n",
+                 o.mask_path.c_str(), e.what());
+    return 1;
+  }
+  if (mask.empty() ||
+      !std::all_of(mask.begin(), mask.end(), [](const auto& l) { return l.size() == 8; })) {
+    std::fprintf(stderr, "mask %s: want [layers][8 kv heads][channels] (Llama-3.1-8B shape)\n",
+                 o.mask_path.c_str());
+    return 1;
+  }
   const AttentionShape shape{static_cast<int>(mask.size()), 8, 32, 128, 16, 128, 768};
   std::vector<int32_t> kept_leank, kept_dense(size_t(shape.num_layers) * 8, 128);
   for (const auto& layer : mask) {
