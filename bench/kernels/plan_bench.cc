@@ -201,6 +201,7 @@ int Main(int argc, char** argv) {
              {"max_items_per_layer", p.max_items},
              {"ctas_per_layer", p.ctas},
              {"resident_ctas", o.resident},
+             {"plan_threads", o.threads},
              {"layers", shape.num_layers},
              {"shape", "llama-3.1-8b: 32 q heads, 8 kv heads, head_dim 128"},
              {"mask", dense ? "none (dense mode)" : "LeanK released llama3.1-8b"},
