@@ -178,8 +178,8 @@ int Main(int argc, char** argv) {
   }
   const std::string cpu = CpuName();
   HostPool pool(o.threads);
-  std::printf("cpu %s; %d layers, resident CTAs %d; medians of %d\n", cpu.c_str(), shape.num_layers,
-              o.resident, o.iters);
+  std::printf("cpu %s; %d layers, resident CTAs %d, %d plan threads; medians of %d\n", cpu.c_str(),
+              shape.num_layers, o.resident, o.threads, o.iters);
   std::printf("%6s %7s %6s %10s %10s %9s %6s\n", "batch", "context", "impl", "first_us",
               "steady_us", "items/l", "ctas");
   nlohmann::json records = nlohmann::json::array();
