@@ -151,6 +151,14 @@ struct Bench {
                 {"device_sampling", args.device_sampling}};
   }
 
+  // How many decode plans took the work lists built ahead during the step before.
+  static void AddPlanStats(const Backend& b, json* r) {
+    auto st = GetCudaGraphStats(&b);
+    if (!st.ok()) return;
+    (*r)["decode_plans"] = st->decode_plans;
+    (*r)["decode_plans_prepared"] = st->decode_plans_prepared;
+  }
+
   // Prefill `ctx` tokens in chunks, then time decode steps at batch 1.
   void Batch1(bool leank, int64_t ctx) {
     cache::CacheLayout layout = Layout(leank);
@@ -209,6 +217,7 @@ struct Bench {
     r["fraction_of_all_weights_bound"] = (args.decode_steps / s) / (read_bw / all_bytes);
     r["prefill_s"] = prefill_s;
     r["decode_steps"] = args.decode_steps;
+    AddPlanStats(*b, &r);
     records.push_back(r);
     std::printf(
         "batch1   %-6s ctx %6lld: %7.1f tok/s (%.2f ms; median step %.2f ms, p10 %.2f, p90 %.2f), "
@@ -277,6 +286,7 @@ struct Bench {
     r["tokens_per_s"] = batch * steps / s;
     r["ms_per_step"] = 1e3 * s / steps;
     r["cache_content"] = "random bf16 (allocated, not prefilled)";
+    AddPlanStats(*b, &r);
     records.push_back(r);
     std::printf("capacity %-6s ctx %6lld, %.0f GB KV: max batch %d, %.1f tok/s (%.2f ms/step)\n",
                 leank ? "leank" : "dense", static_cast<long long>(ctx), args.capacity_kv_gb, batch,
@@ -409,10 +419,13 @@ int main(int argc, char** argv) {
   app.add_option("--block-size", a.block);
   app.add_option("--graphs", a.graphs, "CUDA graphs for decode steps (default true)");
   app.add_option("--gemv", a.gemv, "small-batch GEMV kernel for 1-2 rows (default true)");
-  app.add_option("--fused-norm", a.fused_norm, "RMSNorm fused into the 1-2 row GEMVs (default true)");
-  app.add_option("--device-sampling", a.device_sampling,
-                 "batch-1 decode samples greedily on the device, no logits copied back (default true)");
-  app.add_option("--pdl", a.pdl, "programmatic dependent launch of the model kernels (default true)");
+  app.add_option("--fused-norm", a.fused_norm,
+                 "RMSNorm fused into the 1-2 row GEMVs (default true)");
+  app.add_option(
+      "--device-sampling", a.device_sampling,
+      "batch-1 decode samples greedily on the device, no logits copied back (default true)");
+  app.add_option("--pdl", a.pdl,
+                 "programmatic dependent launch of the model kernels (default true)");
   CLI11_PARSE(app, argc, argv);
   leank::kernels::model::SetProgrammaticLaunch(a.pdl);
 

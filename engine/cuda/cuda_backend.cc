@@ -156,6 +156,10 @@ class CudaBackend final : public Backend {
   CudaGraphStats graph_stats() const {
     CudaGraphStats st = graph_stats_;
     for (const auto& [bucket, execs] : graphs_) st.buckets.push_back(bucket);
+    if (decode_) {
+      st.decode_plans = decode_->plans();
+      st.decode_plans_prepared = decode_->prepared_plans();
+    }
     return st;
   }
 

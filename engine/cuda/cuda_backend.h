@@ -81,13 +81,17 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
 // [-1, 1) so decode can be timed over sequences that were allocated (KvCacheManager)
 // but never prefilled: decode reads the same bytes whatever they hold.
 absl::Status FillCudaCacheRandom(Backend* backend, uint64_t seed);
-// Tests: the decode-step CUDA graphs of a CUDA backend so far. InvalidArgument for
-// another backend.
+// Tests: the decode-step CUDA graphs of a CUDA backend so far, and its decode plans.
+// InvalidArgument for another backend.
 struct CudaGraphStats {
   int64_t captures = 0;      // graph sets captured (one per bucket, again after a reallocation)
   int64_t replays = 0;       // steps replayed from graphs
   int64_t padded_rows = 0;   // padding rows those steps ran (bucket - rows, summed)
   std::vector<int> buckets;  // batch sizes with graphs now, ascending
+  // Decode attention plans, and those whose work lists were built ahead, while the GPU
+  // ran the step before (kernels/decode_work.h: the batch was that step's, a token on).
+  int64_t decode_plans = 0;
+  int64_t decode_plans_prepared = 0;
 };
 absl::StatusOr<CudaGraphStats> GetCudaGraphStats(const Backend* backend);
 // Read bandwidth of the device in bytes/s (a read-only pass over `bytes` bytes, median of

@@ -426,6 +426,14 @@ void Greedy(const MemModel& m, const RunSetup& st, uint64_t seed, int prompts, i
     stats->identical += same;
     ++stats->total;
   }
+  // Each prompt's decode steps are one sequence a token on: all but the first of each
+  // prompt take the work lists built ahead (engine/cuda: PrepareNextStep).
+  auto plans = GetCudaGraphStats(gpu->backend.get());
+  ASSERT_TRUE(plans.ok()) << plans.status();
+  if (plans->decode_plans > 0) {
+    EXPECT_GE(plans->decode_plans_prepared, plans->decode_plans - prompts)
+        << plans->decode_plans << " decode plans";
+  }
 }
 
 // Every divergence must be at a near-tie of the CPU logits (gap <= 2% of the largest
