@@ -156,6 +156,8 @@ class DecodeAttention {
   int num_sms_ = 0;
   int num_seqs_ = 0;
   std::unique_ptr<DecodePlanner> planner_;  // the work lists (decode_work.h)
+  // Host tables of Plan, kept between steps (capacity reused).
+  std::vector<int32_t> seq_tokens_, full_ptr_, pruned_ptr_, full_idx_, pruned_idx_;
   int max_items_ = 0;
   // Device buffers (grown on demand).
   PlanBuffer plan_;
