@@ -2,7 +2,9 @@
 // (sequence, kv head, region) exactly once in whole tiles, slots and merge ranges agree,
 // items run largest first (a stable order), bytes are what the regions move, no layer rounds into
 // an extra wave, dense equal segments take one wave, and the CTA choice is reused or forced as
-// documented. Random batches from a fixed seed.
+// documented; a parallel build (HostPool) equals a serial one; DecodePlanner's lists built
+// ahead equal fresh ones and are used only for the batch they were built for. Random
+// batches from a fixed seed.
 #include "kernels/decode_work.h"
 
 #include <algorithm>
