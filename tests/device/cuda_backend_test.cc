@@ -49,6 +49,7 @@ std::filesystem::path DataDir() {
 
 using testing::MemModel;
 using testing::RandomModel;
+using testing::RelErr;
 
 std::unique_ptr<MemModel> GoldenModel(const std::string& name) {
   auto loaded = LoadModel(DataDir() / "golden" / name);
@@ -127,16 +128,6 @@ std::unique_ptr<Runner> MakeRunner(const MemModel& m, const RunSetup& st,
   r->backend = *std::move(b);
   r->manager = std::make_unique<cache::KvCacheManager>(*r->layout, sizes);
   return r;
-}
-
-double RelErr(std::span<const float> a, std::span<const float> ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
-    den += double(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 // Mean relative errors of the rows CompareLogits compared, by the step kind that made them.

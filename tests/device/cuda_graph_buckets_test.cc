@@ -44,6 +44,7 @@ bool HasGpu() {
 
 using testing::MemModel;
 using testing::RandomMask;
+using testing::RelErr;
 
 // Untied random model (random_model.h).
 std::unique_ptr<MemModel> RandomModel(int head_dim, int q_heads, int kv_heads, bool bias,
@@ -111,16 +112,6 @@ std::unique_ptr<Runner> MakeRunner(const MemModel& m, const std::optional<cache:
   if (b.ok()) r->backend = *std::move(b);
   r->manager = std::make_unique<cache::KvCacheManager>(*r->layout, sizes);
   return r;
-}
-
-double RelErr(std::span<const float> a, std::span<const float> ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
-    den += double(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 TEST(CudaGraphBuckets, BatchSizeTable) {

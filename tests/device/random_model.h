@@ -1,7 +1,7 @@
 #pragma once
-// Random Llama-shaped models and LeanK masks in host memory, for the CUDA backend tests
-// (cuda_backend_test.cc, cuda_graph_buckets_test.cc). Header-only: each test binary
-// includes it once.
+// Random Llama-shaped models and LeanK masks in host memory, and the logits error measure,
+// for the CUDA backend tests (cuda_backend_test.cc, cuda_graph_buckets_test.cc). Header-only: each
+// test binary includes it once.
 
 #include <gtest/gtest.h>
 
@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,17 @@ inline cache::Mask RandomMask(const ModelConfig& c, int align, std::mt19937_64& 
   auto m = cache::Mask::Create(shape, kept, align);
   EXPECT_TRUE(m.ok()) << m.status();
   return *m;
+}
+
+// Relative L2 error of `a` against `ref` (same length); infinite if `a` has a non-finite value.
+inline double RelErr(std::span<const float> a, std::span<const float> ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 }  // namespace leank::testing
