@@ -39,6 +39,14 @@ def fail_writes_halfway(monkeypatch, exc):
     monkeypatch.setattr(Path, "write_bytes", half_then_raise)
 
 
+def run_config_cli(main, config, root, *sets):
+    """Calls a CLI's main with --config CONFIG --root ROOT and one --set per override."""
+    args = ["--config", str(config), "--root", str(root)]
+    for s in sets:
+        args += ["--set", s]
+    main(args)
+
+
 def random_samples(n, vocab=101, min_len=60, max_len=90, answer_len=4, seed=0):
     rng = random.Random(seed)
     out = []

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import random_samples, tiny_config
+from conftest import random_samples, run_config_cli, tiny_config
 from train import leank_train
 from train.data import Sample, save_samples
 from train.masks import load_mask
@@ -31,10 +31,7 @@ def setup_dir(tmp_path):
 
 
 def run_cli(d, *sets):
-    args = ["--config", str(d / "cfg.json"), "--root", str(d)]
-    for s in sets:
-        args += ["--set", s]
-    leank_train.main(args)
+    run_config_cli(leank_train.main, d / "cfg.json", d, *sets)
 
 
 def edit_model_config(d, **kw):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fail_writes_halfway, random_samples, tiny_config
+from conftest import fail_writes_halfway, random_samples, run_config_cli, tiny_config
 from train import data as tdata
 from train import leank_eval, st_io
 from train.data import save_samples
@@ -60,10 +60,7 @@ def eval_dir(tmp_path):
 
 
 def run_eval(d, *sets):
-    args = ["--config", str(d / "eval.json"), "--root", str(d)]
-    for s in sets:
-        args += ["--set", s]
-    leank_eval.main(args)
+    run_config_cli(leank_eval.main, d / "eval.json", d, *sets)
 
 
 def test_eval_runs(eval_dir):
