@@ -74,6 +74,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
   const int k_step = kThreads / kchunks, k_col = tid % kchunks, k_row = tid / kchunks;
   constexpr int kVChunks = D / 8, kVStep = kThreads / kVChunks;
   const int v_col = tid % kVChunks, v_row = tid / kVChunks;
+  const uint64_t policy = EvictFirstPolicy();  // K/V are read once per step
 
   auto load_tile = [&](int tile, int stage) {
     __nv_bfloat16* ks = stages + stage * Smem::kStageElems;
@@ -86,7 +87,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
         const __nv_bfloat16* src = p.full;
         if (valid)
           src = kbase + table[tok >> log2b] * blk_stride + (tok & (B - 1)) * kdim + k_col * 8;
-        CpAsync16(ks + r * kstride + k_col * 8, src, valid);
+        CpAsync16Stream(ks + r * kstride + k_col * 8, src, valid, policy);
       }
     }
 #pragma unroll
@@ -96,7 +97,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
       const bool valid = tok < tok_end;  // rows past the end are zero-filled: P = 0 there
       const __nv_bfloat16* src = p.full;
       if (valid) src = vbase + table[tok >> log2b] * blk_stride + (tok & (B - 1)) * D + v_col * 8;
-      CpAsync16(vs + r * Smem::kRow + v_col * 8, src, valid);
+      CpAsync16Stream(vs + r * Smem::kRow + v_col * 8, src, valid, policy);
     }
   };
 
