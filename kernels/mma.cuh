@@ -31,10 +31,9 @@ __device__ __forceinline__ uint64_t EvictFirstPolicy() {
 }
 __device__ __forceinline__ void CpAsync16Stream(void* smem, const void* gmem, bool valid,
                                                 uint64_t policy) {
-  asm volatile(
-      "cp.async.cg.shared.global.L2::cache_hint.L2::128B [%0], [%1], 16, %2, %3;\n" ::"r"(
-          SmemAddr(smem)),
-      "l"(gmem), "r"(valid ? 16 : 0), "l"(policy));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::128B [%0], [%1], 16, %2, %3;\n" ::"r"(
+                   SmemAddr(smem)),
+               "l"(gmem), "r"(valid ? 16 : 0), "l"(policy));
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
