@@ -4,10 +4,9 @@
 The CUDA backend's greedy generations are compared with the fp32 CPU reference
 (compare_greedy.py): "identical for >= 18 of 20 prompts x 64 tokens". This script asks how
 many of the same 20 chat prompts transformers' own bf16 run keeps identical to its fp32
-run, on the same model, with the same chat template, temperature 0 and EOS ignored. It
-also checks that the fp32 CPU reference is transformers' fp32 model (its token ids come
-from a compare_greedy.py JSON, --ref-json) and, given a second JSON from the CUDA server
-(--test-json, its `test_ids`), how the CUDA server agrees with transformers' bf16 run.
+run, on the same model, with the same chat template, temperature 0 and EOS ignored. Given
+a compare_greedy.py JSON (--ref-json), it also compares that run's fp32 CPU reference
+(`ref_ids`) and CUDA server (`test_ids`) with transformers' fp32 and bf16 runs.
 
   hf_greedy.py --model DIR [--device cpu|cuda] [--ref-json greedy-smollm2-dense-f32.json]
                --json OUT
