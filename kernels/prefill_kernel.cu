@@ -9,7 +9,8 @@
 //      that are middle for a given query (S + middle_before <= j < S + M(i + 1)), which
 //      use q with the non-kept channels zeroed (a second mma pass, only on the tiles that
 //      hold such keys) and are skipped for heads with 0 kept channels.
-// K/V tiles of 64 tokens stream through shared memory with cp.async (2 stages).
+// K/V tiles of kKeys (32) tokens stream through shared memory with cp.async (2 stages);
+// short tiles keep registers and shared memory low enough for 3 CTAs (12 warps) per SM.
 
 #include <cuda_runtime.h>
 
@@ -24,11 +25,18 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 64;  // mma rows per CTA
 constexpr int kStages = 2;
 constexpr int kPad = 8;
+#ifndef LEANK_PREFILL_KEYS
+#define LEANK_PREFILL_KEYS 32
+#endif
+constexpr int kKeys = LEANK_PREFILL_KEYS;  // keys per pipeline tile: 16, 32 or 64
+static_assert(kKeys == 16 || kKeys == 32 || kKeys == 64, "kKeys: 16, 32 or 64");
+// CTAs per SM that registers and shared memory allow (head_dim 128).
+constexpr int kMinBlocks = kKeys == 16 ? 4 : kKeys == 32 ? 3 : 2;
 
 template <int D>
 struct PrefillSmem {
   static constexpr int kRow = D + kPad;
-  static constexpr int kStageElems = 2 * kTileTokens * kRow;
+  static constexpr int kStageElems = 2 * kKeys * kRow;
   static constexpr int kQElems = kRows * kRow;
   // stages, q (full or gathered), q masked
   static constexpr size_t kBytes = (size_t(kStages) * kStageElems + 2 * kQElems) * 2;
@@ -40,7 +48,7 @@ __device__ __forceinline__ int MiddleOf(int n, int S, int W, int B, bool dense) 
 }
 
 template <int D>
-__global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) PrefillKernel(const PrefillParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using Smem = PrefillSmem<D>;
   __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -118,13 +126,13 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
     constexpr int kVChunks = D / 8, kVStep = kThreads / kVChunks;
     const int v_col = tid % kVChunks, v_row = tid / kVChunks;
     const int kstride = Smem::kRow;
-    const int num_tiles = (ntok + kTileTokens - 1) / kTileTokens;
+    const int num_tiles = (ntok + kKeys - 1) / kKeys;
     auto load_tile = [&](int t, int stage) {
       __nv_bfloat16* ks = stages + stage * Smem::kStageElems;
-      __nv_bfloat16* vs = ks + kTileTokens * Smem::kRow;
-      const int t0 = t * kTileTokens;
+      __nv_bfloat16* vs = ks + kKeys * Smem::kRow;
+      const int t0 = t * kKeys;
       if (k_row < k_step) {
-        for (int r = k_row; r < kTileTokens; r += k_step) {
+        for (int r = k_row; r < kKeys; r += k_step) {
           const int tok = t0 + r;
           const bool valid = tok < ntok;
           const __nv_bfloat16* src = p.full;
@@ -135,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
         }
       }
 #pragma unroll
-      for (int j = 0; j < kTileTokens / kVStep; ++j) {
+      for (int j = 0; j < kKeys / kVStep; ++j) {
         const int r = v_row + j * kVStep;
         const int tok = t0 + r;
         const bool valid = tok < ntok;
@@ -153,18 +161,18 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
       if (t + 1 < num_tiles) load_tile(t + 1, (t + 1) % kStages);
       CpAsyncCommit();
       const __nv_bfloat16* ks = stages + (t % kStages) * Smem::kStageElems;
-      const __nv_bfloat16* vs = ks + kTileTokens * Smem::kRow;
-      const int t0 = t * kTileTokens;
+      const __nv_bfloat16* vs = ks + kKeys * Smem::kRow;
+      const int t0 = t * kKeys;
       const int pos0 = pruned_phase ? S + t0 : (t0 < S ? t0 : t0 + Mb);
       // Middle keys in full storage: positions [S + Mb, last_bound) can meet this tile.
-      const int pos_hi = pruned_phase
-                             ? pos0 + kTileTokens
-                             : (t0 + kTileTokens <= S ? t0 + kTileTokens : t0 + kTileTokens + Mb);
+      const int pos_hi =
+          pruned_phase ? pos0 + kKeys : (t0 + kKeys <= S ? t0 + kKeys : t0 + kKeys + Mb);
       const bool need_masked =
           !pruned_phase && kept > 0 && kept < D && !dense && pos_hi > S + Mb && pos0 < last_bound;
-      float s[8][4], sm[8][4];
+      constexpr int kN = kKeys / 8;  // n8 score tiles
+      float s[kN][4], sm[kN][4];
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+      for (int n = 0; n < kN; ++n)
 #pragma unroll
         for (int j = 0; j < 4; ++j) s[n][j] = sm[n][j] = 0.f;
 #pragma unroll
@@ -177,7 +185,7 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
             LdMatrixX4(am, qm_s + (warp * 16 + (mi & 1) * 8 + rr) * Smem::kRow + kstep * 16 +
                                (mi >> 1) * 8);
 #pragma unroll
-          for (int np = 0; np < 4; ++np) {
+          for (int np = 0; np < kKeys / 16; ++np) {
             uint32_t b[4];
             LdMatrixX4(b,
                        ks + (np * 16 + (mi >> 1) * 8 + rr) * kstride + kstep * 16 + (mi & 1) * 8);
@@ -196,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
       for (int ri = 0; ri < 2; ++ri) {
         float mx = -INFINITY;
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
+        for (int n = 0; n < kN; ++n) {
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
             const int tok = t0 + n * 8 + 2 * t4 + j;
@@ -218,7 +226,7 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
         const float alpha = FastExp2(m_run[ri] - m_use);
         float sum = 0.f;
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
+        for (int n = 0; n < kN; ++n) {
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
             const float e = FastExp2(s[n][ri * 2 + j] - m_use);
@@ -237,9 +245,9 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillParams
         o[i][2] *= alphas[1];
         o[i][3] *= alphas[1];
       }
-      // O += P V over the 4 k-steps of 16 keys.
+      // O += P V over the k-steps of 16 keys.
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
         uint32_t pa[4], pl[4];  // bf16 P; lo part only with LEANK_ATTN_SPLIT_P (mma.cuh)
         SplitBf16(s[2 * kk][0], s[2 * kk][1], pa[0], pl[0]);
         SplitBf16(s[2 * kk][2], s[2 * kk][3], pa[1], pl[1]);
