@@ -47,6 +47,7 @@ struct Options {
   int ctas = 0;         // the plan's target CTA count per layer (0: its default)
   bool shuffle = true;  // shuffled block tables (a fragmented pool) or in order
   bool prefill = true;  // also time 8K causal prefill attention
+  bool graph = true;    // time the 32 launches of a sweep as one CUDA graph, as the peers do
   std::string git_commit = "unknown";
 };
 
@@ -153,10 +154,26 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
   LEANK_CUDA_CHECK(cudaEventCreate(&a));
   LEANK_CUDA_CHECK(cudaEventCreate(&b));
   for (int i = 0; i < o.warmup; ++i) sweep();
+  // The peers (bench/peers/peers.py) replay their 32 calls from a CUDA graph; so do we
+  // unless --graph 0 (then each launch is issued by the host, as the engine does).
+  cudaGraphExec_t exec = nullptr;
+  if (o.graph) {
+    cudaGraph_t graph;
+    LEANK_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    sweep();
+    LEANK_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    LEANK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    LEANK_CUDA_CHECK(cudaGraphDestroy(graph));
+    LEANK_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  }
   std::vector<float> ms;
   for (int i = 0; i < o.iters; ++i) {
     LEANK_CUDA_CHECK(cudaEventRecord(a, stream));
-    sweep();
+    if (exec != nullptr) {
+      LEANK_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    } else {
+      sweep();
+    }
     LEANK_CUDA_CHECK(cudaEventRecord(b, stream));
     LEANK_CUDA_CHECK(cudaEventSynchronize(b));
     float t = 0;
@@ -166,6 +183,7 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
   LEANK_CUDA_CHECK(cudaGetLastError());
   std::sort(ms.begin(), ms.end());
   r.time_us = ms[ms.size() / 2] * 1e3 / L;
+  if (exec != nullptr) cudaGraphExecDestroy(exec);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   cudaStreamDestroy(stream);
@@ -259,13 +277,15 @@ int Main(int argc, char** argv) {
       o.shuffle = std::stoi(argv[++i]) != 0;
     else if (arg("--prefill"))
       o.prefill = std::stoi(argv[++i]) != 0;
+    else if (arg("--graph"))
+      o.graph = std::stoi(argv[++i]) != 0;
     else if (arg("--git-commit"))
       o.git_commit = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 4096,...] "
                    "[--iters N] [--block 16] [--ctas N] [--shuffle 0|1] [--prefill 0|1] "
-                   "[--git-commit SHA]\n",
+                   "[--graph 0|1] [--git-commit SHA]\n",
                    argv[0]);
       return 2;
     }
@@ -311,7 +331,11 @@ int Main(int argc, char** argv) {
              {"recent", 768},
              {"shape", "llama-3.1-8b: 32 q heads, 8 kv heads, head_dim 128, bf16"},
              {"mask", k == 0 ? "none (dense mode)" : "LeanK released llama3.1-8b-instruct"},
-             {"timing", "median of iters sweeps over 32 layers / 32, CUDA events"},
+             {"timing", o.graph ? "median of iters sweeps over 32 layers / 32, CUDA events, "
+                                  "the sweep's 32 launches replayed from a CUDA graph"
+                                : "median of iters sweeps over 32 layers / 32, CUDA events, "
+                                  "32 launches issued by the host"},
+             {"cuda_graph", o.graph},
              {"iters", o.iters},
              {"device", prop.name},
              {"date", Today()},
