@@ -47,6 +47,13 @@ def run_config_cli(main, config, root, *sets):
     main(args)
 
 
+def one_line_error(capsys, prog, message):
+    """The captured stderr is one `PROG: error: ...` line containing `message`."""
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: ") and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def random_samples(n, vocab=101, min_len=60, max_len=90, answer_len=4, seed=0):
     rng = random.Random(seed)
     out = []

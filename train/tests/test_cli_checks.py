@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import random_samples, run_config_cli, tiny_config
+from conftest import one_line_error, random_samples, run_config_cli, tiny_config
 from train import leank_train
 from train.data import Sample, save_samples
 from train.masks import load_mask
@@ -81,9 +81,7 @@ def test_bad_config_exits_2_naming_it(setup_dir, capsys, override, message):
     with pytest.raises(SystemExit) as e:
         run_cli(setup_dir, override)
     assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("leank_train: error: ") and message in err, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    one_line_error(capsys, "leank_train", message)
     assert not (setup_dir / "out" / "alpha_stage1.safetensors").exists()
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fail_writes_halfway, random_samples, run_config_cli, tiny_config
+from conftest import (fail_writes_halfway, one_line_error, random_samples, run_config_cli,
+                      tiny_config)
 from train import data as tdata
 from train import leank_eval, st_io
 from train.data import save_samples
@@ -25,12 +26,6 @@ def no_escape(run, *args):
         run(*args)
     except KeyboardInterrupt:
         pytest.fail("KeyboardInterrupt escaped the CLI (traceback, exit 1)")
-
-
-def one_line_error(capsys, prog, message):
-    err = capsys.readouterr().err
-    assert err.startswith(f"{prog}: error: ") and message in err, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 # ---- leank_eval -------------------------------------------------------------------------------
