@@ -5,8 +5,8 @@
 //                   pruned-tile offsets), uploaded once per model.
 //   DecodeAttention plan/run split decode attention: Plan() once per step (host:
 //                   block tables and a byte-balanced split-KV work list per layer,
-//                   one upload), Run() once per layer (two launches: the split
-//                   kernel and the log-sum-exp merge).
+//                   one upload), Run() once per layer (one launch: the last CTA of
+//                   each (sequence, kv head) merges the splits by log-sum-exp).
 //   LaunchCompact   full recent blocks -> pruned blocks, many sequences and layers
 //                   in one launch.
 //   PrefillAttention causal chunk of queries of one or more sequences against the
@@ -105,6 +105,17 @@ std::vector<int32_t> DecodeFullBlocksAfterCompaction(const AttentionShape& shape
                                                      int num_compactions);
 
 class DecodePlanner;  // decode_work.h
+namespace detail {
+class DecodeTmaCache;  // decode_tma.h
+}
+
+// How the decode kernel moves K/V into shared memory (process-wide; default kTma, or
+// LEANK_DECODE_LOADS=tma|cpasync at start-up). kTma: one thread issues a TMA copy per K and
+// per V block of a head (sm_90+, at most 8 kv heads; otherwise the cp.async path is used).
+// kCpAsync: every thread issues 16-byte cp.async copies. Both give the same result.
+enum class DecodeLoads { kTma, kCpAsync };
+void SetDecodeLoads(DecodeLoads loads);
+DecodeLoads GetDecodeLoads();
 
 // The CTA count a decode plan chose, reused by the next plan while the batch keeps its
 // segments and its heaviest layer's bytes stay within 1/64 (decode grows a token a step).
@@ -148,6 +159,8 @@ class DecodeAttention {
            cudaStream_t stream) const;
 
   int num_items(int layer) const;
+  // Run() calls so far that loaded K/V with TMA (DecodeLoads::kTma and supported).
+  int64_t tma_launches() const { return tma_launches_; }
   // Bytes of K/V the planned batch must read for `layer` (the ideal traffic).
   int64_t kv_bytes(int layer) const;
 
@@ -155,7 +168,9 @@ class DecodeAttention {
   const DeviceMeta& meta_;
   int num_sms_ = 0;
   int num_seqs_ = 0;
-  std::unique_ptr<DecodePlanner> planner_;  // the work lists (decode_work.h)
+  std::unique_ptr<DecodePlanner> planner_;       // the work lists (decode_work.h)
+  std::unique_ptr<detail::DecodeTmaCache> tma_;  // tensor maps per (layer, storage)
+  mutable int64_t tma_launches_ = 0;
   // Host tables of Plan, kept between steps (capacity reused).
   std::vector<int32_t> seq_tokens_, full_ptr_, pruned_ptr_, full_idx_, pruned_idx_;
   int max_items_ = 0;

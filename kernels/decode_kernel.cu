@@ -4,7 +4,9 @@
 // of the pruned region (kdim = kept count of the head) of one (sequence, kv head).
 // The G query heads of the kv head are the 16 rows of an mma tile (rows >= G are zero),
 // so every K/V byte is read once for the whole group. Tokens stream through shared
-// memory in tiles of 64 (cp.async, 3 stages); warp w takes tokens 16w..16w+15 of each
+// memory in tiles of 64 (3 stages), loaded either by thread 0 as TMA copies of whole
+// blocks (swizzled rows of 128, 64 or 32 bytes: DecodeTmaMaps) or by every thread as
+// 16-byte cp.async copies into padded rows; warp w takes tokens 16w..16w+15 of each
 // tile with its own online softmax, and the 4 warps merge at the end. The CTA writes a
 // normalized partial output and its log2-sum-exp; the last CTA of a (sequence, kv head)
 // combines the slots (a counter in global memory), so decode is a single launch.
@@ -15,6 +17,7 @@
 
 #include "kernels/internal.h"
 #include "kernels/mma.cuh"
+#include "kernels/tma.cuh"
 
 namespace leank::kernels::detail {
 namespace {
@@ -34,20 +37,31 @@ struct DecodeSmem {
   static constexpr int kRow = D + kPad;                       // K and V row stride
   static constexpr int kStageElems = 2 * kTileTokens * kRow;  // K tile then V tile
   static constexpr int kQElems = kMaxGroup * kRow;
-  static constexpr size_t kBytes =
+  // The TMA path's stage barriers follow q; it aligns the whole layout to 1024 bytes
+  // (the swizzle atom), hence kTmaBytes.
+  static constexpr size_t kBarOffset =
       (size_t(kStages) * kStageElems + kQElems) * sizeof(__nv_bfloat16);
+  static constexpr size_t kBytes = kBarOffset + kStages * sizeof(uint64_t);
+  static constexpr size_t kTmaBytes = kBytes + 1024;
+  static_assert(kBarOffset % 8 == 0);
+  static_assert(kStageElems * sizeof(__nv_bfloat16) % 1024 == 0 &&
+                    kTileTokens * kRow * sizeof(__nv_bfloat16) % 1024 == 0,
+                "TMA stages start on swizzle atoms");
   static_assert(kWarps * kMaxGroup * (D + 2) * sizeof(float) <= kStages * kStageElems * 2,
                 "warp-merge scratch must fit in the pipeline buffers");
   static_assert((2 * kMaxSplit + 2) * kMaxGroup * sizeof(float) <= kStages * kStageElems * 2,
                 "slot-merge scratch must fit in the pipeline buffers");
 };
 
-template <int D>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const DecodeParams p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+template <int D, bool kTma>
+__device__ __forceinline__ void DecodeBody(const DecodeParams& p, const DecodeTmaMaps* maps) {
+  extern __shared__ __align__(16) unsigned char smem_dyn[];
   using Smem = DecodeSmem<D>;
+  unsigned char* smem_raw = smem_dyn;
+  if constexpr (kTma) smem_raw += (1024 - (SmemAddr(smem_dyn) & 1023)) & 1023;
   __nv_bfloat16* stages = reinterpret_cast<__nv_bfloat16*>(smem_raw);
   __nv_bfloat16* q_s = stages + kStages * Smem::kStageElems;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + Smem::kBarOffset);
 
   const DecodeItem item = p.items[blockIdx.x];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -101,10 +115,53 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
     }
   };
 
+  // TMA: shared-memory layout of one block's K rows of this item (kdim = 64a + 32b + 16c
+  // channels): a parts of 64 channels as B rows of 128 bytes (128-byte swizzle), then
+  // the 32-channel part as B rows of 64 bytes (64-byte swizzle), then the 16-channel part
+  // as B rows of 32 bytes (32-byte swizzle); each block's region starts on a 1024-byte
+  // swizzle atom. V blocks (and full-region K) are D / 64 parts of 128-byte rows.
+  const int k_a = kdim >> 6, k_b = (kdim >> 5) & 1, k_c = (kdim >> 4) & 1;
+  const int kblk_bytes = (B * kdim * 2 + 1023) & ~1023, vblk_bytes = B * D * 2;
+  // The tile's blocks that hold tokens before tok_end, completing on the stage's barrier.
+  // Tiles start block-aligned (items split at multiples of kTileTokens), so only the
+  // item's last tile can be partial.
+  auto issue_tile = [&](int tile, int stage) {
+    unsigned char* ks = reinterpret_cast<unsigned char*>(stages + stage * Smem::kStageElems);
+    unsigned char* vs = ks + kTileTokens * Smem::kRow * 2;
+    const int t0 = tok_begin + tile * kTileTokens;
+    const int nb = min(kTileTokens >> log2b, (tok_end - t0 + B - 1) >> log2b);
+    uint64_t* bar = &bars[stage];
+    MbarArriveExpectTx(bar, uint32_t(nb) * B * (kdim + D) * sizeof(__nv_bfloat16));
+    const int32_t* tb = table + (t0 >> log2b);
+    for (int j = 0; j < nb; ++j) {
+      const int blk = tb[j];
+      unsigned char* kd = ks + j * kblk_bytes;
+      unsigned char* vd = vs + j * vblk_bytes;
+      if (pruned) {
+        if (k_a) TmaLoad4(kd, &maps->k64[kvh], bar, 0, 0, 0, blk, policy);
+        if (k_b) TmaLoad3(kd + k_a * B * 128, &maps->k32[kvh], bar, 0, 0, blk, policy);
+        if (k_c)
+          TmaLoad3(kd + k_a * B * 128 + k_b * B * 64, &maps->k16[kvh], bar, 0, 0, blk, policy);
+        TmaLoad4(vd, &maps->v[kvh], bar, 0, 0, 0, blk, policy);
+      } else {
+        TmaLoad5(kd, &maps->full, bar, 0, 0, 0, kvh, blk, policy);
+        TmaLoad5(vd, &maps->full, bar, 0, 0, 0, H + kvh, blk, policy);
+      }
+    }
+  };
+
+  if constexpr (kTma) {
+    if (tid == 0) {
+      for (int s = 0; s < kStages; ++s) MbarInit(&bars[s], 1);
+      FenceMbarInit();
+      for (int s = 0; s < kStages - 1 && s < num_tiles; ++s) issue_tile(s, s);
+    }
+  } else {
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < num_tiles) load_tile(s, s);
-    CpAsyncCommit();
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < num_tiles) load_tile(s, s);
+      CpAsyncCommit();
+    }
   }
   // Gather q while the first tiles are in flight: rows g < G are the group's query
   // heads, kept channels only for the pruned region.
@@ -143,20 +200,74 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
 
   // ldmatrix lane roles: matrix mi = lane / 8, row rr = lane % 8.
   const int mi = lane >> 3, rr = lane & 7;
+  // Byte offsets in a stage of this lane's ldmatrix row for every k-step (K) and channel
+  // pair (V). TMA: the warp's 16 tokens sit in one block (B >= 16), block slot wb of the
+  // tile, rows r0..r0+15; a 16-byte chunk cc of row r of a swizzled part with rows of
+  // 128 / 64 / 32 bytes sits at chunk cc ^ (r & 7) / cc ^ ((r >> 1) & 3) / cc ^ ((r >> 2) & 1).
+  int k_off[D / 16], v_off[D / 16];
+  const int wb = (warp * 16) >> log2b, r0 = (warp * 16) & (B - 1);
+  if constexpr (kTma) {
+    const int kr = r0 + (mi >> 1) * 8 + rr, vr = r0 + (mi & 1) * 8 + rr;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const int c = ks * 16 + (mi & 1) * 8;  // first K channel (of the kept ones) of the chunk
+      int off;
+      if (c < 64 * k_a) {
+        off = ((c >> 6) * B + kr) * 128 + ((((c & 63) >> 3) ^ (kr & 7)) << 4);
+      } else if (c < 64 * k_a + 32 * k_b) {
+        off = k_a * B * 128 + kr * 64 + ((((c - 64 * k_a) >> 3) ^ ((kr >> 1) & 3)) << 4);
+      } else {
+        off = k_a * B * 128 + k_b * B * 64 + kr * 32 +
+              ((((c - 64 * k_a - 32 * k_b) >> 3) ^ ((kr >> 2) & 1)) << 4);
+      }
+      k_off[ks] = wb * kblk_bytes + off;
+      const int vc = ks * 16 + (mi >> 1) * 8;
+      v_off[ks] = kTileTokens * Smem::kRow * 2 + wb * vblk_bytes + ((vc >> 6) * B + vr) * 128 +
+                  ((((vc & 63) >> 3) ^ (vr & 7)) << 4);
+    }
+  } else {
+    const int k_lane = ((warp * 16 + (mi >> 1) * 8 + rr) * kstride + (mi & 1) * 8) * 2;
+    const int v_lane =
+        (kTileTokens * Smem::kRow + (warp * 16 + (mi & 1) * 8 + rr) * Smem::kRow + (mi >> 1) * 8) *
+        2;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      k_off[ks] = k_lane + ks * 32;
+      v_off[ks] = v_lane + ks * 32;
+    }
+  }
 
   for (int tile = 0; tile < num_tiles; ++tile) {
-    CpAsyncWait<kStages - 2>();
-    __syncthreads();
-    {
+    if constexpr (kTma) {
+      MbarWait(&bars[tile % kStages], (tile / kStages) & 1);
+      __syncthreads();  // every warp is done with tile - 1: its stage can be refilled
+      const int next = tile + kStages - 1;
+      if (tid == 0 && next < num_tiles) issue_tile(next, next % kStages);
+    } else {
+      CpAsyncWait<kStages - 2>();
+      __syncthreads();
       const int next = tile + kStages - 1;
       if (next < num_tiles) load_tile(next, next % kStages);
       CpAsyncCommit();
     }
-    const __nv_bfloat16* ks = stages + (tile % kStages) * Smem::kStageElems + warp * 16 * kstride;
-    const __nv_bfloat16* vs = stages + (tile % kStages) * Smem::kStageElems +
-                              kTileTokens * Smem::kRow + warp * 16 * Smem::kRow;
+    const unsigned char* stage =
+        reinterpret_cast<const unsigned char*>(stages + (tile % kStages) * Smem::kStageElems);
     const int wtok0 = tok_begin + tile * kTileTokens + warp * 16;
     if (wtok0 >= tok_end) continue;  // this warp's rows are all past the end
+    if (kTma && wtok0 + 16 > tok_end) {
+      // V rows past the end hold other tokens' values or stale data: zero them so that
+      // P = 0 there contributes 0 (K rows need nothing: their scores are masked).
+      // A row's chunks are permuted within the row only, so zero all of them.
+      const int valid = tok_end - wtok0;
+      unsigned char* vs =
+          const_cast<unsigned char*>(stage) + kTileTokens * Smem::kRow * 2 + wb * vblk_bytes;
+      for (int i = lane; i < (16 - valid) * kVChunks; i += 32) {
+        const int r = r0 + valid + i / kVChunks, c = i % kVChunks;
+        *reinterpret_cast<uint4*>(vs + ((c >> 3) * B + r) * 128 + (c & 7) * 16) =
+            make_uint4(0, 0, 0, 0);
+      }
+      __syncwarp();
+    }
 
     // S = Q K^T for this warp's 16 tokens: two n8 tiles.
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -164,7 +275,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
     for (int kstep = 0; kstep < D / 16; ++kstep) {
       if (kstep * 16 < kdim) {
         uint32_t b[4];
-        LdMatrixX4(b, ks + ((mi >> 1) * 8 + rr) * kstride + kstep * 16 + (mi & 1) * 8);
+        LdMatrixX4(b, stage + k_off[kstep]);
         MmaBf16(s[0], qf[kstep], b[0], b[1]);
         MmaBf16(s[1], qf[kstep], b[2], b[3]);
       }
@@ -217,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t b[4];
-      LdMatrixX4Trans(b, vs + ((mi & 1) * 8 + rr) * Smem::kRow + dp * 16 + (mi >> 1) * 8);
+      LdMatrixX4Trans(b, stage + v_off[dp]);
       MmaBf16(o[2 * dp], pa, b[0], b[1]);
       MmaBf16(o[2 * dp + 1], pa, b[2], b[3]);
       if (LEANK_ATTN_SPLIT_P) {
@@ -226,7 +337,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
       }
     }
   }
-  CpAsyncWait<0>();
+  if constexpr (!kTma) CpAsyncWait<0>();  // (TMA: every tile was waited for in the loop)
   __syncthreads();
 
   // Merge the 4 warps: scratch [warp][16 rows][D] f32, then m and l per row.
@@ -344,11 +455,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const Decod
 }
 
 template <int D>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) DecodeKernel(const DecodeParams p) {
+  DecodeBody<D, false>(p, nullptr);
+}
+template <int D>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    DecodeKernelTma(const DecodeParams p, const __grid_constant__ DecodeTmaMaps maps) {
+  DecodeBody<D, true>(p, &maps);
+}
+
+template <int D>
 void Configure() {
   static bool configured = false;
   if (!configured) {
     LEANK_CUDA_CHECK(cudaFuncSetAttribute(
         DecodeKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, DecodeSmem<D>::kBytes));
+    LEANK_CUDA_CHECK(cudaFuncSetAttribute(
+        DecodeKernelTma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, DecodeSmem<D>::kTmaBytes));
     configured = true;
   }
 }
@@ -358,18 +481,25 @@ int BlocksPerSm() {
   static const int blocks = [] {
     Configure<D>();
     int n = 0;
-    LEANK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &n, DecodeKernel<D>, kThreads, DecodeSmem<D>::kBytes));
+    LEANK_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, DecodeKernel<D>, kThreads,
+                                                                   DecodeSmem<D>::kBytes));
     return n > 0 ? n : 1;
   }();
   return blocks;
 }
 
 template <int D>
-void Launch(const DecodeParams& p, int num_items, int num_seqs, cudaStream_t stream) {
+void Launch(const DecodeParams& p, const DecodeTmaMaps* maps, int num_items, int num_seqs,
+            cudaStream_t stream) {
   constexpr size_t smem = DecodeSmem<D>::kBytes;
   Configure<D>();
-  if (num_items > 0) DecodeKernel<D><<<num_items, kThreads, smem, stream>>>(p);
+  if (num_items > 0) {
+    if (maps != nullptr) {
+      DecodeKernelTma<D><<<num_items, kThreads, DecodeSmem<D>::kTmaBytes, stream>>>(p, *maps);
+    } else {
+      DecodeKernel<D><<<num_items, kThreads, smem, stream>>>(p);
+    }
+  }
   LEANK_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -379,15 +509,15 @@ int DecodeBlocksPerSm(int head_dim) {
   return head_dim == 64 ? BlocksPerSm<64>() : BlocksPerSm<128>();
 }
 
-void LaunchDecode(const DecodeParams& p, int head_dim, int num_items, int num_seqs,
-                  cudaStream_t stream) {
+void LaunchDecode(const DecodeParams& p, const DecodeTmaMaps* maps, int head_dim, int num_items,
+                  int num_seqs, cudaStream_t stream) {
   if (num_seqs == 0) return;
   switch (head_dim) {
     case 64:
-      Launch<64>(p, num_items, num_seqs, stream);
+      Launch<64>(p, maps, num_items, num_seqs, stream);
       break;
     case 128:
-      Launch<128>(p, num_items, num_seqs, stream);
+      Launch<128>(p, maps, num_items, num_seqs, stream);
       break;
     default:
       std::fprintf(stderr, "LaunchDecode: head_dim %d not built\n", head_dim);

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
+#include "kernels/decode_tma.h"
 #include "kernels/decode_work.h"
 #include "kernels/host_pool.h"
 #include "kernels/internal.h"
@@ -28,6 +29,7 @@ DecodeAttention::DecodeAttention(const DeviceMeta& meta) : meta_(meta) {
   const int resident = num_sms_ * detail::DecodeBlocksPerSm(meta.shape().head_dim);
   planner_ = std::make_unique<DecodePlanner>(meta.shape(), meta.dense(), meta.kept_table(),
                                              resident, HostPool::DefaultThreads());
+  tma_ = std::make_unique<detail::DecodeTmaCache>();
 }
 
 DecodeAttention::~DecodeAttention() {
@@ -141,7 +143,9 @@ void DecodeAttention::Run(int layer, const bf16* q, const bf16* full, const bf16
   p.block_size = sh.block_size;
   p.log2_block = sh.block_size == 16 ? 4 : sh.block_size == 32 ? 5 : 6;
   p.scale_log2 = scale * 1.4426950408889634f;
-  detail::LaunchDecode(p, D, planner_->work().layer_items[layer], num_seqs_, stream);
+  const detail::DecodeTmaMaps* maps = tma_->Get(meta_, layer, full, pruned);
+  if (maps != nullptr) ++tma_launches_;
+  detail::LaunchDecode(p, maps, D, planner_->work().layer_items[layer], num_seqs_, stream);
 }
 
 }  // namespace leank::kernels

@@ -1,6 +1,7 @@
 #pragma once
 // Structures shared by the host-side plans (.cc) and the kernels (.cu). Not public.
 
+#include <cuda.h>  // CUtensorMap
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -55,11 +56,27 @@ struct DecodeParams {
   float scale_log2;  // scale * log2(e)
 };
 
+// TMA descriptors of one layer for the decode kernel's whole-block loads (a
+// __grid_constant__ kernel parameter). A box is one head's rows of one block, split in
+// parts of 64 channels (128-byte rows, 128-byte swizzle), 32 (64-byte swizzle) and 16
+// (32-byte swizzle), so ldmatrix reads them without bank conflicts and every TMA request
+// moves whole rows. Dimensions, innermost first:
+constexpr int kMaxTmaKvHeads = 8;  // more kv heads: the cp.async path
+struct DecodeTmaMaps {
+  CUtensorMap full;                 // {64, B, D / 64, 2H, blocks}: K or V of a head
+  CUtensorMap k64[kMaxTmaKvHeads];  // pruned K, channels [0, 64a): {64, B, a, blocks}
+  CUtensorMap k32[kMaxTmaKvHeads];  // pruned K, the next 32 channels: {32, B, blocks}
+  CUtensorMap k16[kMaxTmaKvHeads];  // pruned K, the last 16 channels: {16, B, blocks}
+  CUtensorMap v[kMaxTmaKvHeads];    // pruned V: {64, B, D / 64, blocks}
+};
+
 // CTAs of the decode kernel for `head_dim` resident per SM (occupancy API: registers and
 // the pipeline's shared memory), for the plan's wave sizing.
 int DecodeBlocksPerSm(int head_dim);
-void LaunchDecode(const DecodeParams& p, int head_dim, int num_items, int num_seqs,
-                  cudaStream_t stream);
+// maps == nullptr: every thread issues 16-byte cp.async copies; otherwise thread 0 issues
+// one TMA copy per K and V block.
+void LaunchDecode(const DecodeParams& p, const DecodeTmaMaps* maps, int head_dim, int num_items,
+                  int num_seqs, cudaStream_t stream);
 
 // Prefill: one CTA = up to kPrefillRows (query token, q head) rows of one (seq, kv head).
 struct PrefillTile {

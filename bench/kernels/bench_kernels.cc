@@ -31,6 +31,7 @@ namespace {
 using kernels::AttentionShape;
 using kernels::bf16;
 using kernels::DecodeAttention;
+using kernels::DecodeLoads;
 using kernels::DeviceMeta;
 using kernels::SeqView;
 using Mask = std::vector<std::vector<std::vector<int>>>;
@@ -48,6 +49,7 @@ struct Options {
   bool shuffle = true;  // shuffled block tables (a fragmented pool) or in order
   bool prefill = true;  // also time 8K causal prefill attention
   bool graph = true;    // time the 32 launches of a sweep as one CUDA graph, as the peers do
+  bool tma = true;      // decode K/V loads: TMA boxes (SetDecodeLoads) or per-thread cp.async
   std::string git_commit = "unknown";
 };
 
@@ -72,6 +74,7 @@ Mask LoadMask(const std::string& path) {
 struct Result {
   double time_us = 0, bytes = 0, plan_us = 0;
   int items = 0;
+  bool tma = false;  // the TMA load path ran (not only asked for)
 };
 
 // Times one configuration; returns time per layer. dense: no mask (plain paged decode).
@@ -183,6 +186,7 @@ Result TimeDecode(const Options& o, const Mask* mask, int batch, int context) {
   LEANK_CUDA_CHECK(cudaGetLastError());
   std::sort(ms.begin(), ms.end());
   r.time_us = ms[ms.size() / 2] * 1e3 / L;
+  r.tma = attn.tma_launches() > 0;
   if (exec != nullptr) cudaGraphExecDestroy(exec);
   cudaEventDestroy(a);
   cudaEventDestroy(b);
@@ -279,18 +283,22 @@ int Main(int argc, char** argv) {
       o.prefill = std::stoi(argv[++i]) != 0;
     else if (arg("--graph"))
       o.graph = std::stoi(argv[++i]) != 0;
+    else if (arg("--loads") && i + 1 < argc &&
+             (std::string(argv[i + 1]) == "tma" || std::string(argv[i + 1]) == "cpasync"))
+      o.tma = std::string(argv[++i]) == "tma";
     else if (arg("--git-commit"))
       o.git_commit = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 4096,...] "
                    "[--iters N] [--block 16] [--ctas N] [--shuffle 0|1] [--prefill 0|1] "
-                   "[--graph 0|1] [--git-commit SHA]\n",
+                   "[--graph 0|1] [--loads tma|cpasync] [--git-commit SHA]\n",
                    argv[0]);
       return 2;
     }
   }
   const Mask mask = LoadMask(o.mask_path);
+  kernels::SetDecodeLoads(o.tma ? DecodeLoads::kTma : DecodeLoads::kCpAsync);
   cudaDeviceProp prop{};
   LEANK_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double read_gbps = MeasureReadBandwidth(size_t(4) << 30, 20);
@@ -336,6 +344,7 @@ int Main(int argc, char** argv) {
                                 : "median of iters sweeps over 32 layers / 32, CUDA events, "
                                   "32 launches issued by the host"},
              {"cuda_graph", o.graph},
+             {"decode_loads", r.tma ? "tma" : "cpasync"},
              {"iters", o.iters},
              {"device", prop.name},
              {"date", Today()},

@@ -92,22 +92,31 @@ TEST_P(DecodeTest, MatchesReference) {
   DecodeAttention attn(*meta);
   ASSERT_TRUE(attn.Plan(views, nullptr, c.target_ctas).ok());
   const float scale = 1.0f / std::sqrt(float(D));
-  for (int layer = 0; layer < L; ++layer) {
-    CUDA_OK(cudaMemset(d_out.ptr, 0xff, d_out.n * sizeof(__nv_bfloat16)));  // NaN poison
-    const __nv_bfloat16* full =
-        d_full.ptr + size_t(layer) * pools.num_full * meta->full_block_elems();
-    const __nv_bfloat16* pruned = d_pruned.ptr + meta->pruned_layer_base(layer, pools.num_pruned);
-    attn.Run(layer, d_q.ptr, full, pruned, scale, d_out.ptr, nullptr);
-    CUDA_OK(cudaDeviceSynchronize());
-    auto out = d_out.Download();
-    for (size_t i = 0; i < pb.seqs.size(); ++i) {
-      auto ref = ReferenceAttend(pb.shape, pb.mask, layer, pb.seqs[i], pb.seqs[i].n - 1,
-                                 pb.seqs[i].q.data(), scale);
-      const double err = RelError(out, i * Hq * D, ref);
-      EXPECT_LT(err, kTol) << c.name << " layer " << layer << " seq " << i << " n=" << pb.seqs[i].n
-                           << " items=" << attn.num_items(layer);
+  // Both load paths (TMA whole-block boxes, per-thread cp.async) on the same plan.
+  for (DecodeLoads loads : {DecodeLoads::kTma, DecodeLoads::kCpAsync}) {
+    SetDecodeLoads(loads);
+    const char* path = loads == DecodeLoads::kTma ? "tma" : "cpasync";
+    const int64_t tma_before = attn.tma_launches();
+    for (int layer = 0; layer < L; ++layer) {
+      CUDA_OK(cudaMemset(d_out.ptr, 0xff, d_out.n * sizeof(__nv_bfloat16)));  // NaN poison
+      const __nv_bfloat16* full =
+          d_full.ptr + size_t(layer) * pools.num_full * meta->full_block_elems();
+      const __nv_bfloat16* pruned = d_pruned.ptr + meta->pruned_layer_base(layer, pools.num_pruned);
+      attn.Run(layer, d_q.ptr, full, pruned, scale, d_out.ptr, nullptr);
+      CUDA_OK(cudaDeviceSynchronize());
+      auto out = d_out.Download();
+      for (size_t i = 0; i < pb.seqs.size(); ++i) {
+        auto ref = ReferenceAttend(pb.shape, pb.mask, layer, pb.seqs[i], pb.seqs[i].n - 1,
+                                   pb.seqs[i].q.data(), scale);
+        const double err = RelError(out, i * Hq * D, ref);
+        EXPECT_LT(err, kTol) << c.name << " " << path << " layer " << layer << " seq " << i
+                             << " n=" << pb.seqs[i].n << " items=" << attn.num_items(layer);
+      }
     }
+    // The TMA path must really run (the shapes here have 4 kv heads), not fall back.
+    EXPECT_EQ(attn.tma_launches() - tma_before, loads == DecodeLoads::kTma ? L : 0) << path;
   }
+  SetDecodeLoads(DecodeLoads::kTma);
 }
 
 std::vector<DecodeCase> Cases() {
