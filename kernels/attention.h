@@ -117,6 +117,14 @@ enum class DecodeLoads { kTma, kCpAsync };
 void SetDecodeLoads(DecodeLoads loads);
 DecodeLoads GetDecodeLoads();
 
+// Programmatic dependent launch of the decode kernel (process-wide, sm_90+): its CTAs may
+// start while the previous kernel of the stream finishes, reading their work item and
+// block-table pointers, and wait for that kernel before touching q, the cache or the
+// split partials; they let the next kernel launch early. On by default; LEANK_CUDA_PDL=0
+// turns it off (the same switch as the model kernels', kernels/model/ops.h).
+void SetDecodeProgrammaticLaunch(bool enabled);
+bool DecodeProgrammaticLaunch();
+
 // The CTA count a decode plan chose, reused by the next plan while the batch keeps its
 // segments and its heaviest layer's bytes stay within 1/64 (decode grows a token a step).
 struct DecodeCtaChoice {

@@ -63,6 +63,7 @@ __device__ __forceinline__ void DecodeBody(const DecodeParams& p, const DecodeTm
   __nv_bfloat16* q_s = stages + kStages * Smem::kStageElems;
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + Smem::kBarOffset);
 
+  PdlTrigger();  // the next kernel may launch once every CTA of this grid has started
   const DecodeItem item = p.items[blockIdx.x];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int H = p.num_kv_heads, G = p.group, B = p.block_size;
@@ -150,10 +151,16 @@ __device__ __forceinline__ void DecodeBody(const DecodeParams& p, const DecodeTm
     }
   };
 
+  if (kTma && tid == 0) {
+    for (int s = 0; s < kStages; ++s) MbarInit(&bars[s], 1);
+    FenceMbarInit();
+  }
+  // Everything above reads only the plan and the metadata, uploaded before the step's
+  // first kernel. q and the KV cache come from earlier kernels, and the partials and
+  // counters are shared with the previous launch: wait for them (programmatic launch).
+  PdlWait();
   if constexpr (kTma) {
     if (tid == 0) {
-      for (int s = 0; s < kStages; ++s) MbarInit(&bars[s], 1);
-      FenceMbarInit();
       for (int s = 0; s < kStages - 1 && s < num_tiles; ++s) issue_tile(s, s);
     }
   } else {
@@ -489,15 +496,26 @@ int BlocksPerSm() {
 }
 
 template <int D>
-void Launch(const DecodeParams& p, const DecodeTmaMaps* maps, int num_items, int num_seqs,
+void Launch(const DecodeParams& p, const DecodeTmaMaps* maps, int num_items, int num_seqs, bool pdl,
             cudaStream_t stream) {
   constexpr size_t smem = DecodeSmem<D>::kBytes;
   Configure<D>();
   if (num_items > 0) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(num_items);
+    cfg.blockDim = dim3(kThreads);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
     if (maps != nullptr) {
-      DecodeKernelTma<D><<<num_items, kThreads, DecodeSmem<D>::kTmaBytes, stream>>>(p, *maps);
+      cfg.dynamicSmemBytes = DecodeSmem<D>::kTmaBytes;
+      LEANK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, DecodeKernelTma<D>, p, *maps));
     } else {
-      DecodeKernel<D><<<num_items, kThreads, smem, stream>>>(p);
+      cfg.dynamicSmemBytes = smem;
+      LEANK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, DecodeKernel<D>, p));
     }
   }
   LEANK_CUDA_CHECK(cudaGetLastError());
@@ -510,14 +528,14 @@ int DecodeBlocksPerSm(int head_dim) {
 }
 
 void LaunchDecode(const DecodeParams& p, const DecodeTmaMaps* maps, int head_dim, int num_items,
-                  int num_seqs, cudaStream_t stream) {
+                  int num_seqs, bool pdl, cudaStream_t stream) {
   if (num_seqs == 0) return;
   switch (head_dim) {
     case 64:
-      Launch<64>(p, maps, num_items, num_seqs, stream);
+      Launch<64>(p, maps, num_items, num_seqs, pdl, stream);
       break;
     case 128:
-      Launch<128>(p, maps, num_items, num_seqs, stream);
+      Launch<128>(p, maps, num_items, num_seqs, pdl, stream);
       break;
     default:
       std::fprintf(stderr, "LaunchDecode: head_dim %d not built\n", head_dim);

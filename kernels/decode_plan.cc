@@ -2,6 +2,8 @@
 // from decode_work.cc, one upload per step) and the per-layer launch.
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <utility>
 #include <vector>
 
@@ -20,7 +22,18 @@ namespace {
 
 int CeilDiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
+std::atomic<bool>& PdlFlag() {
+  static std::atomic<bool> flag{[] {
+    const char* env = std::getenv("LEANK_CUDA_PDL");
+    return !(env && env[0] == '0');
+  }()};
+  return flag;
+}
+
 }  // namespace
+
+void SetDecodeProgrammaticLaunch(bool enabled) { PdlFlag() = enabled; }
+bool DecodeProgrammaticLaunch() { return PdlFlag(); }
 
 DecodeAttention::DecodeAttention(const DeviceMeta& meta) : meta_(meta) {
   int dev = 0;
@@ -145,7 +158,8 @@ void DecodeAttention::Run(int layer, const bf16* q, const bf16* full, const bf16
   p.scale_log2 = scale * 1.4426950408889634f;
   const detail::DecodeTmaMaps* maps = tma_->Get(meta_, layer, full, pruned);
   if (maps != nullptr) ++tma_launches_;
-  detail::LaunchDecode(p, maps, D, planner_->work().layer_items[layer], num_seqs_, stream);
+  detail::LaunchDecode(p, maps, D, planner_->work().layer_items[layer], num_seqs_,
+                       DecodeProgrammaticLaunch(), stream);
 }
 
 }  // namespace leank::kernels

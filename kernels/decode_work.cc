@@ -183,8 +183,8 @@ DecodeCtaChoice SearchCtas(const std::vector<Seg>& segs, int64_t total, int resi
   // Of the candidates the model cannot tell apart (within 0.1%), the most CTAs: the
   // model runs every slot at the same rate, so it sees no gain in cutting the largest
   // segments further, but the hardware's slots do not progress alike, and more, smaller
-  // items of more even size finish closer together. H100, LeanK 64 x 16K: the model gives 1024 items (one per
-  // segment) and 792 CTAs the same makespan; measured 949.7 vs 914.5 us.
+  // items of more even size finish closer together. H100, LeanK 64 x 16K: the model gives 1024
+  // items (one per segment) and 792 CTAs the same makespan; measured 949.7 vs 914.5 us.
   for (int i = 0; i < kCandidates && !saturated; ++i) {
     if (predicted[i] - best <= best / 1000) ctas = std::max(1, resident * kEighths[i] / 8);
   }

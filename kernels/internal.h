@@ -74,9 +74,10 @@ struct DecodeTmaMaps {
 // the pipeline's shared memory), for the plan's wave sizing.
 int DecodeBlocksPerSm(int head_dim);
 // maps == nullptr: every thread issues 16-byte cp.async copies; otherwise thread 0 issues
-// one TMA copy per K and V block.
+// one TMA copy per K and V block. pdl: launched as a programmatic dependent of the
+// previous kernel in the stream (DecodeProgrammaticLaunch).
 void LaunchDecode(const DecodeParams& p, const DecodeTmaMaps* maps, int head_dim, int num_items,
-                  int num_seqs, cudaStream_t stream);
+                  int num_seqs, bool pdl, cudaStream_t stream);
 
 // Prefill: one CTA = up to kPrefillRows (query token, q head) rows of one (seq, kv head).
 struct PrefillTile {

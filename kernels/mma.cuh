@@ -86,6 +86,14 @@ __device__ __forceinline__ float FastExp2(float x) {
   return y;
 }
 
+// Programmatic dependent launch (sm_90): PdlWait blocks until the previous kernel of the
+// stream has finished and its writes are visible (a no-op for an ordinary launch);
+// PdlTrigger lets the next kernel, if launched as a programmatic dependent, start early.
+__device__ __forceinline__ void PdlWait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void PdlTrigger() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 __device__ __forceinline__ float QuadMax(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));

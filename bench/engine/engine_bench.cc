@@ -29,6 +29,7 @@
 #include "cache/mask.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/model/weights.h"
+#include "kernels/attention.h"
 #include "kernels/model/ops.h"
 #include "nlohmann/json.hpp"
 
@@ -425,9 +426,11 @@ int main(int argc, char** argv) {
       "--device-sampling", a.device_sampling,
       "batch-1 decode samples greedily on the device, no logits copied back (default true)");
   app.add_option("--pdl", a.pdl,
-                 "programmatic dependent launch of the model kernels (default true)");
+                 "programmatic dependent launch of the model kernels and decode attention "
+                 "(default true)");
   CLI11_PARSE(app, argc, argv);
   leank::kernels::model::SetProgrammaticLaunch(a.pdl);
+  leank::kernels::SetDecodeProgrammaticLaunch(a.pdl);
 
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) Die("no CUDA device");

@@ -50,6 +50,7 @@ struct Options {
   bool prefill = true;  // also time 8K causal prefill attention
   bool graph = true;    // time the 32 launches of a sweep as one CUDA graph, as the peers do
   bool tma = true;      // decode K/V loads: TMA boxes (SetDecodeLoads) or per-thread cp.async
+  bool pdl = true;      // launches as programmatic dependents (SetDecodeProgrammaticLaunch)
   std::string git_commit = "unknown";
 };
 
@@ -283,6 +284,8 @@ int Main(int argc, char** argv) {
       o.prefill = std::stoi(argv[++i]) != 0;
     else if (arg("--graph"))
       o.graph = std::stoi(argv[++i]) != 0;
+    else if (arg("--pdl"))
+      o.pdl = std::stoi(argv[++i]) != 0;
     else if (arg("--loads") && i + 1 < argc &&
              (std::string(argv[i + 1]) == "tma" || std::string(argv[i + 1]) == "cpasync"))
       o.tma = std::string(argv[++i]) == "tma";
@@ -292,12 +295,13 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: %s [--json PATH] [--mask PATH] [--batches 1,8] [--contexts 4096,...] "
                    "[--iters N] [--block 16] [--ctas N] [--shuffle 0|1] [--prefill 0|1] "
-                   "[--graph 0|1] [--loads tma|cpasync] [--git-commit SHA]\n",
+                   "[--graph 0|1] [--loads tma|cpasync] [--pdl 0|1] [--git-commit SHA]\n",
                    argv[0]);
       return 2;
     }
   }
   const Mask mask = LoadMask(o.mask_path);
+  kernels::SetDecodeProgrammaticLaunch(o.pdl);
   kernels::SetDecodeLoads(o.tma ? DecodeLoads::kTma : DecodeLoads::kCpAsync);
   cudaDeviceProp prop{};
   LEANK_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -345,6 +349,7 @@ int Main(int argc, char** argv) {
                                   "32 launches issued by the host"},
              {"cuda_graph", o.graph},
              {"decode_loads", r.tma ? "tma" : "cpasync"},
+             {"programmatic_launch", o.pdl},
              {"iters", o.iters},
              {"device", prop.name},
              {"date", Today()},
