@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 def run_cli(prog: str, interrupted: str, fn: Callable[[], None]) -> None:
     """Runs a command-line entry point: a ConfigError is one line `PROG: error: ...` and exit
-    2, Ctrl-C one line `PROG: interrupted; INTERRUPTED` and exit 130 (no traceback)."""
+    2, Ctrl-C one line `PROG: interrupted; INTERRUPTED` and exit 130, an OSError (a full disk)
+    one line and exit 1 (no traceback)."""
     try:
         fn()
     except ConfigError as e:
@@ -37,6 +38,9 @@ def run_cli(prog: str, interrupted: str, fn: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as e:  # a full disk mid-run: one line, exit 1 (outputs are atomic)
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _is_int(v) -> bool:
@@ -50,6 +54,18 @@ def _is_number(v) -> bool:
 def need_int(where: str, v, lo: int) -> int:
     if not _is_int(v) or v < lo:
         raise ConfigError(f"{where}: must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def need_path(where: str, v) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{where}: must be a path, got {v!r}")
+    return v
+
+
+def need_object(where: str, v) -> dict:
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: must be an object, got {v!r}")
     return v
 
 
@@ -232,11 +248,17 @@ def check_run(cfg: dict) -> None:
     if bad:
         raise ConfigError(f"unknown config keys {bad} (known: {', '.join(sorted(known))})")
     for key in ("model", "out_dir"):
-        if not isinstance(cfg.get(key), str) or not cfg[key]:
-            raise ConfigError(f"{key}: must be a path, got {cfg.get(key)!r}")
+        need_path(key, cfg.get(key))
+    for key in ("stage1", "stage2", "export"):
+        need_object(key, cfg.get(key, {}))
     data = cfg.get("data")
     if not isinstance(data, dict) or ("file" not in data) == ("generate" not in data):
         raise ConfigError("data: must be an object with exactly one of \"file\" or \"generate\"")
+    for key in ("file", "val"):
+        if key in data:
+            need_path(f"data.{key}", data[key])
+    if "generate" in data:
+        check_generate(data["generate"])
     if cfg.get("dtype", "float32") not in DTYPES:
         raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
     need_int("seed", cfg.get("seed", 0), 0)
@@ -249,6 +271,53 @@ def check_run(cfg: dict) -> None:
             need_int(f"export.{key}", exp[key], 1)
     if "model" in exp and not isinstance(exp["model"], str):
         raise ConfigError(f"export.model: must be a string, got {exp['model']!r}")
+
+
+def check_generate(g) -> None:
+    """data.generate: what `python3 -m train.data` takes (n, min_len, max_len, tasks, haystack;
+    seed, keys, template optional), checked like its options."""
+    from train.data import HAYSTACKS, TASKS
+    need_object("data.generate", g)
+    known = {"n", "seed", "min_len", "max_len", "tasks", "haystack", "keys", "template"}
+    bad = sorted(set(g) - known)
+    if bad:
+        raise ConfigError(f"data.generate: unknown keys {bad} (known: {', '.join(sorted(known))})")
+    for key in ("n", "min_len", "max_len", "tasks", "haystack"):
+        if key not in g:
+            raise ConfigError(f"data.generate.{key}: missing")
+    need_int("data.generate.n", g["n"], 1)
+    need_int("data.generate.seed", g.get("seed", 1), 0)
+    need_int("data.generate.min_len", g["min_len"], 1)
+    need_int("data.generate.max_len", g["max_len"], g["min_len"])
+    tasks = g["tasks"]
+    if not isinstance(tasks, list) or not tasks or not all(t in TASKS for t in tasks):
+        raise ConfigError(f"data.generate.tasks: must be a non-empty list of "
+                          f"{', '.join(TASKS)}, got {tasks!r}")
+    choices = {"haystack": (HAYSTACKS, None), "keys": (("train", "eval"), "train"),
+               "template": (("chatml", "plain"), "chatml")}
+    for key, (allowed, default) in choices.items():
+        if g.get(key, default) not in allowed:
+            raise ConfigError(f"data.generate.{key}: must be one of {', '.join(allowed)}, "
+                              f"got {g[key]!r}")
+
+
+def check_device(dev) -> str:
+    """A torch device string this machine has (cuda[:N] only with such a GPU)."""
+    import torch
+    try:
+        d = torch.device(dev) if isinstance(dev, str) else None
+    except RuntimeError:
+        d = None
+    if d is None:
+        raise ConfigError(f"device: must be a torch device such as \"cpu\", \"cuda\" or "
+                          f"\"cuda:0\", got {dev!r}")
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"device: {dev!r} but torch sees no CUDA device (use \"cpu\")")
+        if d.index is not None and d.index >= n:
+            raise ConfigError(f"device: {dev!r} but torch sees {n} CUDA device(s)")
+    return dev
 
 
 def check_middle(mid, required: bool = False) -> None:
@@ -294,6 +363,9 @@ def check_eval(cfg: dict) -> None:
     for key in ("fidelity", "tasks", "cells", "texts"):
         if not isinstance(cfg.get(key, []), list):
             raise ConfigError(f"{key}: must be a list, got {cfg[key]!r}")
+    for key in ("fidelity", "tasks"):
+        for i, p in enumerate(cfg.get(key, [])):
+            need_path(f"{key}[{i}]", p)
     for key in ("calib",):
         if key in cfg and (not isinstance(cfg[key], str) or not cfg[key]):
             raise ConfigError(f"{key}: must be a path, got {cfg[key]!r}")

@@ -285,6 +285,38 @@ def hf_encoder(model_dir) -> Callable[[str], List[int]]:
     return lambda s: tok.encode(s, add_special_tokens=False).ids
 
 
+def checked_generator(model_dir, haystack: str, keys: str, template: str, tok_key: str,
+                      hay_key: str) -> "Generator":
+    """A Generator with model_dir's tokenizer, or ConfigError naming tok_key / hay_key: no
+    tokenizer.json, no `tokenizers` package, a file it cannot read, a haystack with no text
+    on this machine."""
+    from train.checks import ConfigError
+    tok = Path(model_dir) / "tokenizer.json"
+    if not tok.is_file():
+        raise ConfigError(f"{tok_key}: {tok} does not exist")
+    try:
+        enc = hf_encoder(model_dir)
+    except ImportError:
+        raise ConfigError(f"{tok_key}: reading tokenizer.json needs the `tokenizers` package "
+                          "(pip install tokenizers)") from None
+    except Exception as e:  # the tokenizers package's own errors
+        raise ConfigError(f"{tok_key}: cannot read {tok}: {e}") from None
+    try:
+        return Generator(enc, haystack, keys, template)
+    except RuntimeError as e:  # "haystack H has no text on this machine"
+        raise ConfigError(f"{hay_key}: {e}") from None
+
+
+def checked_dataset(gen: "Generator", n: int, seed: int, min_len: int, max_len: int,
+                    tasks: Sequence[str], len_key: str) -> List[Sample]:
+    from train.checks import ConfigError
+    try:
+        return gen.dataset(n, seed, min_len, max_len, tasks)
+    except ValueError as e:  # "length L too short for task T"
+        raise ConfigError(f"{len_key}: {e} (prompt template, question and needles do not "
+                          "fit)") from None
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizer", required=True, help="model folder with tokenizer.json")
@@ -317,19 +349,9 @@ def generate(a) -> None:
     if not tok.is_file():
         raise ConfigError(f"--tokenizer: {tok} does not exist")
     check_out_file(a.out, "--out")
-    try:
-        enc = hf_encoder(a.tokenizer)
-    except ImportError:
-        raise ConfigError("--tokenizer: reading tokenizer.json needs the `tokenizers` package "
-                          "(pip install tokenizers)") from None
-    except Exception as e:  # the tokenizers package's own errors
-        raise ConfigError(f"--tokenizer: cannot read {tok}: {e}") from None
-    gen = Generator(enc, a.haystack, a.keys, a.template)
-    try:
-        samples = gen.dataset(a.n, a.seed, a.min_len, a.max_len, tasks)
-    except ValueError as e:  # "length L too short for task T"
-        raise ConfigError(f"--min-len: {e} (prompt template, question and needles do not "
-                          "fit)") from None
+    gen = checked_generator(a.tokenizer, a.haystack, a.keys, a.template, "--tokenizer",
+                            "--haystack")
+    samples = checked_dataset(gen, a.n, a.seed, a.min_len, a.max_len, tasks, "--min-len")
     save_samples(samples, a.out, vars(a))
     lens = [len(s.prompt) + len(s.answer) for s in samples]
     print(f"{a.out}: {len(samples)} samples, tokens {min(lens)}..{max(lens)}, "

@@ -59,6 +59,11 @@ TopList = List[Tuple[int, float]]  # [(token id, logprob)], best first
 
 # ---- the client ------------------------------------------------------------------------------
 
+class ServerError(RuntimeError):
+    """A server that does not start, answer or serve what the config expects (leank_eval
+    prints it as one line)."""
+
+
 def _client_module():
     """tools/python_client/leank_client.py (generates grpc stubs from proto/ at first use)."""
     sys.path.insert(0, str(REPO / "tools" / "python_client"))
@@ -83,7 +88,7 @@ class ServerClient:
         last = ""
         while time.time() - t0 < timeout_s:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"server at {self.target} exited with {proc.returncode}")
+                raise ServerError(f"server at {self.target} exited with {proc.returncode}")
             try:
                 last = self.lc.health(self.channel)
                 if last == "SERVING":
@@ -91,7 +96,7 @@ class ServerClient:
             except self.grpc.RpcError as e:
                 last = e.code().name
             time.sleep(0.5)
-        raise TimeoutError(f"server at {self.target} not SERVING after {timeout_s:.0f}s ({last})")
+        raise ServerError(f"server at {self.target} not SERVING after {timeout_s:.0f}s ({last})")
 
     def info(self) -> dict:
         r = self.stub.GetModelInfo(self.lc.pb.GetModelInfoRequest(), timeout=30)
@@ -117,7 +122,7 @@ class ServerClient:
             if c.finish_reason:
                 final = c
         if final is None or pb.FinishReason.Name(final.finish_reason) == "FINISH_REASON_ERROR":
-            raise RuntimeError(f"{self.target}: generation failed: {final}")
+            raise ServerError(f"{self.target}: generation failed: {final}")
         return {"tokens": toks, "logprob": chosen, "top": top,
                 "finish": pb.FinishReason.Name(final.finish_reason),
                 "prompt_tokens": final.usage.prompt_tokens, "wall_s": time.time() - t0}
@@ -151,6 +156,8 @@ def spawn_server(binary: str, model: str, masks: Optional[str], sink: int, recen
         cl = ServerClient(target)
         try:
             cl.wait_serving(wait_s, proc)
+        except ServerError as e:
+            raise ServerError(f"{e}" + (f" (its output: {log})" if log else "")) from None
         finally:
             cl.close()
         yield target, proc
@@ -297,15 +304,15 @@ def run(cfg: dict, root: Path, model: LlamaModel, servers: Optional[Dict[str, st
             info = cl.info()
             res["servers"][name] = info
             if method_name(info) != name:
-                raise RuntimeError(f"{target} serves {method_name(info)}, expected {name}")
+                raise ServerError(f"{target} serves {method_name(info)}, expected {name}")
             if kept is not None and (info["sink"], info["recent"], info["block_size"]) != (S, W, B):
-                raise RuntimeError(f"{target}: sink/recent/block {info['sink']}/"
-                                   f"{info['recent']}/{info['block_size']} != config {S}/{W}/{B}")
+                raise ServerError(f"{target}: sink/recent/block {info['sink']}/"
+                                  f"{info['recent']}/{info['block_size']} != config {S}/{W}/{B}")
             srv_out[name] = {}
             for s in samples:
                 g = cl.generate(s["prompt"], s["max_tokens"])
                 if len(g["tokens"]) != s["max_tokens"]:
-                    raise RuntimeError(f"{name} {s['id']}: {len(g['tokens'])} tokens")
+                    raise ServerError(f"{name} {s['id']}: {len(g['tokens'])} tokens")
                 srv_out[name][s["id"]] = g
             log(f"{name}: server done ({time.time() - t_start:.0f}s)")
         # 2. PyTorch on the same prompts (the server is stopped)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,8 +33,8 @@ import torch
 
 from train import st_io
 from train.attention import MiddleSpec
-from train.checks import (ConfigError, check_eval, check_out_file, check_samples, check_targets,
-                          read_model_config, run_cli, sliding_window)
+from train.checks import (ConfigError, check_device, check_eval, check_out_file, check_samples,
+                          check_targets, need_int, read_model_config, run_cli, sliding_window)
 from train.data import Sample
 from train.leank_train import (load_config, load_model, pick_device, read_samples, resolve,
                                sparsity_tag)
@@ -41,7 +42,7 @@ from train.masks import kept_counts, load_mask, magnitude_mask, random_mask
 from train.model import LlamaModel
 
 
-def channel_scores(model: LlamaModel, texts: List[Sample]) -> torch.Tensor:
+def channel_scores(model: LlamaModel, texts: List[Sample], tick=None) -> torch.Tensor:
     """ThinK-like score [L, H, D]: RMS of post-RoPE q (over the kv head's query heads and
     positions) times RMS of k, per channel."""
     mc = model.cfg
@@ -56,9 +57,26 @@ def channel_scores(model: LlamaModel, texts: List[Sample]) -> torch.Tensor:
 
     dev = model.embed_tokens.weight.device
     with torch.no_grad():
-        for s in texts:
+        for i, s in enumerate(texts):
             model(torch.tensor(s.prompt, device=dev), observer=obs)
+            if tick is not None:
+                tick(i + 1)
     return (q2.sqrt() * k2.sqrt()).float()
+
+
+PROGRESS_EVERY_S = 30.0  # a progress line at most this often (and at the end of each phase)
+
+
+def progress(what: str, total: int, t_start: float):
+    """tick(done, note): prints `WHAT done/total note (elapsed)` on stdout, throttled."""
+    last = [time.time()]
+
+    def tick(done: int, note: str = "") -> None:
+        now = time.time()
+        if done == total or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            print(f"{what} {done}/{total}{note} ({now - t_start:.0f}s)", flush=True)
+    return tick
 
 
 class Evaluator:
@@ -111,7 +129,7 @@ class Inputs:
         self.root = Path(a.root)
         check_eval(cfg)
         hf = read_model_config(self.path(cfg["model"]))
-        self.dev = cfg.get("device", "cpu") if server else pick_device(cfg)
+        self.dev = check_device(cfg.get("device", "cpu")) if server else pick_device(cfg)
         self.model = load_model(self.path(cfg["model"]), cfg, self.dev)
         mc = self.model.cfg
         self.shape = (mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim)
@@ -119,11 +137,28 @@ class Inputs:
                       keys=("sparsities", "align"))
         self.limits = dict(vocab_size=mc.vocab_size, max_positions=mc.max_position_embeddings,
                            window=sliding_window(hf))
+        builtin = {"dense"} | {f"{m}-{sparsity_tag(t)}" for t in cfg["sparsities"]
+                               for m in ("leank", "magnitude", "random")}
+        taken = sorted(set(cfg.get("extra_masks", {})) & builtin)
+        if taken:  # "dense" would have no reference; "leank-s50" would replace the trained one
+            raise ConfigError(f"extra_masks.{taken[0]}: the name of a built-in method; use "
+                              f"another name")
         self.out = self.path(cfg["out"])
         check_out_file(self.out, "out")
 
     def path(self, p: str) -> Path:
         return resolve(self.root, p)
+
+    def leank_mask(self, s: float) -> torch.Tensor:
+        """The trained mask of sparsity s (leank_masks with {tag}), whose K sparsity must be s
+        within the alignment's rounding (else every leank-sNN number would be mislabelled)."""
+        kept = self.mask("leank_masks", self.cfg["leank_masks"].format(tag=sparsity_tag(s)))
+        got, tol = 1.0 - float(kept.mean()), self.cfg.get("align", 16) / (2 * kept.numel())
+        if abs(got - s) > tol + 1e-9:
+            path = self.path(self.cfg["leank_masks"].format(tag=sparsity_tag(s)))
+            raise ConfigError(f"leank_masks: {path} has K sparsity {got:.4f}, but sparsities "
+                              f"asks for {s} (a mask of another sparsity?)")
+        return kept
 
     def mask(self, key: str, p: str) -> torch.Tensor:
         """A project-format mask of this model's shape, as float [L, H, D]."""
@@ -150,6 +185,8 @@ class Inputs:
 def evaluate(a) -> None:
     inp = Inputs(a, server=False)
     cfg, model = inp.cfg, inp.model
+    if "torch_threads" in cfg:
+        torch.set_num_threads(cfg["torch_threads"])
     mid = cfg.get("middle", {"sink": 128, "recent": 768, "block": 16})
     ev = Evaluator(model, mid["sink"], mid["recent"], mid["block"])
     align = cfg.get("align", 16)
@@ -165,14 +202,14 @@ def evaluate(a) -> None:
                           f"query has middle keys before position {p0 + 1} (middle sink + "
                           "recent + block)")
     task_sets = [inp.samples("tasks", f) for f in cfg.get("tasks", [])]
-    leank = {s: inp.mask("leank_masks", cfg["leank_masks"].format(tag=sparsity_tag(s)))
-             for s in cfg["sparsities"]}
+    leank = {s: inp.leank_mask(s) for s in cfg["sparsities"]}
     extra = {n: inp.mask(f"extra_masks.{n}", p) for n, p in cfg.get("extra_masks", {}).items()}
     t_start = time.time()
 
     # ---- methods ----
     methods: Dict[str, Optional[torch.Tensor]] = {"dense": None}
-    scores = channel_scores(model, calib) if calib else None
+    scores = channel_scores(model, calib, progress("calibration texts", len(calib), t_start)) \
+        if calib else None
     for s in cfg["sparsities"]:
         tag = sparsity_tag(s)
         kept = leank[s]
@@ -193,9 +230,13 @@ def evaluate(a) -> None:
 
     # ---- fidelity on plain text ----
     fid = defaultdict(lambda: defaultdict(lambda: [0.0, 0, 0]))  # [method][len] = kl, agree, n
-    for s in texts:
+    tick = progress("fidelity texts", len(texts), t_start)
+    for ti, s in enumerate(texts):
         if time.time() - t_start > budget * cfg.get("fidelity_share", 0.25):
+            print(f"fidelity: time share reached after {ti}/{len(texts)} texts", flush=True)
             break
+        if ti:
+            tick(ti)
         L = len(s.prompt)
         h_ref = ev.hidden(s.prompt, None)[p0:]
         for name, kept in methods.items():
@@ -208,6 +249,9 @@ def evaluate(a) -> None:
                 acc[0] += kl
                 acc[1] += agree
                 acc[2] += min(1024, h.shape[0] - c)
+    else:
+        if texts:
+            tick(len(texts))
     for name, byl in fid.items():
         results["fidelity"][name] = {
             str(L): {"kl": v[0] / v[2], "top1": v[1] / v[2], "positions": v[2]}
@@ -224,10 +268,13 @@ def evaluate(a) -> None:
     order = [(k, i) for i in range(max(len(v) for v in cells.values()) if cells else 0)
              for k in keys if i < len(cells[k])]
     acc = defaultdict(lambda: defaultdict(lambda: [0, 0, 0.0, 0, 0]))  # right, n, kl, agree, pos
-    for (k, i) in order:
+    tick = progress("task samples", len(order), t_start)
+    for n_done, (k, i) in enumerate(order):
         if time.time() - t_start > budget:
-            print("time budget reached")
+            print(f"time budget reached after {n_done}/{len(order)} task samples", flush=True)
             break
+        if n_done:
+            tick(n_done, f" (next: {k[0]}@{k[1]})")
         s = cells[k][i]
         ids = s.prompt + s.answer
         P, A = len(s.prompt), len(s.answer)
@@ -245,6 +292,9 @@ def evaluate(a) -> None:
                 c[2] += kl
                 c[3] += agree
                 c[4] += A
+    else:
+        if order:
+            tick(len(order))
     for name, byk in acc.items():
         results["tasks"][name] = {f"{t}@{L}": {"acc": v[0] / v[1], "n": v[1],
                                               "answer_kl": v[2] / v[4] if v[4] else 0.0,
@@ -263,26 +313,69 @@ def main_server(a) -> None:
     cfg, root, model = inp.cfg, inp.root, inp.model
     torch.set_num_threads(cfg.get("torch_threads", torch.get_num_threads()))
     for s in cfg["sparsities"]:  # read again by es.run; checked here before any server starts
-        inp.mask("leank_masks", cfg["leank_masks"].format(tag=sparsity_tag(s)))
+        inp.leank_mask(s)
     for key in ("cells", "texts"):
         for i, item in enumerate(cfg.get(key, [])):
             if not isinstance(item, dict) or not isinstance(item.get("file"), str):
                 raise ConfigError(f"{key}[{i}]: must be an object with a \"file\", got {item!r}")
+            check_server_item(key, i, item)
             inp.samples(f"{key}[{i}].file", item["file"], text=key == "texts")
-    servers = {}
+    if a.server_bin and not a.server and not (os.path.isfile(a.server_bin)
+                                              and os.access(a.server_bin, os.X_OK)):
+        raise ConfigError(f"--server-bin: {a.server_bin} is not an executable file")
     for item in a.server:
-        name, _, target = item.rpartition("=")
-        if not name:
-            cl = es.ServerClient(target)
-            cl.wait_serving(60)
-            name = es.method_name(cl.info())
-            cl.close()
-        servers[name] = target
-    res = es.run(cfg, root, model, servers or None, a.server_bin,
-                 log=lambda m: print(m, flush=True))
+        if not item.rpartition("=")[2]:
+            raise ConfigError(f"--server: {item!r}: expected [NAME=]HOST:PORT")
+    try:
+        es._client_module()
+    except Exception as e:  # no grpcio, or no protoc to generate the stubs with
+        raise ConfigError(f"--server: the gRPC client (tools/python_client) cannot be loaded: "
+                          f"{_one_line(e)} (needs grpcio, protobuf and protoc or "
+                          "grpc_tools)") from None
+    try:
+        servers = {}
+        for item in a.server:
+            name, _, target = item.rpartition("=")
+            if not name:
+                cl = es.ServerClient(target)
+                cl.wait_serving(60)
+                name = es.method_name(cl.info())
+                cl.close()
+            servers[name] = target
+        res = es.run(cfg, root, model, servers or None, a.server_bin,
+                     log=lambda m: print(m, flush=True))
+    except es.ServerError as e:
+        raise ConfigError(f"server: {_one_line(e)}") from None
+    except Exception as e:
+        if type(e).__module__.split(".")[0] != "grpc":  # an RpcError: a server went away
+            raise
+        raise ConfigError(f"server: {_one_line(e)}") from None
     es.write(res, inp.out)
     print(es.markdown(res))
     print(f"wrote {inp.out} in {res['elapsed_s']:.0f}s")
+
+
+def _one_line(e: Exception) -> str:
+    """An exception as one line (grpc's RpcError and protobuf messages print several)."""
+    code = getattr(e, "code", None)
+    if callable(code) and callable(getattr(e, "details", None)):
+        return f"{code().name}: {e.details()}"
+    return " ".join(str(e).split())
+
+
+def check_server_item(key: str, i: int, item: dict) -> None:
+    """cells[i]: {"file", "tasks": [..], "n" >= 1}; texts[i]: {"file", "n" >= 1, "prompt_len",
+    "gen" >= 1 with gen < prompt_len} (train/eval_server.py's select_samples)."""
+    where = f"{key}[{i}]"
+    need_int(f"{where}.n", item.get("n"), 1)
+    if key == "cells":
+        t = item.get("tasks")
+        if not isinstance(t, list) or not t or not all(isinstance(x, str) for x in t):
+            raise ConfigError(f"{where}.tasks: must be a non-empty list of task names, got "
+                              f"{t!r}")
+    else:
+        gen = need_int(f"{where}.gen", item.get("gen"), 1)
+        need_int(f"{where}.prompt_len", item.get("prompt_len"), gen + 1)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
   python3 -m train.leank_train --config train/configs/smollm2.json [--set stage1.steps=50 ...]
 
 Outputs in out_dir: train_log.jsonl (one JSON line per logged step), stage1.ckpt.pt /
-stage2-sNN.ckpt.pt (resume points), alpha_stage1.safetensors, alpha_stage2-sNN.safetensors,
+stage2.ckpt.pt (resume points), alpha_stage1.safetensors, alpha_stage2.safetensors,
 masks-sNN.safetensors (project format), plots (PNG, when matplotlib is installed).
 Rerunning the same command resumes: finished stages are loaded, unfinished ones continue from
 their last checkpoint. SIGINT / SIGTERM checkpoint the steps done and exit 128 + signal.
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from train import st_io
-from train.checks import (ConfigError, check_run, check_samples, check_stage, check_targets,
-                          read_model_config, sliding_window)
-from train.data import Generator, load_samples
+from train.checks import (ConfigError, check_device, check_run, check_samples, check_stage,
+                          check_targets, read_model_config, sliding_window)
+from train.data import checked_dataset, checked_generator, load_samples
 from train.masks import binarize, kept_counts, save_mask
 from train.model import LlamaModel
 from train.trainer import Interrupted, MiddleConfig, StageConfig, run_stage, validate
@@ -84,11 +84,12 @@ def load_data(cfg: dict, root: Path):
     d = cfg["data"]
     if "file" in d:
         return read_samples(resolve(root, d["file"]), "data.file")
-    g = d["generate"]
-    from train.data import hf_encoder
-    gen = Generator(hf_encoder(resolve(root, cfg["model"])), g["haystack"], g.get("keys", "train"),
-                    g.get("template", "chatml"))
-    return gen.dataset(g["n"], g.get("seed", 1), g["min_len"], g["max_len"], g["tasks"])
+    g = d["generate"]  # checked by check_run
+    gen = checked_generator(resolve(root, cfg["model"]), g["haystack"], g.get("keys", "train"),
+                            g.get("template", "chatml"), "data.generate (model)",
+                            "data.generate.haystack")
+    return checked_dataset(gen, g["n"], g.get("seed", 1), g["min_len"], g["max_len"],
+                           g["tasks"], "data.generate.min_len")
 
 
 def read_samples(path: Path, key: str):
@@ -133,12 +134,12 @@ def check_out_dir(out: Path, cfg: dict, overwrite: bool) -> None:
     prev = None
     log = out / "train_log.jsonl"
     if log.exists():
-        for line in log.read_text().splitlines():
+        for line in log.read_text(errors="replace").splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if rec.get("event") == "start":
+            if isinstance(rec, dict) and rec.get("event") == "start":
                 prev = rec.get("config")
     hint = "use another out_dir, or --overwrite to delete the earlier outputs"
     if not isinstance(prev, dict):
@@ -202,18 +203,48 @@ class Run:
         st_io.save({"alpha": alpha.detach().float().cpu().numpy()}, self.out / name,
                    {k: str(v) for k, v in meta.items()})
 
-    def load_alpha(self, name: str) -> torch.Tensor:
-        return torch.from_numpy(st_io.load(self.out / name)["alpha"])
+    def load_alpha(self, name: str, shape) -> torch.Tensor:
+        path = self.out / name
+        try:
+            alpha = torch.from_numpy(st_io.load(path)["alpha"])
+        except (OSError, ValueError, KeyError) as e:
+            raise self.unusable(path, e) from None
+        if tuple(alpha.shape) != tuple(shape):
+            raise self.unusable(path, f"factors of shape {list(alpha.shape)}, this run needs "
+                                      f"{list(shape)}")
+        return alpha
+
+    def load_checkpoint(self, path: Path, shape, device) -> dict:
+        try:
+            st = torch.load(str(path), map_location=device)
+            ok = (isinstance(st, dict) and isinstance(st.get("step"), int)
+                  and isinstance(st.get("alpha"), torch.Tensor) and isinstance(st.get("opt"), dict))
+        except Exception as e:  # pickle / zip / torch errors of a damaged file
+            raise self.unusable(path, f"not a readable checkpoint ({e})") from None
+        if not ok:
+            raise self.unusable(path, "not a checkpoint of leank_train")
+        if tuple(st["alpha"].shape) != tuple(shape):
+            raise self.unusable(path, f"factors of shape {list(st['alpha'].shape)}, this run "
+                                      f"needs {list(shape)}")
+        return st
+
+    @staticmethod
+    def unusable(path: Path, why) -> ConfigError:
+        why = why.args[0] if isinstance(why, Exception) and why.args and \
+            isinstance(why.args[0], str) else str(why)
+        why = why[len(f"{path}: "):] if why.startswith(f"{path}: ") else why
+        return ConfigError(f"out_dir: cannot resume from {path}: {why}; delete it to redo "
+                           "that stage, or rerun with --overwrite")
 
     def stage(self, model, data, alpha, scfg: StageConfig, mid: MiddleConfig, *, stage: int,
               tag: str, regs, sparsities=None, align: int = 16, stop=None) -> torch.Tensor:
         done, ckpt = f"alpha_{tag}.safetensors", self.out / f"{tag}.ckpt.pt"
         if (self.out / done).exists():
             print(f"{tag}: finished earlier, loading {done}")
-            return self.load_alpha(done).to(alpha.device)
+            return self.load_alpha(done, alpha.shape).to(alpha.device)
         start, opt_state = 0, None
         if ckpt.exists():
-            st = torch.load(str(ckpt), map_location=alpha.device)
+            st = self.load_checkpoint(ckpt, alpha.shape, alpha.device)
             start, opt_state, alpha = st["step"], st["opt"], st["alpha"].to(alpha.device)
             print(f"{tag}: resuming at step {start}")
             self.log({"event": "resume", "tag": tag, "step": start})
@@ -258,15 +289,17 @@ def main(argv=None) -> None:
         print(f"leank_train: interrupted in {e.tag} at step {e.step}; {saved}. Rerun the same "
               "command to resume.", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None
+    except OSError as e:  # a full disk: every output is written atomically, so nothing is lost
+        print(f"leank_train: error: {e}; the files already in out_dir are complete: rerun the "
+              "same command to resume", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         stop.restore()
 
 
 def pick_device(cfg: dict) -> str:
     """cfg's device (default: cuda when there is one); sets tf32 when asked."""
-    dev = cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu")
-    if str(dev).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {dev!r} but torch sees no CUDA device (use \"cpu\")")
+    dev = check_device(cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
     if cfg.get("tf32", False) and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
     return dev
@@ -306,6 +339,12 @@ def setup(cfg: dict, root: Path):
     limits = dict(vocab_size=mc.vocab_size, max_positions=mc.max_position_embeddings,
                   window=sliding_window(hf))
     check_samples(data, "data", **limits)
+    need, longest = mid.sink + mid.recent + mid.block, max(len(s.prompt) + len(s.answer)
+                                                           for s in data)
+    if longest < need:  # the loss would be 0 on every sample: masks from the L1 term alone
+        raise ConfigError(f"middle: no answer query of any sample has middle keys: that needs "
+                          f">= {need} tokens (sink + recent + block), the longest sample has "
+                          f"{longest}")
     val = read_samples(resolve(root, cfg["data"]["val"]), "data.val") \
         if "val" in cfg["data"] else []
     val = val[: cfg.get("val_n", len(val))]

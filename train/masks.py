@@ -118,7 +118,15 @@ def load_mask(path) -> Tuple[np.ndarray, Dict[str, str]]:
     kept = t[TENSOR]
     if kept.dtype != np.uint8 or kept.ndim != 3:
         raise ValueError(f"{path}: {TENSOR} must be uint8 [L, H, D], got {kept.dtype} {kept.shape}")
-    align = int(meta.get("align", "32"))
+    if np.any(kept > 1):
+        raise ValueError(f"{path}: {TENSOR} holds values other than 0 and 1")
+    try:
+        align = int(meta.get("align", "32"))
+    except ValueError:
+        align = 0
+    if align < 1:
+        raise ValueError(f"{path}: metadata align must be a positive integer, got "
+                         f"{meta.get('align')!r}")
     if np.any(kept.sum(-1) % align):
         raise ValueError(f"{path}: a head's kept count is not a multiple of align={align}")
     return kept, meta

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import io
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from train import st_io  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    """PNG to NAME.tmp, then a rename (st_io.write_atomic): no partial plot at `path`."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    st_io.write_atomic(path, buf.getvalue())
 
 
 def plot_mask(alpha: torch.Tensor, kept: torch.Tensor, path, title: str = "") -> None:
@@ -32,8 +46,7 @@ def plot_mask(alpha: torch.Tensor, kept: torch.Tensor, path, title: str = "") ->
     ax[2].set(title="heads by kept count", xlabel="kept channels", ylabel="heads")
     fig.suptitle(f"{title} (K sparsity {1 - kept.float().mean().item():.3f})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_alpha_channels(alpha: torch.Tensor, path, title: str = "") -> None:
@@ -46,5 +59,4 @@ def plot_alpha_channels(alpha: torch.Tensor, path, title: str = "") -> None:
     ax.set(title=title or "alpha per channel", xlabel="channel", ylabel="layer * heads + head")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)

@@ -44,7 +44,42 @@ def _read_header(path: Path) -> Tuple[dict, int]:
             raise ValueError(f"{path}: not a safetensors file (header: {e})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
+    _check_entries(path, header, size - 8 - n)
     return header, 8 + n
+
+
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+             "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _check_entries(path: Path, header: dict, data_size: int) -> None:
+    """Every tensor entry names a dtype, a shape and a byte range inside the file that fits the
+    shape (a truncated or hand-edited file is a ValueError naming the file and tensor, not a
+    reshape error or a KeyError later)."""
+    meta = header.get("__metadata__")
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"{path}: not a safetensors file (__metadata__ is not an object)")
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        bad = f"{path}: not a safetensors file (tensor {name!r}"
+        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+            raise ValueError(f"{bad} has no dtype)")
+        shape, off = info.get("shape"), info.get("data_offsets")
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ValueError(f"{bad}: shape {shape!r} is not a list of sizes)")
+        if not (isinstance(off, list) and len(off) == 2 and all(
+                isinstance(o, int) and not isinstance(o, bool) for o in off)
+                and 0 <= off[0] <= off[1]):
+            raise ValueError(f"{bad}: data_offsets {off!r} are not [begin, end])")
+        if off[1] > data_size:
+            raise ValueError(f"{path}: truncated or not a safetensors file (tensor {name!r} "
+                             f"ends at byte {off[1]} of the data, which has {data_size})")
+        size = _ITEMSIZE.get(info["dtype"])
+        if size is not None and off[1] - off[0] != size * int(np.prod(shape, dtype=np.int64)):
+            raise ValueError(f"{bad}: {off[1] - off[0]} bytes do not hold {info['dtype']} "
+                             f"{shape})")
 
 
 def read_metadata(path) -> Dict[str, str]:
@@ -75,9 +110,12 @@ def read_raw(path, name: str) -> Tuple[str, list, bytes]:
 def load(path) -> Dict[str, np.ndarray]:
     """All tensors of a file with numpy dtypes (BF16 is not a numpy dtype: use read_raw)."""
     path = Path(path)
+    header, _ = _read_header(path)  # a ValueError naming the file, whichever reader follows
     if _st_load is not None:
-        return dict(_st_load(str(path)))
-    header, _ = _read_header(path)
+        try:
+            return dict(_st_load(str(path)))
+        except Exception as e:  # safetensors' own SafetensorError is no ValueError
+            raise ValueError(f"{path}: not a readable safetensors file: {e}") from None
     out = {}
     for name, info in header.items():
         if name == "__metadata__":

@@ -73,6 +73,26 @@ BAD_SETS = [
     ("data.file=missing.npz", "data.file: "),
     ("data.val=cfg.json", "data.val: "),
     ("stage1", "--set 'stage1': expected KEY=VALUE"),
+    # Before: tracebacks (RuntimeError of torch, TypeError of os.path, ValueError of dict()).
+    ("device=foo", "device: must be a torch device such as \"cpu\""),
+    ("device=5", "device: must be a torch device such as \"cpu\", \"cuda\" or \"cuda:0\", got 5"),
+    ("data.file=5", "data.file: must be a path, got 5"),
+    ("data.val=[]", "data.val: must be a path, got []"),
+    ("stage1=5", "stage1: must be an object, got 5"),
+    ('stage2="x"', "stage2: must be an object, got 'x'"),
+    ("export=5", "export: must be an object, got 5"),
+    ('data={"generate": {}}', "data.generate.n: missing"),
+    ('data={"generate": {"n": 2, "min_len": 100, "max_len": 120, "tasks": ["foo"], '
+     '"haystack": "essay"}}', "data.generate.tasks: must be a non-empty list of uuid"),
+    ('data={"generate": {"n": 2, "min_len": 100, "max_len": 90, "tasks": ["number"], '
+     '"haystack": "essay"}}', "data.generate.max_len: must be an integer >= 100, got 90"),
+    ('data={"generate": {"n": 2, "min_len": 100, "max_len": 120, "tasks": ["number"], '
+     '"haystack": "web"}}', "data.generate.haystack: must be one of pydoc-train"),
+    ('data={"generate": {"n": 2, "min_len": 100, "max_len": 120, "tasks": ["number"], '
+     '"haystack": "essay"}}', "model/tokenizer.json does not exist"),
+    # Before: trained for hours on a zero loss (no answer query sees a middle key).
+    ("middle.recent=100", "no answer query of any sample has middle keys: that needs >= 112 "
+                          "tokens (sink + recent + block), the longest sample has"),
 ]
 
 
@@ -208,3 +228,146 @@ def test_pyflakes_is_clean_in_train():
     for f in sorted(root.glob("*.py")) + sorted((root / "tests").glob("*.py")):
         api.checkPath(str(f), reporter.Reporter(out, out))
     assert not out.getvalue(), out.getvalue()
+
+
+def test_cuda_device_the_machine_does_not_have(setup_dir, capsys):
+    import torch
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(SystemExit) as e:
+        run_cli(setup_dir, f"device=cuda:{n}")
+    assert e.value.code == 2
+    one_line_error(capsys, "leank_train", f"device: 'cuda:{n}' but torch sees")
+
+
+def _truncate_weights(folder):
+    f = folder / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+
+
+def _drop_offsets(folder):
+    f = folder / "model.safetensors"
+    raw = f.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    del header["lm_head.weight"]["data_offsets"]
+    blob = json.dumps(header).encode()
+    blob += b" " * ((8 - len(blob) % 8) % 8)
+    f.write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
+
+
+@pytest.mark.parametrize("damage,message", [
+    (_truncate_weights, "model.safetensors: truncated or not a safetensors file"),
+    (_drop_offsets, "model.safetensors: not a safetensors file (tensor 'lm_head.weight': "
+                    "data_offsets None"),
+])
+def test_damaged_weights_are_named(setup_dir, capsys, damage, message):
+    """Before: `cannot reshape array of size 1334 into shape (32,48)` / `error: data_offsets`,
+    naming neither the file nor the tensor."""
+    damage(setup_dir / "model")
+    with pytest.raises(SystemExit) as e:
+        run_cli(setup_dir)
+    assert e.value.code == 2
+    one_line_error(capsys, "leank_train", message)
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def test_damaged_or_mismatched_resume_files_are_named(setup_dir, capsys):
+    """Resuming read alpha_stage1.safetensors / stage2.ckpt.pt without a check: a damaged file
+    (a disk error, a copy cut short) was a traceback, and one of another model's shape (the
+    model folder replaced under the same path) a shape error deep in training."""
+    out = setup_dir / "out"
+    run_cli(setup_dir)
+    capsys.readouterr()
+    a1 = (out / "alpha_stage1.safetensors").read_bytes()
+
+    def again(message):
+        with pytest.raises(SystemExit) as e:
+            run_cli(setup_dir)
+        assert e.value.code == 2
+        one_line_error(capsys, "leank_train", message)
+        assert not (out / "masks-s50.safetensors").exists()
+
+    for f in ("alpha_stage2.safetensors", "masks-s50.safetensors"):
+        (out / f).unlink()
+    _cut(out / "alpha_stage1.safetensors")
+    again(f"out_dir: cannot resume from {out / 'alpha_stage1.safetensors'}: not a safetensors "
+          "file")
+    (out / "alpha_stage1.safetensors").write_bytes(a1)
+    (out / "stage2.ckpt.pt").write_bytes(b"garbage")
+    again(f"cannot resume from {out / 'stage2.ckpt.pt'}: not a readable checkpoint")
+    (out / "stage2.ckpt.pt").unlink()
+    LlamaModel.random(tiny_config(num_hidden_layers=3, max_position_embeddings=512), seed=3,
+                      std=0.15).save_hf(setup_dir / "model")
+    again("alpha_stage1.safetensors: factors of shape [1, 2, 2, 16], this run needs "
+          "[1, 3, 2, 16]; delete it to redo that stage, or rerun with --overwrite")
+
+
+def test_odd_lines_in_an_earlier_log_are_skipped(setup_dir, capsys):
+    """Before: a log line that is JSON but no object (`5`) was an AttributeError, a byte that
+    is not UTF-8 a UnicodeDecodeError (tracebacks)."""
+    out = setup_dir / "out"
+    out.mkdir()
+    (out / "train_log.jsonl").write_bytes(b"5\n\xff\xfe\n")
+    with pytest.raises(SystemExit) as e:
+        run_cli(setup_dir)
+    assert e.value.code == 2
+    one_line_error(capsys, "leank_train", "no config to resume from")
+
+
+def test_full_disk_at_export_is_one_line_and_resumes(setup_dir, capsys, monkeypatch):
+    """A full disk while a mask is written was an OSError traceback; now one line and exit 1,
+    no partial mask, and the rerun resumes from the finished stages."""
+    from train import st_io
+    write = st_io._write
+
+    def full_for_masks(tensors, path, metadata):
+        if path.name.startswith("masks-"):
+            path.write_bytes(b"\x10\x00")
+            raise OSError(28, "No space left on device")
+        write(tensors, path, metadata)
+
+    monkeypatch.setattr(st_io, "_write", full_for_masks)
+    with pytest.raises(SystemExit) as e:
+        run_cli(setup_dir)
+    assert e.value.code == 1
+    err = capsys.readouterr().err  # the progress lines of both stages, then the error
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("leank_train: error: [Errno 28] No space left on device; the files "
+                           "already in out_dir are complete") and "Traceback" not in err, err
+    out = setup_dir / "out"
+    assert not list(out.glob("masks-*")) and (out / "alpha_stage2.safetensors").exists()
+    monkeypatch.undo()
+    run_cli(setup_dir)
+    assert "stage2: finished earlier" in capsys.readouterr().out
+    assert load_mask(out / "masks-s50.safetensors")[0].shape == (2, 2, 16)
+
+
+def test_data_generate_trains_and_its_tokenizer_is_checked(setup_dir, capsys, monkeypatch):
+    """`data.generate` makes the samples at start (train.data's generator, checked like its
+    options); before, a missing tokenizer / `tokenizers` package or a haystack without text
+    was a traceback."""
+    from train import data as tdata
+
+    def fake_encoder(model_dir):  # no `tokenizers` needed: bytes % 101, at most 40 tokens
+        return lambda s: [b % 101 for b in s.encode()][:40]
+
+    gen = ('data={"generate": {"n": 3, "min_len": 300, "max_len": 400, "tasks": ["number"], '
+           '"haystack": "essay"}, "val": "val.npz"}')
+    with pytest.raises(SystemExit) as e:
+        run_cli(setup_dir, gen)
+    assert e.value.code == 2
+    one_line_error(capsys, "leank_train", "data.generate (model): ")
+    (setup_dir / "model" / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr(tdata, "hf_encoder", fake_encoder)
+    monkeypatch.setattr(tdata, "haystack_paragraphs", lambda name: [])
+    with pytest.raises(SystemExit) as e:
+        run_cli(setup_dir, gen)
+    assert e.value.code == 2
+    one_line_error(capsys, "leank_train", "data.generate.haystack: haystack 'essay' has no text")
+    monkeypatch.undo()
+    monkeypatch.setattr(tdata, "hf_encoder", fake_encoder)
+    run_cli(setup_dir, gen)
+    assert load_mask(setup_dir / "out" / "masks-s50.safetensors")[0].shape == (2, 2, 16)

@@ -35,7 +35,9 @@ def write_mask(path, shape=(2, 2, 16), align=16, seed=0):
     kept = torch.zeros(*shape)
     kept[..., : shape[-1] // 2] = 1
     if shape[-1] == align:  # a head keeps 0 or all: half the heads at random
-        kept = (torch.rand(shape[:2], generator=g) < 0.5).float()[..., None].expand(shape)
+        heads = torch.zeros(shape[0] * shape[1])
+        heads[torch.randperm(heads.numel(), generator=g)[: heads.numel() // 2]] = 1
+        kept = heads.view(shape[:2])[..., None].expand(shape)
     save_mask(kept, path, sink=128, recent=768, align=align, target_sparsity=0.5, model="tiny")
 
 
@@ -80,6 +82,10 @@ def _files(d):
     st_io.save({"x": np.zeros(3, np.float32)}, d / "other-s50.safetensors")
     np.savez(d / "none.npz", tokens=np.zeros(0, np.uint16), offsets=np.zeros(1, np.int64),
              prompt_len=np.zeros(0, np.int64), tasks=np.zeros(0, str), answers=np.zeros(0, str))
+    st_io.save({"leank.kept": np.full((2, 2, 16), 2, np.uint8)}, d / "twos-s50.safetensors",
+               {"format": "leank-mask/1", "align": "16"})
+    raw = (d / "masks-s50.safetensors").read_bytes()
+    (d / "cut-s50.safetensors").write_bytes(raw[:-5])
 
 
 BAD_EVAL = [
@@ -117,6 +123,17 @@ BAD_EVAL = [
     ("out=eval.json/x.json", "eval.json is not a folder"),
     ("out=model", "is a folder, expected a file name"),
     ("nokv", "--set 'nokv': expected KEY=VALUE"),
+    # Before: tracebacks (TypeError of os.path, RuntimeError of torch, AttributeError after
+    # the dense pass of the first task sample), or a silent replacement of the trained mask.
+    ("fidelity=[5]", "fidelity[0]: must be a path, got 5"),
+    ('tasks=["tasks.npz", null]', "tasks[1]: must be a path, got None"),
+    ("device=foo", "device: must be a torch device"),
+    ('extra_masks={"dense": "masks-s50.safetensors"}',
+     "extra_masks.dense: the name of a built-in method"),
+    ('extra_masks={"leank-s50": "masks-s50.safetensors"}',
+     "extra_masks.leank-s50: the name of a built-in method"),
+    ("leank_masks=twos-{tag}.safetensors", "holds values other than 0 and 1"),
+    ("leank_masks=cut-{tag}.safetensors", "cut-s50.safetensors: truncated or not a safetensors"),
 ]
 
 
@@ -128,6 +145,110 @@ def test_eval_bad_input_exits_2_naming_it(eval_dir, capsys, override, message):
     assert e.value.code == 2
     one_line_error(capsys, "leank_eval", message)
     assert not (eval_dir / "out" / "eval.json").exists()
+
+
+def test_eval_refuses_a_mask_of_another_sparsity(eval_dir, capsys):
+    """Before: masks-s70.safetensors holding a 50% mask was evaluated and reported as
+    leank-s70, next to magnitude-s70 and random-s70 baselines at other sparsities."""
+    (eval_dir / "masks-s70.safetensors").write_bytes(
+        (eval_dir / "masks-s50.safetensors").read_bytes())
+    with pytest.raises(SystemExit) as e:
+        run_eval(eval_dir, "sparsities=[0.7]")
+    assert e.value.code == 2
+    one_line_error(capsys, "leank_eval", "masks-s70.safetensors has K sparsity 0.5000, but "
+                                         "sparsities asks for 0.7")
+
+
+def test_eval_prints_progress(eval_dir, capsys, monkeypatch):
+    """Before: nothing between the methods line and `fidelity done`, and nothing during the
+    task samples (hours on a CPU without a time budget)."""
+    monkeypatch.setattr(leank_eval, "PROGRESS_EVERY_S", 0.0)
+    run_eval(eval_dir)
+    out = capsys.readouterr().out
+    for line in ("calibration texts 2/2", "fidelity texts 1/2", "fidelity texts 2/2",
+                 "task samples 1/4 (next: random@", "task samples 4/4"):
+        assert line in out, out
+    monkeypatch.setattr(leank_eval, "PROGRESS_EVERY_S", 1e9)
+    run_eval(eval_dir, "time_budget_s=1e-9")  # only each phase's last line, or the cut
+    out = capsys.readouterr().out
+    assert "time budget reached after 0/4 task samples" in out and "task samples 1/4" not in out
+
+
+def test_eval_applies_torch_threads(eval_dir, monkeypatch):
+    """torch_threads was read only by the --server path: the PyTorch evaluation ignored it."""
+    got = []
+    monkeypatch.setattr(leank_eval.torch, "set_num_threads", got.append)
+    run_eval(eval_dir, "torch_threads=1")
+    assert got == [1]
+
+
+BAD_SERVER = [
+    (["--server-bin", "/nonexistent/leank-server"],
+     "--server-bin: /nonexistent/leank-server is not an executable file"),
+    (["--server", "dense="], "--server: 'dense=': expected [NAME=]HOST:PORT"),
+    (["--server-bin", "/bin/true", "--set", 'cells=[{"file": "tasks.npz"}]'],
+     "cells[0].n: must be an integer >= 1, got None"),
+    (["--server-bin", "/bin/true", "--set", 'cells=[{"file": "tasks.npz", "n": 1}]'],
+     "cells[0].tasks: must be a non-empty list"),
+    (["--server-bin", "/bin/true", "--set",
+      'texts=[{"file": "text.npz", "n": 1, "prompt_len": 4, "gen": 4}]'],
+     "texts[0].prompt_len: must be an integer >= 5, got 4"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_SERVER, ids=[b[1][:30] for b in BAD_SERVER])
+def test_eval_server_bad_input_exits_2_naming_it(eval_dir, capsys, args, message):
+    """Before: FileNotFoundError of subprocess (a traceback), KeyError of select_samples."""
+    with pytest.raises(SystemExit) as e:
+        leank_eval.main(["--config", str(eval_dir / "eval.json"), "--root", str(eval_dir)]
+                        + args)
+    assert e.value.code == 2
+    one_line_error(capsys, "leank_eval", message)
+
+
+def test_eval_server_that_exits_is_one_line(eval_dir, capsys):
+    """A server binary that exits at once (here /bin/false): one line naming it and its log,
+    not a RuntimeError traceback."""
+    pytest.importorskip("grpc")
+    from train import eval_server as es
+    try:
+        es._client_module()
+    except Exception:
+        pytest.skip("the gRPC client stubs cannot be generated here (protoc)")
+    with pytest.raises(SystemExit) as e:
+        leank_eval.main(["--config", str(eval_dir / "eval.json"), "--root", str(eval_dir),
+                         "--server-bin", "/bin/false", "--set", 'methods=["dense"]'])
+    assert e.value.code == 2
+    one_line_error(capsys, "leank_eval", "exited with 1 (its output: ")
+
+
+def test_eval_server_rpc_failure_is_one_line(eval_dir, capsys, monkeypatch):
+    """A server that goes away mid-run raises grpc's RpcError, whose text spans several lines:
+    printed as one `server: CODE: details` line."""
+    from train import eval_server as es
+
+    class FakeRpcError(Exception):
+        __module__ = "grpc._channel"
+
+        def code(self):
+            return type("Code", (), {"name": "UNAVAILABLE"})()
+
+        def details(self):
+            return "Socket closed"
+
+        def __str__(self):
+            return "<_InactiveRpcError of RPC that terminated with:\n\tstatus = ...>"
+
+    def gone(*a, **k):
+        raise FakeRpcError()
+
+    monkeypatch.setattr(es, "_client_module", lambda: None)
+    monkeypatch.setattr(es, "run", gone)
+    with pytest.raises(SystemExit) as e:
+        leank_eval.main(["--config", str(eval_dir / "eval.json"), "--root", str(eval_dir),
+                         "--server-bin", "/bin/true"])
+    assert e.value.code == 2
+    one_line_error(capsys, "leank_eval", "server: UNAVAILABLE: Socket closed")
 
 
 def test_eval_unreadable_config(eval_dir, capsys):
@@ -191,15 +312,17 @@ def test_eval_ctrl_c_exits_130_and_keeps_the_earlier_results(eval_dir, capsys, m
     assert not list(out.parent.glob("*.tmp"))
 
 
-def test_eval_results_are_replaced_atomically(eval_dir, monkeypatch):
+def test_eval_results_are_replaced_atomically(eval_dir, monkeypatch, capsys):
     """A failed write (disk full, Ctrl-C in the write) leaves the earlier file, not half of the
-    new one."""
+    new one; the full disk is one line and exit 1 (it was an OSError traceback)."""
     out = eval_dir / "out" / "eval.json"
     out.parent.mkdir()
     out.write_text("earlier results")
     fail_writes_halfway(monkeypatch, OSError(28, "No space left on device"))
-    with pytest.raises(OSError):
+    with pytest.raises(SystemExit) as e:
         run_eval(eval_dir)
+    assert e.value.code == 1
+    one_line_error(capsys, "leank_eval", "No space left on device")
     assert out.read_text() == "earlier results"
     assert sorted(p.name for p in out.parent.iterdir()) == ["eval.json"]
 
@@ -250,6 +373,18 @@ def test_data_bad_input_exits_2_naming_it(data_dir, capsys, monkeypatch, args, m
         run_data(data_dir, *args)
     assert e.value.code == 2
     one_line_error(capsys, "train.data", message)
+    assert not (data_dir / "d.npz").exists()
+
+
+def test_data_haystack_without_text_is_one_line(data_dir, capsys, monkeypatch):
+    """Before: `RuntimeError: haystack 'licenses' has no text on this machine` with a traceback
+    (a machine without /usr/share/common-licenses)."""
+    monkeypatch.setattr(tdata, "haystack_paragraphs", lambda name: [])
+    with pytest.raises(SystemExit) as e:
+        run_data(data_dir, "--haystack", "licenses")
+    assert e.value.code == 2
+    one_line_error(capsys, "train.data", "--haystack: haystack 'licenses' has no text on this "
+                                         "machine")
     assert not (data_dir / "d.npz").exists()
 
 

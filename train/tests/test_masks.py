@@ -193,3 +193,76 @@ def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     st_io.write_atomic(out, b"new contents")
     assert out.read_bytes() == b"new contents" and not (tmp_path / "r.json.tmp").exists()
+
+
+def _with_header(path, header, data):
+    blob = json.dumps(header).encode()
+    blob += b" " * ((8 - len(blob) % 8) % 8)
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data)
+
+
+BAD_ENTRIES = [
+    ({"x": 5}, b"", "tensor 'x' has no dtype"),
+    ({"x": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "data_offsets None are not"),
+    ({"x": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, b"\0" * 8, "shape '2'"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 5,
+     "truncated or not a safetensors file (tensor 'x' ends at byte 8 of the data, which has 5)"),
+    ({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8,
+     "8 bytes do not hold F32 [3]"),
+    ({"__metadata__": [1], "x": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"\0",
+     "__metadata__ is not an object"),
+]
+
+
+@pytest.mark.parametrize("header,data,message", BAD_ENTRIES, ids=[b[2][:24] for b in BAD_ENTRIES])
+def test_truncated_or_inconsistent_safetensors_is_a_value_error_naming_the_file(
+        tmp_path, header, data, message):
+    """Before: a truncated model or mask file gave `cannot reshape array of size 1334 into
+    shape (32,48)` (no file named), an entry without data_offsets `KeyError: 'data_offsets'`,
+    a non-object entry a TypeError traceback."""
+    p = tmp_path / "x.safetensors"
+    _with_header(p, header, data)
+    for read in (st_io.tensor_info, st_io.load, st_io.read_metadata):
+        with pytest.raises(ValueError) as e:
+            read(p)
+        assert str(p) in str(e.value) and message in str(e.value), str(e.value)
+
+
+def test_load_of_a_truncated_file_is_a_value_error_with_the_package_too(tmp_path):
+    """safetensors' own SafetensorError is no ValueError: the callers' `except ValueError`
+    missed it (a traceback on machines with the package)."""
+    p = tmp_path / "m.safetensors"
+    save_mask(torch.ones(2, 2, 16), p, sink=128, recent=768, align=16, target_sparsity=0.0,
+              model="tiny")
+    p.write_bytes(p.read_bytes()[:-3])
+    with pytest.raises(ValueError, match="truncated"):
+        st_io.load(p)
+
+
+@pytest.mark.parametrize("values,meta_align,message", [
+    (2, "16", "holds values other than 0 and 1"),
+    (1, "0", "metadata align must be a positive integer, got '0'"),
+    (1, "x", "metadata align must be a positive integer, got 'x'"),
+])
+def test_load_mask_refuses_values_and_align_the_server_refuses(tmp_path, values, meta_align,
+                                                               message):
+    """Before: a value 2 scaled keys by 2 in leank_eval; align "0" passed (x % 0 is 0 in numpy
+    with a warning); align "x" was a bare `invalid literal for int()`."""
+    p = tmp_path / "m.safetensors"
+    st_io.save({"leank.kept": np.full((2, 2, 16), values, np.uint8)}, p,
+               {"format": "leank-mask/1", "align": meta_align})
+    with pytest.raises(ValueError, match=message):
+        load_mask(p)
+
+
+def test_plots_are_written_atomically(tmp_path, monkeypatch):
+    """plot-*.png were written by savefig straight to the output path (a partial PNG on a full
+    disk or Ctrl-C), unlike every other output."""
+    plots = pytest.importorskip("train.plots")  # needs matplotlib
+    out = tmp_path / "plot-s50.png"
+    out.write_bytes(b"earlier")
+    alpha = torch.rand(2, 2, 16, generator=torch.Generator().manual_seed(0))
+    fail_writes_halfway(monkeypatch, OSError(28, "No space left on device"))
+    with pytest.raises(OSError):
+        plots.plot_mask(alpha, binarize(alpha, 0.5, 16), out)
+    assert out.read_bytes() == b"earlier" and os.listdir(tmp_path) == [out.name]
