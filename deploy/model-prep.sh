@@ -9,7 +9,7 @@
 #   PREP_MODEL_SOURCE  smollm2           convert SmolLM2-135M-Instruct (shipped in the image)
 #                      dir:/seed/PATH    copy a model folder from another mounted volume
 #                      url:https://...   download a .tar / .tar.gz of the folder's files
-#   PREP_MASKS_SOURCE  random            a random 30% mask sized from config.json (smoke tests)
+#   PREP_MASKS_SOURCE  random            a random mask keeping 30% of K channels (smoke tests)
 #                      file:/seed/PATH   copy a masks.safetensors from a mounted volume
 #                      url:https://...   download a masks.safetensors
 #                      (empty)           LEANK_MASKS must already exist, or be empty

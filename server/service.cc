@@ -55,6 +55,7 @@ void LeankServiceImpl::Attach(EngineLoop* loop, const ModelInfo& info,
   info_ = info;
   limits_.vocab_size = info.vocab_size;
   limits_.max_model_len = info.max_model_len;
+  limits_.kv_capacity_tokens = info.kv_capacity_tokens;
   limits_.has_chat_template = loop->engine().chat_template() != nullptr;
   if (!limits_.has_chat_template) {
     limits_.no_chat_template_reason = std::string(loop->engine().chat_template_status().message());

@@ -155,13 +155,26 @@ absl::StatusOr<GenerationParams> ToGenerationParams(const v1::GenerateRequest& r
     return Bad("input", absl::StrCat("the prompt has ", prompt_tokens,
                                      " tokens, the context length is ", limits.max_model_len));
   }
-  const int room = limits.max_model_len - prompt_tokens;
+  // The KV pool may hold fewer tokens than the context (a small --kv-cache-memory).
+  const bool kv_bound =
+      limits.kv_capacity_tokens > 0 && limits.kv_capacity_tokens < int64_t{limits.max_model_len};
+  if (kv_bound && prompt_tokens >= limits.kv_capacity_tokens) {
+    return Bad("input", absl::StrCat("the prompt has ", prompt_tokens,
+                                     " tokens, the KV cache holds at most ",
+                                     limits.kv_capacity_tokens, " tokens per sequence"));
+  }
+  const int room = kv_bound ? static_cast<int>(limits.kv_capacity_tokens) - prompt_tokens
+                            : limits.max_model_len - prompt_tokens;
   GenerationParams p;
   if (r.has_max_tokens()) {
     if (r.max_tokens() > room) {
-      return Bad("max_tokens",
-                 absl::StrCat("prompt (", prompt_tokens, " tokens) + max_tokens (", r.max_tokens(),
-                              ") exceeds the context length ", limits.max_model_len));
+      return Bad(
+          "max_tokens",
+          absl::StrCat(
+              "prompt (", prompt_tokens, " tokens) + max_tokens (", r.max_tokens(), ") exceeds ",
+              kv_bound
+                  ? absl::StrCat("the KV cache capacity of ", limits.kv_capacity_tokens, " tokens")
+                  : absl::StrCat("the context length ", limits.max_model_len)));
     }
     p.max_tokens = r.max_tokens();
   } else {

@@ -19,6 +19,9 @@ namespace leank::server {
 struct ModelLimits {
   int vocab_size = 0;
   int max_model_len = 0;
+  // Tokens one sequence could hold in an empty KV pool (0: not limited beyond the
+  // context). A request whose prompt + max_tokens exceeds it could never be scheduled.
+  int64_t kv_capacity_tokens = 0;
   bool has_chat_template = false;
   std::string no_chat_template_reason;  // when !has_chat_template
 };
@@ -33,7 +36,8 @@ inline constexpr int kDefaultMaxTokens = 256;
 // Checks of the request alone (and the vocabulary); no tokenization.
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& req, const ModelLimits& limits);
 
-// After tokenization: prompt length against the context, then the engine's params.
+// After tokenization: prompt length against the context and the KV capacity, then the
+// engine's params. The default max_tokens is min(256, room left by the tighter limit).
 absl::StatusOr<GenerationParams> ToGenerationParams(const v1::GenerateRequest& req,
                                                     int prompt_tokens, const ModelLimits& limits);
 

@@ -269,7 +269,10 @@ class CudaBackend final : public Backend {
   struct StepHost {
     std::vector<int32_t> tokens, row_seq, full_idx, pruned_idx, jobs, logit_rows, words;
   } step_host_;
-  bool profile_ = std::getenv("LEANK_CUDA_PROFILE") != nullptr;
+  bool profile_ = [] {  // LEANK_CUDA_PROFILE set and not "0"
+    const char* e = std::getenv("LEANK_CUDA_PROFILE");
+    return e != nullptr && e[0] != '\0' && e[0] != '0';
+  }();
   std::vector<cudaEvent_t> events_;
   std::vector<int> marks_;
   double profile_ms_[8] = {};

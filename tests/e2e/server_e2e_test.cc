@@ -278,6 +278,19 @@ TEST_P(ServerE2E, PreemptionUnderTinyKvBudgetKeepsOutputs) {
                          << "\nserver alive: " << tiny->Alive() << "\nlog:\n"
                          << tiny->Log();
     EXPECT_LE(info.kv_capacity_tokens(), 160);
+    // A request that fits the context but never the pool: refused up front, naming
+    // max_tokens (before, the engine refused it with a message naming no field).
+    if (info.kv_capacity_tokens() + 8 < info.max_model_len()) {
+      const StreamResult r =
+          Generate(*stub, Greedy("hello", static_cast<int>(info.kv_capacity_tokens())));
+      EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_EQ(r.status.error_message().rfind("max_tokens:", 0), 0u) << r.status.error_message();
+      EXPECT_NE(r.status.error_message().find("KV cache capacity"), std::string::npos)
+          << r.status.error_message();
+    } else {
+      ADD_FAILURE() << "tiny KV pool " << info.kv_capacity_tokens() << " tokens, context "
+                    << info.max_model_len() << ": the pool must be the tighter limit here";
+    }
   }
   constexpr int kRequests = 8;
   const int tokens = flavor_.short_tokens * 2;

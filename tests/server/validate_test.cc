@@ -127,6 +127,32 @@ TEST(ToGenerationParams, FillsDefaultsAndChecksTheContext) {
   EXPECT_EQ(std::string(p.status().message()).rfind("input:", 0), 0u);
 }
 
+TEST(ToGenerationParams, ChecksTheKvCapacityWhenItIsTheTighterLimit) {
+  ModelLimits l = Limits();  // context 64
+  l.kv_capacity_tokens = 40;
+  v1::GenerateRequest r;
+  r.set_text("x");
+  absl::StatusOr<GenerationParams> p = ToGenerationParams(r, 10, l);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->max_tokens, 30);  // min(256, 40 - 10): the default fits the pool
+  r.set_max_tokens(31);          // 10 + 31 > 40, though < 64
+  p = ToGenerationParams(r, 10, l);
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(std::string(p.status().message()).rfind("max_tokens:", 0), 0u) << p.status();
+  EXPECT_NE(std::string(p.status().message()).find("KV cache capacity of 40"), std::string::npos);
+  r.set_max_tokens(30);
+  EXPECT_TRUE(ToGenerationParams(r, 10, l).ok());
+  p = ToGenerationParams(r, 40, l);  // the prompt alone fills the pool
+  EXPECT_EQ(std::string(p.status().message()).rfind("input:", 0), 0u) << p.status();
+  // A pool larger than the context changes nothing.
+  l.kv_capacity_tokens = 1000;
+  r.set_max_tokens(54);
+  EXPECT_TRUE(ToGenerationParams(r, 10, l).ok());
+  r.set_max_tokens(55);
+  p = ToGenerationParams(r, 10, l);
+  EXPECT_NE(std::string(p.status().message()).find("context length 64"), std::string::npos);
+}
+
 TEST(ValidateDetokenize, ChecksTheVocabulary) {
   v1::DetokenizeRequest r;
   r.add_token_ids(5);
