@@ -163,11 +163,15 @@ def convert_weights(reader, n_head: int, n_kv_head: int, n_layer: int) -> dict[s
     out: dict[str, np.ndarray] = {}
     for t in reader.tensors:
         name = t.name
-        w = dequantize(t.data, t.tensor_type).astype(np.float32)
         # GGUF shape is innermost-first; the numpy array is outermost-first.
         expected = tuple(int(d) for d in reversed(t.shape.tolist()))
-        if w.shape != expected:
-            w = w.reshape(expected)
+        try:
+            w = dequantize(t.data, t.tensor_type).astype(np.float32)
+            if w.shape != expected:
+                w = w.reshape(expected)
+        except (ValueError, NotImplementedError, TypeError, KeyError) as e:
+            sys.exit(f"error: GGUF tensor '{name}' (type {t.tensor_type!r}, shape {list(expected)}) "
+                     f"cannot be dequantised: {e}")
         if name == "token_embd.weight":
             hf = "model.embed_tokens.weight"
         elif name == "output_norm.weight":
@@ -175,18 +179,23 @@ def convert_weights(reader, n_head: int, n_kv_head: int, n_layer: int) -> dict[s
         elif name == "output.weight":
             hf = "lm_head.weight"
         elif name.startswith("blk."):
-            _, layer, kind, suffix = name.split(".")
-            if kind not in per_layer or suffix != "weight":
+            parts = name.split(".")
+            if len(parts) != 4 or not parts[1].isdigit():
+                sys.exit(f"error: unexpected GGUF tensor '{name}'")
+            _, layer, kind, suffix = parts
+            if kind not in per_layer or suffix != "weight" or int(layer) >= n_layer:
                 sys.exit(f"error: unexpected GGUF tensor '{name}'")
             hf = f"model.layers.{int(layer)}.{per_layer[kind]}.weight"
-            if kind == "attn_q":
-                w = unpermute_rope(w, n_head)
-            elif kind == "attn_k":
-                w = unpermute_rope(w, n_kv_head)
+            heads = {"attn_q": n_head, "attn_k": n_kv_head}.get(kind)
+            if heads is not None:
+                if w.ndim != 2 or w.shape[0] % heads or (w.shape[0] // heads) % 2:
+                    sys.exit(f"error: GGUF tensor '{name}' has shape {list(w.shape)}: its rows do "
+                             f"not split into {heads} heads of an even head_dim")
+                w = unpermute_rope(w, heads)
         else:
             sys.exit(f"error: unexpected GGUF tensor '{name}'")
         out[hf] = w
-    expected_count = 2 + 9 * n_layer
+    expected_count = 2 + 9 * n_layer + ("lm_head.weight" in out)
     if len(out) != expected_count:
         sys.exit(f"error: got {len(out)} tensors from the GGUF, expected {expected_count}")
     return out
@@ -249,7 +258,12 @@ def convert(gguf_path: Path, out_dir: Path) -> None:
 
     t0 = time.time()
     log(f"reading {gguf_path}")
-    reader = gguf.GGUFReader(str(gguf_path))
+    try:
+        reader = gguf.GGUFReader(str(gguf_path))
+    except (ValueError, OSError, IndexError, KeyError, struct.error, TypeError) as e:
+        # gguf raises ValueError for a bad magic, and assorted errors for a truncated file.
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        sys.exit(f"error: {gguf_path}: not a readable GGUF file ({detail})")
     arch = field(reader, "general.architecture")
     if arch != "llama":
         sys.exit(f"error: general.architecture is '{arch}', expected 'llama'")
@@ -328,6 +342,18 @@ def convert(gguf_path: Path, out_dir: Path) -> None:
                   "transformers_version": "4.42.3"}
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
+    try:
+        write_folder(tmp, out_dir, gguf_path, weights, config, gen_config, tokenizer, tok_config,
+                     special_map)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        sys.exit(f"error: cannot write {e.filename or out_dir}: {e.strerror or e}")
+    log(f"done in {time.time() - t0:.1f}s -> {out_dir}")
+
+
+def write_folder(tmp: Path, out_dir: Path, gguf_path: Path, weights, config, gen_config, tokenizer,
+                 tok_config, special_map) -> None:
+    """Writes everything into `tmp`, then swaps it in for `out_dir`."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -346,21 +372,53 @@ def convert(gguf_path: Path, out_dir: Path) -> None:
     dump("tokenizer_config.json", tok_config)
     dump("special_tokens_map.json", special_map)
     (tmp / STAMP).write_text(json.dumps({"converter_version": CONVERTER_VERSION,
-                                         "gguf": str(gguf_path)}) + "\n")
+                                         "gguf": str(gguf_path.resolve()),
+                                         "gguf_bytes": gguf_path.stat().st_size,
+                                         "gguf_mtime_ns": gguf_path.stat().st_mtime_ns}) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
-    log(f"done in {time.time() - t0:.1f}s -> {out_dir}")
 
 
-def is_complete(out_dir: Path) -> bool:
+def is_complete(out_dir: Path, gguf_path: Path | None = None) -> bool:
+    """True when out_dir holds a finished conversion by this converter version, and, when
+    gguf_path is given, one made from that file (same path, size and modification time)."""
     stamp = out_dir / STAMP
     if not stamp.is_file() or not all((out_dir / f).is_file() for f in OUTPUT_FILES):
         return False
     try:
-        return json.loads(stamp.read_text()).get("converter_version") == CONVERTER_VERSION
+        info = json.loads(stamp.read_text())
+        if not isinstance(info, dict) or info.get("converter_version") != CONVERTER_VERSION:
+            return False
+        if gguf_path is not None:
+            st = gguf_path.stat()
+            return (info.get("gguf") == str(gguf_path.resolve())
+                    and info.get("gguf_bytes") == st.st_size
+                    and info.get("gguf_mtime_ns") == st.st_mtime_ns)
+        return True
     except (OSError, ValueError):
         return False
+
+
+def check_out(out_dir: Path) -> None:
+    """The output folder is replaced as a whole: refuse one that holds anything else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        sys.exit(f"error: --out {out_dir} exists and is not a folder")
+    if out_dir.is_dir():
+        ours = set(OUTPUT_FILES) | {STAMP}
+        try:
+            others = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
+        except OSError as e:
+            sys.exit(f"error: --out {out_dir}: cannot list the folder: {e.strerror or e}")
+        if others:
+            sys.exit(f"error: --out {out_dir} holds files this converter did not write "
+                     f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); it replaces "
+                     "the whole folder, so give a new or empty one")
+    parent = out_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        sys.exit(f"error: --out {out_dir}: {parent} is not writable")
 
 
 def main() -> None:
@@ -371,14 +429,20 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="convert even if the output is complete")
     args = ap.parse_args()
     out_dir = (args.out or default_out_dir()).resolve()
-    if is_complete(out_dir) and not args.force:
+    if args.gguf is not None and not args.gguf.is_file():
+        sys.exit(f"error: GGUF file {args.gguf} not found")
+    # Without --gguf, any finished conversion counts (the default GGUF is the package's; finding
+    # it may mean installing the package). With --gguf, only one made from that file does.
+    if is_complete(out_dir, args.gguf) and not args.force:
         log(f"{out_dir} is complete; nothing to do (--force to redo)")
         print(out_dir)
         return
+    check_out(out_dir)
     gguf_path = args.gguf or find_gguf()
-    if not gguf_path.is_file():
-        sys.exit(f"error: GGUF file {gguf_path} not found")
-    convert(gguf_path, out_dir)
+    try:
+        convert(gguf_path, out_dir)
+    except KeyboardInterrupt:
+        sys.exit(f"error: interrupted; {out_dir} was not changed")
     print(out_dir)
 
 

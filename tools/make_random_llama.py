@@ -6,16 +6,37 @@ Random weights give real timings, not real text. Values: N(0, 0.02) for matrices
 initializer_range), 1 for norms, bf16. Tensors are drawn on the GPU when there is one
 (torch.Generator seeded per tensor, so the bytes do not depend on the device order).
 
-    python3 tools/make_random_llama.py --out /tmp/llama8b [--layers 32] [--seed 0]
+    python3 tools/make_random_llama.py --out /tmp/llama8b [--layers 32] [--seed 0] [--shard-gb 4]
+
+Shards are drawn and written one at a time (a progress line each; the last line is the
+summary). Nothing half-written looks complete: an existing config.json and index in OUT are
+removed first, every file goes through a temporary name renamed into place, and config.json is
+written last. Shards of an earlier run that the new index does not name are deleted. An OUT
+holding another model (a config.json not written by this script) is refused. Bad flags or an
+unwritable OUT: one line on stderr, exit status 1 or 2.
 """
 
 import argparse
+import glob
 import json
+import math
 import os
+import re
+import sys
 import time
 
-import torch
-from safetensors.torch import save_file
+PROG = "make_random_llama"
+NAME_PREFIX = "random-llama3.1-8b"
+SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors$")
+
+
+class Failure(Exception):
+    """A bad input, named in one line."""
+
+
+def fail(msg):
+    raise Failure(msg)
+
 
 LLAMA31_8B = {
     "architectures": ["LlamaForCausalLM"],
@@ -64,46 +85,164 @@ def tensor_specs(cfg):
     yield "lm_head.weight", (v, h), "normal"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--layers", type=int, default=32, help="fewer layers for quick checks")
-    ap.add_argument("--shard-gb", type=float, default=4.0)
-    args = ap.parse_args()
-    cfg = dict(LLAMA31_8B, num_hidden_layers=args.layers)
-    os.makedirs(args.out, exist_ok=True)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    t0 = time.time()
-    shards, cur, cur_bytes = [], {}, 0
+def plan_shards(cfg, shard_gb):
+    """[[(k, name, shape, kind), ...] per shard]: a shard closes once it holds shard_gb GB."""
+    shards, cur, cur_bytes = [], [], 0
     for k, (name, shape, kind) in enumerate(tensor_specs(cfg)):
-        if kind == "ones":
-            t = torch.ones(shape, dtype=torch.bfloat16)
-        else:
-            g = torch.Generator(device=dev).manual_seed(args.seed * 100003 + k)
-            t = (torch.randn(shape, generator=g, device=dev, dtype=torch.float32) *
-                 cfg["initializer_range"]).to(torch.bfloat16).cpu()
-        cur[name] = t
-        cur_bytes += t.numel() * 2
-        if cur_bytes >= args.shard_gb * 1e9:
+        cur.append((k, name, shape, kind))
+        cur_bytes += math.prod(shape) * 2
+        if cur_bytes >= shard_gb * 1e9:
             shards.append(cur)
-            cur, cur_bytes = {}, 0
+            cur, cur_bytes = [], 0
     if cur:
         shards.append(cur)
+    return shards
+
+
+def check_out(out):
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"--out {out}: exists and is not a folder")
+    cfg_path = os.path.join(out, "config.json")
+    if os.path.isfile(cfg_path):
+        try:
+            with open(cfg_path) as f:
+                name = json.load(f).get("_name_or_path", "")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        if not isinstance(name, str) or not name.startswith(NAME_PREFIX):
+            fail(f"--out {out}: holds another model (its config.json was not written by this "
+                 f"script: _name_or_path {name!r}); give a new or empty folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        fail(f"--out {out}: cannot create the folder: {e.strerror or e}")
+    if not os.access(out, os.W_OK):
+        fail(f"--out {out}: folder is not writable")
+
+
+def replace_atomically(path, write):
+    tmp = path + ".tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+    replace_atomically(path, write)
+
+
+def generate(args, base_cfg=LLAMA31_8B, log=print):
+    cfg = dict(base_cfg, num_hidden_layers=args.layers)
+    out = args.out
+    check_out(out)
+    try:
+        import torch
+        from safetensors.torch import save_file
+    except ImportError as e:
+        fail(f"needs torch and safetensors ({e.name or e} is not installed here)")
+    # A killed run must not leave a folder that looks complete: the old config and index go
+    # first, and come back (new) only after every shard is in place.
+    for name in ("config.json", "model.safetensors.index.json"):
+        if os.path.exists(os.path.join(out, name)):
+            os.unlink(os.path.join(out, name))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.time()
+    plan = plan_shards(cfg, args.shard_gb)
     weight_map, total = {}, 0
-    for s, tensors in enumerate(shards):
-        fname = f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(tensors, os.path.join(args.out, fname), metadata={"format": "pt"})
-        for name, t in tensors.items():
+    for s, specs in enumerate(plan):
+        t_shard = time.time()
+        tensors = {}
+        for k, name, shape, kind in specs:
+            if kind == "ones":
+                t = torch.ones(shape, dtype=torch.bfloat16)
+            else:
+                g = torch.Generator(device=dev).manual_seed(args.seed * 100003 + k)
+                t = (torch.randn(shape, generator=g, device=dev, dtype=torch.float32) *
+                     cfg["initializer_range"]).to(torch.bfloat16).cpu()
+            tensors[name] = t
+        fname = f"model-{s + 1:05d}-of-{len(plan):05d}.safetensors"
+        replace_atomically(os.path.join(out, fname),
+                           lambda tmp, ts=tensors: save_file(ts, tmp, metadata={"format": "pt"}))
+        nbytes = sum(t.numel() * 2 for t in tensors.values())
+        for name in tensors:
             weight_map[name] = fname
-            total += t.numel() * 2
-    with open(os.path.join(args.out, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump(dict(cfg, _name_or_path=f"random-llama3.1-8b-seed{args.seed}"), f, indent=1)
-    print(f"make_random_llama: {total / 1e9:.2f} GB in {len(shards)} shards to {args.out} "
-          f"in {time.time() - t0:.1f} s")
+        total += nbytes
+        log(f"{PROG}: shard {s + 1}/{len(plan)} {fname}: {nbytes / 1e9:.2f} GB in "
+            f"{time.time() - t_shard:.1f} s ({dev})")
+    keep = set(weight_map.values())
+    for path in glob.glob(os.path.join(out, "model-*-of-*.safetensors")):
+        if SHARD_RE.search(os.path.basename(path)) and os.path.basename(path) not in keep:
+            os.unlink(path)  # an earlier run's shard the new index does not name
+    write_json(os.path.join(out, "model.safetensors.index.json"),
+               {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(os.path.join(out, "config.json"),
+               dict(cfg, _name_or_path=f"{NAME_PREFIX}-seed{args.seed}"))
+    log(f"{PROG}: {total / 1e9:.2f} GB in {len(plan)} shards to {out} "
+        f"in {time.time() - t0:.1f} s")
+
+
+def positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+    return v
+
+
+def non_negative_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return v
+
+
+def positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return v
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="output folder (created; see the notes above)")
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--layers", type=positive_int, default=32, help="fewer layers for quick checks")
+    ap.add_argument("--shard-gb", type=positive_float, default=4.0,
+                    help="a shard closes once it holds this many GB (default 4)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None, base_cfg=LLAMA31_8B):
+    args = parse_args(argv)
+    try:
+        generate(args, base_cfg, log=lambda m: print(m, flush=True))
+    except Failure as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{PROG}: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {args.out} has no config.json (incomplete)", file=sys.stderr)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,7 +13,10 @@ loop) or request rate (open loop). Writes, per load mode present:
                                  and p99 TPOT relative to the first series, side by side
   <prefix>cdf.png                latency CDFs from the per-request records (when present)
 
-Needs matplotlib (pip install matplotlib). Prints the files written.
+Needs matplotlib (pip install matplotlib). Prints the files written. Each PNG is written
+through a temporary file renamed into place. A file that is not a leank-bench result (or lacks
+a field the plots read), an unreadable input or an unwritable --out: one line on stderr naming
+it, exit status 1; bad flags exit 2.
 """
 
 import argparse
@@ -22,20 +25,84 @@ import json
 import math
 import os
 import sys
+import tempfile
+
+
+class Failure(Exception):
+    """A bad input, named in one line."""
+
+
+def fail(msg):
+    raise Failure(msg)
+
+
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_run(path, j):
+    """The fields the plots read, so a damaged file is named before anything is drawn."""
+    if not isinstance(j, dict):
+        fail(f"{path}: not a leank-bench result (top level is a JSON {type(j).__name__})")
+    if j.get("tool") != "leank-bench" or "results" not in j:
+        fail(f"{path}: not a leank-bench result (no tool/results)")
+    cfg, res = j.get("config"), j["results"]
+    if not isinstance(cfg, dict) or cfg.get("mode") not in ("closed", "open"):
+        fail(f"{path}: config.mode must be \"closed\" or \"open\"")
+    x_key = "request_rate" if cfg["mode"] == "open" else "concurrency"
+    if not is_number(cfg.get(x_key)):
+        fail(f"{path}: config.{x_key} is {cfg.get(x_key)!r}, expected a number")
+    if not isinstance(res, dict):
+        fail(f"{path}: results is not an object")
+    for key in ("output_throughput", "request_throughput"):
+        if not is_number(res.get(key)):
+            fail(f"{path}: results.{key} is {res.get(key)!r}, expected a number")
+    for key, _ in METRICS:
+        stats = res.get(key)
+        if not isinstance(stats, dict) or not all(
+                p in stats and (stats[p] is None or is_number(stats[p])) for p in ("p50", "p99")):
+            fail(f"{path}: results.{key} has no p50/p99 numbers")
+    if j.get("requests") is not None and not (
+            isinstance(j["requests"], list) and all(isinstance(r, dict) for r in j["requests"])):
+        fail(f"{path}: requests is not a list of objects")
 
 
 def load(paths):
     runs = []
     for path in paths:
-        with open(path) as f:
-            try:
+        try:
+            with open(path, encoding="utf-8") as f:
                 j = json.load(f)
-            except json.JSONDecodeError as e:
-                sys.exit(f"{path}: not JSON: {e}")
-        if j.get("tool") != "leank-bench" or "results" not in j:
-            sys.exit(f"{path}: not a leank-bench result (no tool/results)")
+        except FileNotFoundError:
+            fail(f"{path}: no such file")
+        except IsADirectoryError:
+            fail(f"{path}: is a directory, expected a leank-bench --json file")
+        except OSError as e:
+            fail(f"{path}: cannot read: {e.strerror or e}")
+        except UnicodeDecodeError:
+            fail(f"{path}: not JSON (not UTF-8 text)")
+        except json.JSONDecodeError as e:
+            fail(f"{path}: not JSON: {e}")
+        check_run(path, j)
         runs.append((path, j))
     return runs
+
+
+def save_atomic(fig, path):
+    """savefig through a temporary file renamed into place: no half-written PNG."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=120, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def series_label(j):
@@ -93,7 +160,7 @@ def plot_throughput(plt, mode, series, path):
         ax.legend()
     fig.suptitle(f"Throughput ({mode} loop)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_atomic(fig, path)
     plt.close(fig)
 
 
@@ -114,7 +181,7 @@ def plot_latency(plt, mode, series, path):
         ax.legend(fontsize=8)
     fig.suptitle(f"Latency percentiles ({mode} loop)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_atomic(fig, path)
     plt.close(fig)
 
 
@@ -155,7 +222,7 @@ def plot_compare(plt, mode, series, path):
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_atomic(fig, path)
     plt.close(fig)
 
 
@@ -179,7 +246,7 @@ def plot_cdf(plt, runs, path):
         ax.legend(fontsize=7)
     fig.suptitle("Latency CDFs")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_atomic(fig, path)
     plt.close(fig)
     return True
 
@@ -190,29 +257,44 @@ def main(argv=None):
     ap.add_argument("--out", default=".", help="output folder (default: .)")
     ap.add_argument("--prefix", default="serving-", help="file name prefix (default: serving-)")
     args = ap.parse_args(argv)
+    if os.sep in args.prefix or (os.altsep and os.altsep in args.prefix):
+        ap.error(f"--prefix {args.prefix!r}: a file name prefix, not a path (use --out)")
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        sys.exit("plot_bench.py needs matplotlib: pip install matplotlib")
-    runs = load(args.results)
-    os.makedirs(args.out, exist_ok=True)
-    written = []
-    for mode, series in sorted(grouped(runs).items()):
-        p = os.path.join(args.out, f"{args.prefix}throughput-{mode}.png")
-        plot_throughput(plt, mode, series, p)
-        written.append(p)
-        p = os.path.join(args.out, f"{args.prefix}latency-{mode}.png")
-        plot_latency(plt, mode, series, p)
-        written.append(p)
-        if len(series) >= 2:
-            p = os.path.join(args.out, f"{args.prefix}compare-{mode}.png")
-            plot_compare(plt, mode, series, p)
+        runs = load(args.results)  # bad input is named with or without matplotlib
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            fail(f"--out {args.out}: exists and is not a folder")
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            fail("needs matplotlib: pip install matplotlib")
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            fail(f"--out {args.out}: cannot create the folder: {e.strerror or e}")
+        written = []
+        for mode, series in sorted(grouped(runs).items()):
+            p = os.path.join(args.out, f"{args.prefix}throughput-{mode}.png")
+            plot_throughput(plt, mode, series, p)
             written.append(p)
-    p = os.path.join(args.out, f"{args.prefix}cdf.png")
-    if plot_cdf(plt, runs, p):
-        written.append(p)
+            p = os.path.join(args.out, f"{args.prefix}latency-{mode}.png")
+            plot_latency(plt, mode, series, p)
+            written.append(p)
+            if len(series) >= 2:
+                p = os.path.join(args.out, f"{args.prefix}compare-{mode}.png")
+                plot_compare(plt, mode, series, p)
+                written.append(p)
+        p = os.path.join(args.out, f"{args.prefix}cdf.png")
+        if plot_cdf(plt, runs, p):
+            written.append(p)
+    except Failure as e:
+        print(f"plot_bench.py: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"plot_bench.py: cannot write {e.filename or args.out}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
     for p in written:
         print(p)
     return 0

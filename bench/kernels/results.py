@@ -5,43 +5,138 @@
                                                       # as records with impl "<name>" and "error")
   results.py plot RESULTS.json PNG                    # GB/s and speedup against context
   results.py table RESULTS.json                       # markdown table for docs/benchmarks.md
+
+Inputs are leank-bench-kernels JSON (a list of records) or bench/kernels/peers.py output
+({"records": [...], "errors": {...}}). OUT and PNG are written through a temporary file renamed
+into place. Bad input is one line on stderr and exit status 1 (2 for a bad command line).
 """
+import argparse
 import json
+import math
+import os
 import sys
+import tempfile
 from collections import defaultdict
+
+PROG = "results.py"
+
+
+class Failure(Exception):
+    """A bad input, named in one line."""
+
+
+def fail(msg):
+    raise Failure(msg)
+
+
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        fail(f"{path}: no such file")
+    except IsADirectoryError:
+        fail(f"{path}: is a directory, expected a kernel results JSON file")
+    except OSError as e:
+        fail(f"{path}: cannot read: {e.strerror or e}")
+    except UnicodeDecodeError:
+        fail(f"{path}: not JSON (not UTF-8 text)")
+    except json.JSONDecodeError as e:
+        fail(f"{path}: not JSON: {e}")
+
+
+def check_record(path, i, r):
+    if not isinstance(r, dict):
+        fail(f"{path}: record {i} is a JSON {type(r).__name__}, expected an object")
+    if not isinstance(r.get("impl"), str):
+        fail(f"{path}: record {i} has no \"impl\" name")
+    if "time_us" in r:
+        if not is_number(r["time_us"]) or r["time_us"] <= 0:
+            fail(f"{path}: record {i} ({r['impl']}): time_us is {r['time_us']!r}, "
+                 "expected a positive number")
+        for key in ("batch", "context", "gbps", "read_gbps", "tflops"):
+            if key in r and not is_number(r[key]):
+                fail(f"{path}: record {i} ({r['impl']}): {key} is {r[key]!r}, expected a number")
 
 
 def load(path):
-    d = json.load(open(path))
+    d = read_json(path)
     if isinstance(d, dict):  # peers.py: {"records": [...], "errors": {...}}
+        if not isinstance(d.get("records"), list):
+            fail(f"{path}: an object without a \"records\" list (expected a list of records or "
+                 "peers.py's {\"records\": [...], \"errors\": {...}})")
+        errors = d.get("errors", {})
+        if not isinstance(errors, dict):
+            fail(f"{path}: \"errors\" is not an object")
         recs = list(d["records"])
-        for k, v in d.get("errors", {}).items():
-            recs.append({"impl": k.split()[0], "error": v, "where": k})
-        return recs
-    return d
+        for k, v in errors.items():
+            recs.append({"impl": k.split()[0] if k.split() else k, "error": v, "where": k})
+    elif isinstance(d, list):
+        recs = d
+    else:
+        fail(f"{path}: top level is a JSON {type(d).__name__}, expected a list of records")
+    for i, r in enumerate(recs):
+        check_record(path, i, r)
+    return recs
+
+
+def replace_atomically(path, write):
+    """Calls write(file object) on a temporary file in path's folder, then renames it to path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        fail(f"{path}: is a directory")
+    if not os.path.isdir(folder):
+        fail(f"{path}: folder {folder} does not exist")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                   suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        fail(f"{path}: cannot write: {e.strerror or e}")
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def merge(out, *paths):
     recs = []
     for p in paths:
         recs += load(p)
-    json.dump(recs, open(out, "w"), indent=1)
+    data = (json.dumps(recs, indent=1) + "\n").encode()
+    replace_atomically(out, lambda f: f.write(data))
+    print(f"{out}: {len(recs)} records from {len(paths)} files")
 
 
 def grid(recs):
     t = defaultdict(dict)  # (batch, context) -> impl -> record
     for r in recs:
-        if "time_us" in r and "batch" in r and not r["impl"].startswith("prefill"):
+        if "time_us" in r and "batch" in r and "context" in r and not r["impl"].startswith("prefill"):
             t[(r["batch"], r["context"])][r["impl"]] = r
     return t
 
 
 def plot(path, png):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     recs = load(path)
     t = grid(recs)
+    if not t:
+        fail(f"{path}: no decode records (impl, batch, context, time_us) to plot")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        fail("plot needs matplotlib (pip install matplotlib)")
     batches = sorted({b for b, _ in t})
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     colors = {"dense": "tab:blue", "leank": "tab:red", "sdpa_cudnn": "tab:green",
@@ -53,14 +148,16 @@ def plot(path, png):
         for impl, col in colors.items():
             if b not in (batches[0], batches[-1]):
                 break  # bandwidth panel: smallest and largest batch only, for legibility
-            pts = [(c, t[(b, c)][impl]["gbps"]) for c in ctxs if impl in t[(b, c)]]
+            pts = [(c, t[(b, c)][impl]["gbps"]) for c in ctxs
+                   if impl in t[(b, c)] and "gbps" in t[(b, c)][impl]]
             if pts:
                 axes[0].plot([p[0] for p in pts], [p[1] for p in pts], styles[bi % 4], color=col,
                              marker="o", ms=3, label=f"{impl}, batch {b}")
         sp = [(c, t[(b, c)]["dense"]["time_us"] / t[(b, c)]["leank"]["time_us"]) for c in ctxs
               if "dense" in t[(b, c)] and "leank" in t[(b, c)]]
-        axes[1].plot([p[0] for p in sp], [p[1] for p in sp], styles[bi % 4], color="tab:red", marker="o",
-                     label=f"leank / our dense, batch {b}")
+        if sp:
+            axes[1].plot([p[0] for p in sp], [p[1] for p in sp], styles[bi % 4], color="tab:red",
+                         marker="o", label=f"leank / our dense, batch {b}")
         peers = [(c, min(t[(b, c)][i]["time_us"] for i in ("sdpa_cudnn", "sdpa_flash", "flashinfer")
                          if i in t[(b, c)]) / t[(b, c)]["leank"]["time_us"]) for c in ctxs
                  if "leank" in t[(b, c)] and any(i in t[(b, c)] for i in ("sdpa_cudnn", "sdpa_flash", "flashinfer"))]
@@ -84,7 +181,11 @@ def plot(path, png):
     dev = next((r["device"] for r in recs if "device" in r), "")
     fig.suptitle(dev)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    fmt = os.path.splitext(png)[1].lstrip(".").lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        fail(f"{png}: unknown image type .{fmt} (use .png, .svg or .pdf)")
+    replace_atomically(png, lambda f: fig.savefig(f, dpi=110, format=fmt))
+    print(png)
 
 
 def table(path):
@@ -99,21 +200,45 @@ def table(path):
         cells = [f"{row[i]['time_us']:.1f}" if i in row else "-" for i in impls]
         d, l = row.get("dense"), row.get("leank")
         peers = [row[i]["time_us"] for i in impls[2:] if i in row]
-        fr = lambda r: f"{100 * r['gbps'] / r['read_gbps']:.0f}%" if r else "-"
+        fr = (lambda r: f"{100 * r['gbps'] / r['read_gbps']:.0f}%"
+              if r and r.get("gbps") is not None and r.get("read_gbps") else "-")
         sp = f"{d['time_us'] / l['time_us']:.2f}x" if d and l else "-"
         spp = f"{min(peers) / l['time_us']:.2f}x" if peers and l else "-"
         print(f"| {b} | {c} | " + " | ".join(cells) + f" | {fr(d)} | {fr(l)} | {sp} | {spp} |")
     for r in recs:
-        if r.get("impl", "").startswith("prefill"):
+        if r["impl"].startswith("prefill") and all(k in r for k in ("time_us", "context", "tflops")):
             print(f"\n{r['impl']}: {r['time_us']:.0f} us per layer at {r['context']} tokens causal, "
                   f"{r['tflops']:.0f} TFLOP/s")
 
 
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[2:6]))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("merge", help="combine result files into one list of records")
+    m.add_argument("out")
+    m.add_argument("inputs", nargs="+")
+    p = sub.add_parser("plot", help="GB/s and speedup against context")
+    p.add_argument("results")
+    p.add_argument("png")
+    t = sub.add_parser("table", help="markdown table for docs/benchmarks.md")
+    t.add_argument("results")
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "merge":
+            merge(a.out, *a.inputs)
+        elif a.cmd == "plot":
+            plot(a.results, a.png)
+        else:
+            table(a.results)
+    except Failure as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # table | head
+        return 0
+    return 0
+
+
 if __name__ == "__main__":
-    cmd = sys.argv[1]
-    if cmd == "merge":
-        merge(sys.argv[2], *sys.argv[3:])
-    elif cmd == "plot":
-        plot(sys.argv[2], sys.argv[3])
-    elif cmd == "table":
-        table(sys.argv[2])
+    sys.exit(main())
