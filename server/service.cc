@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "grpcpp/support/method_handler.h"
 #include "server/status.h"
 #include "spdlog/spdlog.h"
 
@@ -45,10 +46,45 @@ struct StreamCounter {
   Metrics* m_;
 };
 
+// Index of an rpc of LeankService, as the generated Service numbers its methods.
+int MethodIndex(const char* name) {
+  return google::protobuf::DescriptorPool::generated_pool()
+      ->FindServiceByName(v1::LeankService::service_full_name())
+      ->FindMethodByName(name)
+      ->index();
+}
+
+// The request of a one-request call, as bytes through ParseRequest.
+template <class Stream>
+absl::Status ReadRequest(Stream* stream, google::protobuf::Message* req) {
+  grpc::ByteBuffer buf;
+  if (!stream->Read(&buf)) return absl::InvalidArgumentError("input: no request message");
+  std::vector<grpc::Slice> slices;
+  if (!buf.Dump(&slices).ok()) return absl::InvalidArgumentError("input: unreadable request");
+  std::string bytes;
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return ParseRequest(bytes, req);
+}
+
 }  // namespace
 
 LeankServiceImpl::LeankServiceImpl(ServerStatus* status, Metrics* metrics)
-    : status_(status), metrics_(metrics) {}
+    : status_(status), metrics_(metrics) {
+  MarkMethodStreamed(MethodIndex("Generate"),
+                     new grpc::internal::BidiStreamingHandler<LeankServiceImpl, grpc::ByteBuffer,
+                                                              v1::GenerateResponse>(
+                         [](LeankServiceImpl* self, grpc::ServerContext* ctx,
+                            GenerateStream* stream) { return self->RunGenerate(ctx, stream); },
+                         this));
+  MarkMethodStreamed(MethodIndex("Tokenize"),
+                     new grpc::internal::BidiStreamingHandler<LeankServiceImpl, grpc::ByteBuffer,
+                                                              v1::TokenizeResponse>(
+                         [](LeankServiceImpl* self, grpc::ServerContext* ctx,
+                            TokenizeStream* stream) { return self->RunTokenize(ctx, stream); },
+                         this));
+}
 
 void LeankServiceImpl::Attach(EngineLoop* loop, const ModelInfo& info,
                               std::string served_model_name) {
@@ -115,15 +151,22 @@ absl::StatusOr<std::vector<int32_t>> LeankServiceImpl::PromptOf(
   return absl::InvalidArgumentError("input: one of text, messages or token_ids is required");
 }
 
-grpc::Status LeankServiceImpl::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                                        grpc::ServerWriter<v1::GenerateResponse>* writer) {
+grpc::Status LeankServiceImpl::RunGenerate(grpc::ServerContext* ctx, GenerateStream* writer) {
   if (grpc::Status s = CheckAccepting(); !s.ok()) {
     metrics_->AddRejected("unavailable");
     return s;
   }
+  const RequestId id = next_id_.fetch_add(1);
+  v1::GenerateRequest request;
+  const v1::GenerateRequest* req = &request;
+  if (absl::Status s = ReadRequest(writer, &request); !s.ok()) {
+    spdlog::info("[req-{}] invalid: {}", id, std::string(s.message()));
+    return Reject(s);
+  }
+  // A stream (which a drain waits for) and its clock start once the request is in, as
+  // with the generated handler: a client that never sends one holds up nothing.
   StreamCounter counter(status_, metrics_);
   const auto arrival = std::chrono::steady_clock::now();
-  const RequestId id = next_id_.fetch_add(1);
   const std::string log_id =
       req->request_id().empty() ? absl::StrCat("req-", id) : req->request_id();
   if (absl::Status s = ValidateGenerateRequest(*req, limits_); !s.ok()) {
@@ -155,8 +198,7 @@ grpc::Status LeankServiceImpl::Generate(grpc::ServerContext* ctx, const v1::Gene
 
 grpc::Status LeankServiceImpl::Stream(grpc::ServerContext* ctx, RequestId id,
                                       const std::string& log_id, RequestChannel& channel,
-                                      grpc::ServerWriter<v1::GenerateResponse>* writer,
-                                      bool want_logprobs,
+                                      GenerateStream* writer, bool want_logprobs,
                                       std::chrono::steady_clock::time_point arrival) {
   EngineLoop* loop = loop_.load();
   for (;;) {
@@ -232,6 +274,18 @@ void LeankServiceImpl::FillChunk(const RequestOutput& out, const std::string& lo
   resp->mutable_timings()->set_queue_time_s(out.queue_time_s);
   resp->mutable_timings()->set_time_to_first_token_s(out.ttft_s);
   if (!out.error.ok()) resp->set_error(std::string(out.error.message()));
+}
+
+grpc::Status LeankServiceImpl::RunTokenize(grpc::ServerContext* ctx, TokenizeStream* stream) {
+  if (grpc::Status s = CheckAccepting(); !s.ok()) return s;
+  v1::TokenizeRequest req;
+  if (absl::Status s = ReadRequest(stream, &req); !s.ok()) return Reject(s);
+  v1::TokenizeResponse resp;
+  grpc::Status s = Tokenize(ctx, &req, &resp);
+  if (s.ok() && !stream->Write(resp)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  }
+  return s;
 }
 
 grpc::Status LeankServiceImpl::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* req,

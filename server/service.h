@@ -30,8 +30,7 @@ class LeankServiceImpl final : public v1::LeankService::Service {
   // Called once the engine is loaded (before `ready`): calls are UNAVAILABLE until then.
   void Attach(EngineLoop* loop, const ModelInfo& info, std::string served_model_name);
 
-  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                        grpc::ServerWriter<v1::GenerateResponse>* writer) override;
+  // Generate and Tokenize are served by RunGenerate / RunTokenize (see the constructor).
   grpc::Status Tokenize(grpc::ServerContext* ctx, const v1::TokenizeRequest* req,
                         v1::TokenizeResponse* resp) override;
   grpc::Status Detokenize(grpc::ServerContext* ctx, const v1::DetokenizeRequest* req,
@@ -42,6 +41,16 @@ class LeankServiceImpl final : public v1::LeankService::Service {
                               v1::ServerState* resp) override;
 
  private:
+  // Generate and Tokenize take their request as bytes: a server-streaming or unary call
+  // is, on the wire, a stream with one request message (what gRPC's "split streaming"
+  // relies on). protobuf's parser refuses a string field that is not UTF-8 before the
+  // generated handler calls anything, and the client would get INTERNAL with an empty
+  // message; ParseRequest keeps the bytes so that validation names the field instead.
+  using GenerateStream = grpc::ServerReaderWriter<v1::GenerateResponse, grpc::ByteBuffer>;
+  using TokenizeStream = grpc::ServerReaderWriter<v1::TokenizeResponse, grpc::ByteBuffer>;
+  grpc::Status RunGenerate(grpc::ServerContext* ctx, GenerateStream* stream);
+  grpc::Status RunTokenize(grpc::ServerContext* ctx, TokenizeStream* stream);
+
   // UNAVAILABLE while loading or draining.
   grpc::Status CheckAccepting() const;
   grpc::Status Reject(const absl::Status& status);
@@ -49,8 +58,8 @@ class LeankServiceImpl final : public v1::LeankService::Service {
   absl::StatusOr<std::vector<int32_t>> PromptOf(const v1::GenerateRequest& req) const;
   absl::StatusOr<std::vector<int32_t>> Render(const v1::ChatMessages& messages) const;
   grpc::Status Stream(grpc::ServerContext* ctx, RequestId id, const std::string& log_id,
-                      RequestChannel& channel, grpc::ServerWriter<v1::GenerateResponse>* writer,
-                      bool want_logprobs, std::chrono::steady_clock::time_point arrival);
+                      RequestChannel& channel, GenerateStream* writer, bool want_logprobs,
+                      std::chrono::steady_clock::time_point arrival);
   void FillChunk(const RequestOutput& out, const std::string& log_id, bool want_logprobs,
                  v1::GenerateResponse* resp) const;
 

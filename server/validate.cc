@@ -1,13 +1,101 @@
 #include "server/validate.h"
 
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "google/protobuf/dynamic_message.h"
 
 namespace leank::server {
 namespace {
+
+namespace pb = google::protobuf;
+
+void StringsAsBytes(pb::DescriptorProto* m) {
+  for (pb::FieldDescriptorProto& f : *m->mutable_field()) {
+    if (f.type() == pb::FieldDescriptorProto::TYPE_STRING) {
+      f.set_type(pb::FieldDescriptorProto::TYPE_BYTES);
+    }
+  }
+  for (pb::DescriptorProto& nested : *m->mutable_nested_type()) StringsAsBytes(&nested);
+}
+
+// Copies `file` (and what it imports) into `pool` with every string field made bytes.
+bool AddLenientFile(const pb::FileDescriptor* file, pb::DescriptorPool* pool) {
+  if (pool->FindFileByName(file->name()) != nullptr) return true;
+  for (int i = 0; i < file->dependency_count(); ++i) {
+    if (!AddLenientFile(file->dependency(i), pool)) return false;
+  }
+  pb::FileDescriptorProto proto;
+  file->CopyTo(&proto);
+  for (pb::DescriptorProto& m : *proto.mutable_message_type()) StringsAsBytes(&m);
+  return pool->BuildFile(proto) != nullptr;
+}
+
+// `type` with the same field numbers, every string read as bytes (so not checked for
+// UTF-8 when parsed); nullptr if it cannot be built.
+const pb::Message* LenientPrototype(const pb::Descriptor* type) {
+  static std::mutex mu;
+  static pb::DescriptorPool* pool = new pb::DescriptorPool;
+  static pb::DynamicMessageFactory* factory = new pb::DynamicMessageFactory(pool);
+  std::lock_guard<std::mutex> lock(mu);
+  if (pool->FindMessageTypeByName(type->full_name()) == nullptr &&
+      !AddLenientFile(type->file(), pool)) {
+    return nullptr;
+  }
+  const pb::Descriptor* lenient = pool->FindMessageTypeByName(type->full_name());
+  return lenient == nullptr ? nullptr : factory->GetPrototype(lenient);
+}
+
+// Copies the fields set in `from` into `to`, matched by number (the two types differ
+// only in string vs bytes). Reflection's setters take any bytes.
+void CopyByNumber(const pb::Message& from, pb::Message* to) {
+  const pb::Reflection* fr = from.GetReflection();
+  const pb::Reflection* tr = to->GetReflection();
+  std::vector<const pb::FieldDescriptor*> fields;
+  fr->ListFields(from, &fields);
+  for (const pb::FieldDescriptor* f : fields) {
+    const pb::FieldDescriptor* t = to->GetDescriptor()->FindFieldByNumber(f->number());
+    if (t == nullptr || t->cpp_type() != f->cpp_type()) continue;
+    const bool rep = f->is_repeated();
+    const int n = rep ? fr->FieldSize(from, f) : 1;
+    for (int i = 0; i < n; ++i) {
+      switch (f->cpp_type()) {
+#define LEANK_COPY_FIELD(CPPTYPE, Name)                        \
+  case pb::FieldDescriptor::CPPTYPE:                           \
+    if (rep) {                                                 \
+      tr->Add##Name(to, t, fr->GetRepeated##Name(from, f, i)); \
+    } else {                                                   \
+      tr->Set##Name(to, t, fr->Get##Name(from, f));            \
+    }                                                          \
+    break;
+        LEANK_COPY_FIELD(CPPTYPE_INT32, Int32)
+        LEANK_COPY_FIELD(CPPTYPE_INT64, Int64)
+        LEANK_COPY_FIELD(CPPTYPE_UINT32, UInt32)
+        LEANK_COPY_FIELD(CPPTYPE_UINT64, UInt64)
+        LEANK_COPY_FIELD(CPPTYPE_FLOAT, Float)
+        LEANK_COPY_FIELD(CPPTYPE_DOUBLE, Double)
+        LEANK_COPY_FIELD(CPPTYPE_BOOL, Bool)
+        LEANK_COPY_FIELD(CPPTYPE_ENUM, EnumValue)
+        LEANK_COPY_FIELD(CPPTYPE_STRING, String)
+#undef LEANK_COPY_FIELD
+        case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+          if (rep) {
+            CopyByNumber(fr->GetRepeatedMessage(from, f, i), tr->AddMessage(to, t));
+          } else {
+            CopyByNumber(fr->GetMessage(from, f), tr->MutableMessage(to, t));
+          }
+          break;
+      }
+    }
+  }
+}
 
 absl::Status Bad(const std::string& field, const std::string& why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
@@ -74,6 +162,19 @@ absl::Status ValidateStops(const v1::GenerateRequest& r, const ModelLimits& limi
 
 }  // namespace
 
+absl::Status ParseRequest(const std::string& bytes, pb::Message* msg) {
+  if (msg->ParseFromString(bytes)) return absl::OkStatus();
+  const absl::Status not_a_request = absl::InvalidArgumentError(
+      absl::StrCat("input: the request is not a valid ", msg->GetDescriptor()->full_name()));
+  const pb::Message* prototype = LenientPrototype(msg->GetDescriptor());
+  if (prototype == nullptr) return not_a_request;
+  std::unique_ptr<pb::Message> lenient(prototype->New());
+  if (!lenient->ParseFromString(bytes)) return not_a_request;
+  msg->Clear();
+  CopyByNumber(*lenient, msg);
+  return absl::OkStatus();
+}
+
 absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
                               const ModelLimits& limits, const char* field, bool allow_empty) {
   if (ids.empty() && !allow_empty) return Bad(field, "empty");
@@ -92,6 +193,7 @@ absl::Status ValidateMessages(const v1::ChatMessages& messages, const ModelLimit
   for (int i = 0; i < messages.messages_size(); ++i) {
     const v1::ChatMessage& m = messages.messages(i);
     const std::string prefix = absl::StrCat(field, "[", i, "]");
+    if (!IsValidUtf8(m.role())) return Bad(absl::StrCat(prefix, ".role"), "not valid UTF-8");
     if (m.role() != "system" && m.role() != "user" && m.role() != "assistant") {
       return Bad(absl::StrCat(prefix, ".role"),
                  absl::StrCat("unknown role '", m.role(), "' (system, user or assistant)"));

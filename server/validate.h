@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/core/request.h"
+#include "google/protobuf/message.h"
 #include "leank/v1/leank.pb.h"
 
 namespace leank::server {
@@ -32,6 +33,12 @@ inline constexpr int kMaxStopTokenIds = 64;
 inline constexpr int kMaxLogprobs = 20;
 inline constexpr int kMaxRequestIdBytes = 128;
 inline constexpr int kDefaultMaxTokens = 256;
+
+// A request message from its wire bytes. protobuf's own parser refuses a proto3 string
+// that is not UTF-8 (gRPC then answers INTERNAL with an empty message, before any
+// handler runs); this one keeps such bytes, so that the checks below name the field.
+// INVALID_ARGUMENT "input: ..." when the bytes are not a `msg` at all.
+absl::Status ParseRequest(const std::string& bytes, google::protobuf::Message* msg);
 
 // Checks of the request alone (and the vocabulary); no tokenization.
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& req, const ModelLimits& limits);

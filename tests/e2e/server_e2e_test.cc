@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "grpcpp/impl/client_unary_call.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/e2e/e2e_util.h"
@@ -382,6 +383,30 @@ TEST_P(ServerE2E, EveryInvalidFieldIsNamed) {
       {"logprobs", [](auto* r) { r->set_logprobs(21); }},
       {"logprobs", [](auto* r) { r->set_logprobs(-1); }},
       {"request_id", [](auto* r) { r->set_request_id(std::string(200, 'r')); }},
+      // Bytes that are not UTF-8 in every string field (protobuf's parser refused them
+      // before the handler ran: INTERNAL with an empty message).
+      {"text", [](auto* r) { r->set_text("ab\xff"); }},
+      {"request_id", [](auto* r) { r->set_request_id("id\xc3"); }},
+      {"stop[1]",
+       [](auto* r) {
+         r->add_stop("ok");
+         r->add_stop("\xed\xa0\x80");  // a UTF-16 surrogate
+       }},
+      {"messages[0].content",
+       [](auto* r) {
+         auto* m = r->mutable_messages()->add_messages();
+         m->set_role("user");
+         m->set_content("\xc0\xaf");  // overlong '/'
+       }},
+      {"messages[1].role",
+       [](auto* r) {
+         auto* m = r->mutable_messages()->add_messages();
+         m->set_role("user");
+         m->set_content("hi");
+         m = r->mutable_messages()->add_messages();
+         m->set_role("\xff");
+         m->set_content("hi");
+       }},
   };
   for (const InvalidCase& c : cases) {
     v1::GenerateRequest req = Greedy("Hello there", 4);
@@ -413,6 +438,62 @@ TEST_P(ServerE2E, EveryInvalidFieldIsNamed) {
   EXPECT_GE(
       MetricValue(metrics, "leank:request_rejected_total", "code=\"invalid_argument\"").value_or(0),
       static_cast<double>(cases.size()));
+}
+
+TEST_P(ServerE2E, BytesThatAreNotUtf8OrNotARequestAreNamed) {
+  ServerProcess& server = Shared();
+  auto stub = server.Stub();
+  {
+    grpc::ClientContext ctx;
+    v1::TokenizeRequest req;
+    req.set_text("x\xfey");
+    v1::TokenizeResponse resp;
+    const grpc::Status s = stub->Tokenize(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_EQ(s.error_message().rfind("text:", 0), 0u) << s.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::TokenizeRequest req;
+    auto* m = req.mutable_messages()->add_messages();
+    m->set_role("user");
+    m->set_content("\xff");
+    v1::TokenizeResponse resp;
+    const grpc::Status s = stub->Tokenize(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_EQ(s.error_message().rfind("messages[0].content:", 0), 0u) << s.error_message();
+  }
+  // Bytes that are no GenerateRequest / TokenizeRequest at all (a truncated field).
+  for (const char* method :
+       {"/leank.v1.LeankService/Generate", "/leank.v1.LeankService/Tokenize"}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    const std::string junk =
+        "\x12\x7f"
+        "abc";  // field 2 (text), 127 bytes long, 3 sent
+    grpc::Slice slice(junk);
+    const grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer reply;
+    const grpc::Status s = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+        server.channel().get(),
+        grpc::internal::RpcMethod(method, grpc::internal::RpcMethod::NORMAL_RPC), &ctx, request,
+        &reply);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << method << ": " << s.error_message();
+    EXPECT_EQ(s.error_message().rfind("input:", 0), 0u) << s.error_message();
+  }
+  // Still serving: text and a chat through the same handlers.
+  StreamResult ok = Generate(*stub, Greedy("Hello there", 3));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.token_ids.size(), 3u);
+  {
+    grpc::ClientContext ctx;
+    v1::TokenizeRequest req;
+    req.set_text("Hello");
+    v1::TokenizeResponse resp;
+    EXPECT_TRUE(stub->Tokenize(&ctx, req, &resp).ok());
+    EXPECT_GT(resp.token_ids_size(), 0);
+  }
 }
 
 TEST_P(ServerE2E, TokenizeDetokenizeModelInfoAndEndpoints) {

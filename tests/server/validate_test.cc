@@ -153,6 +153,63 @@ TEST(ToGenerationParams, ChecksTheKvCapacityWhenItIsTheTighterLimit) {
   EXPECT_NE(std::string(p.status().message()).find("context length 64"), std::string::npos);
 }
 
+TEST(ParseRequest, KeepsBytesThatAreNotUtf8SoThatValidationNamesTheField) {
+  v1::GenerateRequest sent = Valid();
+  sent.set_request_id("r-1");
+  sent.set_temperature(0.5f);
+  sent.add_stop("ok");
+  sent.add_stop("\xff");
+  sent.add_stop_token_ids(7);
+  sent.set_logprobs(0);
+  std::string bytes;
+  ASSERT_TRUE(sent.SerializeToString(&bytes));  // protobuf only logs the bad string
+  v1::GenerateRequest strict;
+  EXPECT_FALSE(strict.ParseFromString(bytes));  // what gRPC's own handler does
+  v1::GenerateRequest got;
+  ASSERT_TRUE(ParseRequest(bytes, &got).ok());
+  EXPECT_EQ(got.SerializeAsString(), bytes);  // every field, presence included
+  EXPECT_TRUE(got.has_temperature() && got.has_logprobs() && got.has_max_tokens());
+  EXPECT_FALSE(got.has_top_p());
+  ExpectField(got, "stop[1]");
+
+  v1::GenerateRequest chat;
+  auto* m = chat.mutable_messages()->add_messages();
+  m->set_role("user");
+  m->set_content("fine");
+  m = chat.mutable_messages()->add_messages();
+  m->set_role("assistant");
+  m->set_content("\xc3(");
+  ASSERT_TRUE(ParseRequest(chat.SerializeAsString(), &got).ok());
+  EXPECT_EQ(got.messages().messages_size(), 2);
+  ExpectField(got, "messages[1].content");
+
+  // An empty oneof member is still the input that was sent.
+  v1::GenerateRequest empty;
+  empty.mutable_messages();
+  empty.set_request_id("\xfe");
+  ASSERT_TRUE(ParseRequest(empty.SerializeAsString(), &got).ok());
+  EXPECT_EQ(got.input_case(), v1::GenerateRequest::kMessages);
+  ExpectField(got, "request_id");
+
+  v1::TokenizeRequest tok;
+  tok.set_text("a\x80");
+  v1::TokenizeRequest tok_got;
+  ASSERT_TRUE(ParseRequest(tok.SerializeAsString(), &tok_got).ok());
+  EXPECT_EQ(std::string(ValidateTokenizeRequest(tok_got, Limits()).message()).rfind("text:", 0),
+            0u);
+
+  // Not a message at all: a length past the end, a bad wire type.
+  for (const std::string& junk : {std::string("\x12\x7f"
+                                              "abc"),
+                                  std::string("\x17", 1)}) {
+    absl::Status st = ParseRequest(junk, &got);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(std::string(st.message()).rfind("input:", 0), 0u) << st;
+  }
+  EXPECT_TRUE(ParseRequest("", &got).ok());  // all defaults: validation says "input:"
+  ExpectField(got, "input");
+}
+
 TEST(ValidateDetokenize, ChecksTheVocabulary) {
   v1::DetokenizeRequest r;
   r.add_token_ids(5);
