@@ -129,10 +129,15 @@ std::string RunTitle(const Flags& f, const RunOptions& o) {
 int Main(int argc, char** argv) {
   Flags f;
   CLI::App app{"leank-bench: load tester of a leank-serve gRPC server", "leank-bench"};
-  app.add_option("--server", f.server, "host:port")->capture_default_str();
+  // Number flags go through client::FiniteNumber: CLI11's PositiveNumber and Range let
+  // "nan" through (--burstiness nan aborted in ArrivalProcess; a NaN rate or duration
+  // was silently ignored, a NaN or huge timeout or spread reached an undefined cast).
+  app.add_option("--server", f.server, "host:port")
+      ->capture_default_str()
+      ->check(client::ServerAddress());
   app.add_option("--timeout", f.timeout_s, "Seconds each request may take")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(client::FiniteNumber(0, client::kMaxTimeoutSeconds, /*lo_open=*/true));
   auto* load = "Load";
   app.add_option("--concurrency", f.concurrency,
                  "Closed loop: clients, each with one request in flight")
@@ -142,17 +147,17 @@ int Main(int argc, char** argv) {
   auto* rate = app.add_option("--request-rate", f.request_rate,
                               "Open loop: mean arrivals per second (Poisson by default)")
                    ->group(load)
-                   ->check(CLI::PositiveNumber);
+                   ->check(client::FiniteNumber(0, 1e9, /*lo_open=*/true));
   app.add_option("--burstiness", f.burstiness,
                  "Open loop: gamma shape of the inter-arrival times (1 = Poisson, <1 burstier)")
       ->group(load)
       ->capture_default_str()
-      ->check(CLI::PositiveNumber)
+      ->check(client::FiniteNumber(0, 1e6, /*lo_open=*/true))
       ->needs(rate);
   app.add_option("--max-concurrency", f.max_concurrency,
                  "Open loop: most requests in flight (0 = no cap)")
       ->group(load)
-      ->check(CLI::NonNegativeNumber)
+      ->check(CLI::Range(0, 100000))
       ->needs(rate);
   auto* num =
       app.add_option("--num-prompts", f.num_prompts, "Requests to send (and distinct prompts made)")
@@ -163,15 +168,15 @@ int Main(int argc, char** argv) {
                  "Send for this many seconds instead (prompts are cycled; with --num-prompts, "
                  "whichever ends first)")
       ->group(load)
-      ->check(CLI::PositiveNumber);
+      ->check(client::FiniteNumber(0, 1e9, /*lo_open=*/true));
   app.add_option("--warmup", f.warmup, "Requests sent (and not measured) before the run")
       ->group(load)
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 20));
   app.add_option("--max-errors", f.max_errors,
                  "Stop sending after this many failed requests (0 = never)")
       ->group(load)
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
 
   auto* wl = "Workload";
   app.add_option("--input-len", f.input_len, "Synthetic prompt tokens (mean)")
@@ -185,7 +190,7 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"fixed", "uniform", "normal"}));
   app.add_option("--input-spread", f.input_spread, "Half-range (uniform) or stddev (normal)")
       ->group(wl)
-      ->check(CLI::NonNegativeNumber);
+      ->check(client::FiniteNumber(0, 1 << 24));
   app.add_option("--output-len", f.output_len, "Output tokens asked for (max_tokens; mean)")
       ->group(wl)
       ->capture_default_str()
@@ -196,7 +201,7 @@ int Main(int argc, char** argv) {
       ->check(CLI::IsMember({"fixed", "uniform", "normal"}));
   app.add_option("--output-spread", f.output_spread, "Half-range (uniform) or stddev (normal)")
       ->group(wl)
-      ->check(CLI::NonNegativeNumber);
+      ->check(client::FiniteNumber(0, 1 << 24));
   app.add_option("--dataset", f.dataset,
                  "JSONL (or JSON array) of ShareGPT/OpenAI-style conversations")
       ->group(wl)
@@ -204,7 +209,7 @@ int Main(int argc, char** argv) {
   app.add_option("--dataset-output-len", f.dataset_output_len,
                  "Dataset: fixed max_tokens instead of each first reply's length")
       ->group(wl)
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 1 << 24));
   app.add_option("--dataset-as", f.dataset_as,
                  "Dataset prompts sent as messages (chat template) or text")
       ->group(wl)

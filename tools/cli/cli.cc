@@ -391,11 +391,12 @@ int RunCli(int argc, const char* const* argv, std::istream& in, std::ostream& ou
   // The last of repeated --server/--timeout wins, so wrappers can add defaults up front.
   app.add_option("--server", o.server, "host:port of the server")
       ->capture_default_str()
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast)
+      ->check(ServerAddress());
   app.add_option("--timeout", o.timeout_s, "Seconds a call may take (0: no limit)")
       ->capture_default_str()
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast)
-      ->check(CLI::NonNegativeNumber);
+      ->check(FiniteNumber(0, kMaxTimeoutSeconds));
   app.add_flag("--json", o.json, "Machine-readable output (JSON lines)");
 
   GenerateArgs gen;

@@ -2,6 +2,10 @@
 
 #include <charconv>
 #include <chrono>
+#include <cmath>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 
 namespace leank::client {
 
@@ -116,10 +120,33 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
 }
 
 std::chrono::system_clock::time_point DeadlineIn(double seconds) {
-  if (seconds <= 0) seconds = 86400;
+  if (!(seconds > 0) || seconds > kMaxTimeoutSeconds) {
+    return std::chrono::system_clock::time_point::max();
+  }
   return std::chrono::system_clock::now() +
          std::chrono::duration_cast<std::chrono::system_clock::duration>(
              std::chrono::duration<double>(seconds));
+}
+
+CLI::Validator FiniteNumber(double lo, double hi, bool lo_open) {
+  const std::string range = absl::StrFormat("%s%.10g, %.10g]", lo_open ? "(" : "[", lo, hi);
+  return CLI::Validator(
+      [lo, hi, lo_open, range](std::string& s) {
+        double v = 0;
+        const bool number = absl::SimpleAtod(s, &v) && std::isfinite(v);
+        if (number && (lo_open ? v > lo : v >= lo) && v <= hi) return std::string();
+        return "must be a number in " + range + ", got " + s;
+      },
+      "NUMBER in " + range);
+}
+
+CLI::Validator ServerAddress() {
+  return CLI::Validator(
+      [](std::string& s) {
+        return s.empty() ? std::string("must be HOST:PORT (or a gRPC target), got ''")
+                         : std::string();
+      },
+      "HOST:PORT");
 }
 
 const char* FinishReasonName(v1::FinishReason r, const char* unfinished) {

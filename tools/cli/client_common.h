@@ -66,7 +66,19 @@ const char* FinishReasonName(v1::FinishReason r, const char* unfinished = "");
 // as token ids).
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
 
-// A deadline `seconds` from now (<= 0: effectively none, one day).
+// Longest --timeout the tools take (about 31 years); longer is no limit anyway.
+inline constexpr double kMaxTimeoutSeconds = 1e9;
+
+// A deadline `seconds` from now; none (time_point::max(), which gRPC reads as infinite)
+// for 0, for anything above kMaxTimeoutSeconds and for NaN.
 std::chrono::system_clock::time_point DeadlineIn(double seconds);
+
+// A number flag in [lo, hi] ((lo, hi] with lo_open), finite: CLI11's PositiveNumber,
+// NonNegativeNumber and Range let "nan" through (a NaN timeout, rate or spread then
+// reached a cast or a std::abort), and their range message for "abc" printed DBL_MAX.
+CLI::Validator FiniteNumber(double lo, double hi, bool lo_open = false);
+
+// A --server value: not empty (gRPC cannot make a channel to "").
+CLI::Validator ServerAddress();
 
 }  // namespace leank::client

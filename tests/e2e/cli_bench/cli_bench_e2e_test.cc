@@ -273,6 +273,26 @@ TEST(BenchUsage, BadFlagsExitTwo) {
     EXPECT_EQ(r.exit_code, 2) << ::testing::PrintToString(args) << Describe(r);
     EXPECT_FALSE(r.err.empty());
   }
+  // NaN passed CLI11's PositiveNumber / NonNegativeNumber: a NaN rate or duration was
+  // ignored, a NaN or huge timeout or spread reached an undefined cast, and
+  // --burstiness=nan aborted ("ArrivalProcess: ...", SIGABRT). Each names its flag now.
+  for (const auto& [args, flag] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--request-rate=nan"}, "--request-rate"},
+           {{"--request-rate=inf"}, "--request-rate"},
+           {{"--request-rate=1", "--burstiness=nan"}, "--burstiness"},
+           {{"--timeout=nan"}, "--timeout"},
+           {{"--timeout=1e300"}, "--timeout"},
+           {{"--duration=nan"}, "--duration"},
+           {{"--input-dist=uniform", "--input-spread=1e300"}, "--input-spread"},
+           {{"--output-spread=nan"}, "--output-spread"},
+           {{"--max-concurrency=abc", "--request-rate=1"}, "--max-concurrency"},
+           {{"--server", ""}, "--server"}}) {
+    std::vector<std::string> argv = {LEANK_BENCH_BIN, "--server=127.0.0.1:1"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    ProcessResult r = RunProcess(argv, "", seconds(30));
+    EXPECT_EQ(r.exit_code, 2) << ::testing::PrintToString(args) << Describe(r);
+    EXPECT_EQ(r.err.rfind(flag + ":", 0), 0u) << Describe(r);
+  }
   ProcessResult r = RunProcess({LEANK_CLI_BIN, "generate", "--max-tokens=many", "x"});
   EXPECT_EQ(r.exit_code, 2) << Describe(r);
   EXPECT_NE(r.err.find("--max-tokens"), std::string::npos) << r.err;
@@ -345,11 +365,11 @@ class SmolLm2E2E : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!Exists(SmolLm2Dir() + "/model.safetensors")) return;
     bool up = false;
-    server_ = ServerProcess::StartServing(
-        LEANK_SERVER_BIN,
-        {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2", "--max-model-len=512",
-         "--log-level=warn"},
-        TempPath("smollm2-server.log"), seconds(120), &up);
+    server_ =
+        ServerProcess::StartServing(LEANK_SERVER_BIN,
+                                    {"--model=" + SmolLm2Dir(), "--backend=cpu", "--num-threads=2",
+                                     "--max-model-len=512", "--log-level=warn"},
+                                    TempPath("smollm2-server.log"), seconds(120), &up);
     if (!up) {
       std::cerr << "SmolLM2 server did not come up:\n" << server_->Log() << "\n";
       server_.reset();

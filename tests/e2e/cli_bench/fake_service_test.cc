@@ -349,7 +349,13 @@ TEST(CliUsage, BadFlagsExitTwoWithAMessage) {
            {{"chat", "--stop=\xff"}, "--stop: not valid UTF-8"},
            {{"generate", "x", "--seed=-1"}, "--seed"},
            {{"generate", "x", "--seed=18446744073709551616"}, "--seed"},
-           {{"detokenize", ""}, "empty item"}}) {
+           {{"detokenize", ""}, "empty item"},
+           // NaN passed CLI11's NonNegativeNumber and reached a duration cast, like 1e300
+           // (undefined); "abc" was answered with a range ending in DBL_MAX.
+           {{"--timeout=nan", "health"}, "--timeout: must be a number in [0, 1000000000]"},
+           {{"--timeout=1e300", "health"}, "--timeout"},
+           {{"--timeout=abc", "health"}, "got abc"},
+           {{"--server", "", "health"}, "--server"}}) {
     auto [code, msg] = run(args);
     EXPECT_EQ(code, 2) << ::testing::PrintToString(args) << msg;
     EXPECT_NE(msg.find(want), std::string::npos) << msg;
@@ -357,6 +363,21 @@ TEST(CliUsage, BadFlagsExitTwoWithAMessage) {
   auto [code, msg] = run({"generate", "--help"});
   EXPECT_EQ(code, 0);
   EXPECT_NE(msg.find("--repetition-penalty"), std::string::npos);
+}
+
+TEST(CliUsage, DeadlinesNeverOverflow) {
+  const auto none = std::chrono::system_clock::time_point::max();  // gRPC: infinite
+  EXPECT_EQ(client::DeadlineIn(0), none);  // "0: no limit", as documented (was one day)
+  EXPECT_EQ(client::DeadlineIn(std::nan("")), none);
+  EXPECT_EQ(client::DeadlineIn(1e300), none);
+  EXPECT_EQ(client::DeadlineIn(INFINITY), none);
+  const auto before = std::chrono::system_clock::now();
+  const auto in5 = client::DeadlineIn(5) - before;
+  EXPECT_GE(in5, std::chrono::seconds(5));
+  EXPECT_LT(in5, std::chrono::seconds(6));
+  const auto far = client::DeadlineIn(client::kMaxTimeoutSeconds);
+  EXPECT_LT(far, none);
+  EXPECT_GT(far, std::chrono::system_clock::now() + std::chrono::hours(24 * 365 * 30));
 }
 
 TEST_F(FakeServiceTest, RunnerCountsTokensLikeTheServerAcrossMultiTokenChunks) {
