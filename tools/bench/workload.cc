@@ -201,6 +201,9 @@ absl::StatusOr<std::vector<BenchPrompt>> LoadConversations(const std::string& pa
     if (static_cast<int64_t>(prompts.size()) >= options.max_prompts) break;
     Conversation c;
     if (!ExtractConversation(rows[idx], &c)) continue;
+    // An empty first user turn asks nothing (and as text the server refuses it, which
+    // would end the whole load): skipped like any prompt under 4 tokens.
+    if (c.prompt.empty()) continue;
     BenchPrompt p;
     if (options.as_messages) {
       if (!c.system.empty()) p.messages.emplace_back("system", c.system);

@@ -223,6 +223,35 @@ TEST(Workload, LoadsShareGptJsonlAndOpenAiMessages) {
   EXPECT_EQ(LoadConversations(path, o, WordCounter)->size(), 1u);
 }
 
+TEST(Workload, SkipsAnEmptyPromptInsteadOfFailingTheLoad) {
+  // As the server: Tokenize refuses an empty text (INVALID_ARGUMENT "text: empty").
+  auto counter = [](const BenchPrompt& p, bool special) -> absl::StatusOr<int> {
+    if (p.messages.empty() && p.text.empty()) {
+      return absl::UnavailableError("Tokenize: INVALID_ARGUMENT: text: empty");
+    }
+    return WordCounter(p, special);
+  };
+  const std::string path = WriteFile(
+      "empty_prompts.jsonl",
+      R"({"conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": "a b c d e"}]})"
+      "\n"
+      R"({"prompt": "", "output_len": 9})"
+      "\n"
+      R"({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": ""}, {"role": "assistant", "content": "r1 r2 r3 r4"}]})"
+      "\n"
+      R"({"conversations": [{"from": "human", "value": "one two three four"}, {"from": "gpt", "value": "five six seven eight"}]})"
+      "\n");
+  DatasetOptions o;
+  o.shuffle = false;
+  for (bool as_messages : {false, true}) {
+    o.as_messages = as_messages;
+    absl::StatusOr<std::vector<BenchPrompt>> p = LoadConversations(path, o, counter);
+    ASSERT_TRUE(p.ok()) << p.status();  // was: the whole load failed on the first row
+    ASSERT_EQ(p->size(), 1u);
+    EXPECT_EQ(as_messages ? (*p)[0].messages.back().second : (*p)[0].text, "one two three four");
+  }
+}
+
 TEST(Workload, LoadsAJsonArrayAndNamesTheBadLine) {
   const std::string arr = WriteFile(
       "convs.json",
