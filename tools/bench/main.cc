@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <limits>
@@ -264,6 +265,16 @@ int Main(int argc, char** argv) {
     if (eq == std::string::npos || eq == 0)
       return usage("--metadata '" + kv + "': expected KEY=VALUE");
     metadata[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  // The JSON is written after the run: a path that cannot be written is found now,
+  // not after what may be hours of load (the probe leaves no new file behind).
+  if (!f.json_path.empty()) {
+    std::error_code ec;
+    const bool existed = std::filesystem::exists(f.json_path, ec);
+    const bool writable = !std::filesystem::is_directory(f.json_path, ec) &&
+                          std::ofstream(f.json_path, std::ios::app).good();
+    if (!existed) std::filesystem::remove(f.json_path, ec);
+    if (!writable) return usage("--json: cannot write " + f.json_path);
   }
   const bool by_duration = f.duration_s > 0;
 

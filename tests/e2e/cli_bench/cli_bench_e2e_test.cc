@@ -286,12 +286,16 @@ TEST(BenchUsage, BadFlagsExitTwo) {
            {{"--input-dist=uniform", "--input-spread=1e300"}, "--input-spread"},
            {{"--output-spread=nan"}, "--output-spread"},
            {{"--max-concurrency=abc", "--request-rate=1"}, "--max-concurrency"},
-           {{"--server", ""}, "--server"}}) {
+           {{"--server", ""}, "--server"},
+           // Found only after the whole run before (the results' JSON was lost).
+           {{"--json=/nonexistent-dir/out.json"}, "error: --json"},
+           {{"--json=" + ::testing::TempDir()}, "error: --json"}}) {
     std::vector<std::string> argv = {LEANK_BENCH_BIN, "--server=127.0.0.1:1"};
     argv.insert(argv.end(), args.begin(), args.end());
     ProcessResult r = RunProcess(argv, "", seconds(30));
     EXPECT_EQ(r.exit_code, 2) << ::testing::PrintToString(args) << Describe(r);
     EXPECT_EQ(r.err.rfind(flag + ":", 0), 0u) << Describe(r);
+    EXPECT_EQ(r.err.find("GetModelInfo"), std::string::npos) << "checked before any call";
   }
   ProcessResult r = RunProcess({LEANK_CLI_BIN, "generate", "--max-tokens=many", "x"});
   EXPECT_EQ(r.exit_code, 2) << Describe(r);
