@@ -221,7 +221,8 @@ int Main(int argc, char** argv) {
       ->group(wl);
   app.add_option("--seed", f.seed, "Seed of the workload and arrival RNGs")
       ->group(wl)
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(client::Uint64Text());
 
   auto* samp = "Sampling";
   app.add_flag("--ignore-eos", f.ignore_eos, "Generate exactly max_tokens (no early EOS)")

@@ -25,18 +25,8 @@ void AddSamplingFlags(CLI::App* app, SamplingFlags* f, const std::string& group)
       app->add_option("--repetition-penalty", f->repetition_penalty, "(0, 10]")->group(group);
   app->add_option("--presence-penalty", f->presence_penalty, "[-2, 2]")->group(group);
   app->add_option("--frequency-penalty", f->frequency_penalty, "[-2, 2]")->group(group);
-  // CLI11 would take "-1" as 2^64 - 1 and clamp 2^64 and beyond.
-  const CLI::Validator uint64_text(
-      [](std::string& s) {
-        uint64_t v = 0;
-        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-        return ec == std::errc() && end == s.data() + s.size() && !s.empty()
-                   ? std::string()
-                   : "must be an integer in [0, 18446744073709551615], got " + s;
-      },
-      "UINT64");
   f->seed_opt =
-      app->add_option("--seed", f->seed, "Per-request RNG seed")->group(group)->check(uint64_text);
+      app->add_option("--seed", f->seed, "Per-request RNG seed")->group(group)->check(Uint64Text());
   app->add_option("--stop", f->stop, "Stop string (repeatable)")->group(group)->take_all();
   app->add_option("--stop-token-id", f->stop_token_ids, "Stop token id (repeatable)")
       ->group(group)
@@ -138,6 +128,18 @@ CLI::Validator FiniteNumber(double lo, double hi, bool lo_open) {
         return "must be a number in " + range + ", got " + s;
       },
       "NUMBER in " + range);
+}
+
+CLI::Validator Uint64Text() {
+  return CLI::Validator(
+      [](std::string& s) {
+        uint64_t v = 0;
+        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        return ec == std::errc() && end == s.data() + s.size() && !s.empty()
+                   ? std::string()
+                   : "must be an integer in [0, 18446744073709551615], got " + s;
+      },
+      "UINT64");
 }
 
 CLI::Validator ServerAddress() {

@@ -78,6 +78,10 @@ std::chrono::system_clock::time_point DeadlineIn(double seconds);
 // reached a cast or a std::abort), and their range message for "abc" printed DBL_MAX.
 CLI::Validator FiniteNumber(double lo, double hi, bool lo_open = false);
 
+// A uint64 flag (a seed) written as digits: CLI11 alone reads "-1" as 2^64 - 1 and
+// clamps 2^64 and beyond.
+CLI::Validator Uint64Text();
+
 // A --server value: not empty (gRPC cannot make a channel to "").
 CLI::Validator ServerAddress();
 

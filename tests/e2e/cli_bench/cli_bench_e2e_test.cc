@@ -287,6 +287,9 @@ TEST(BenchUsage, BadFlagsExitTwo) {
            {{"--output-spread=nan"}, "--output-spread"},
            {{"--max-concurrency=abc", "--request-rate=1"}, "--max-concurrency"},
            {{"--server", ""}, "--server"},
+           // Wrapped to 2^64 - 1 / clamped silently (leank-cli refused these already).
+           {{"--seed=-1"}, "--seed"},
+           {{"--seed=99999999999999999999999"}, "--seed"},
            // Found only after the whole run before (the results' JSON was lost).
            {{"--json=/nonexistent-dir/out.json"}, "error: --json"},
            {{"--json=" + ::testing::TempDir()}, "error: --json"}}) {
