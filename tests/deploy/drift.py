@@ -380,6 +380,18 @@ def check_overlay(docs: list[dict], schema: Schema) -> list[str]:
     if shm is None or volumes.get(shm["name"], {}).get("emptyDir", {}).get("medium") != "Memory":
         p.append("/dev/shm is not a memory emptyDir")
 
+    # -- images: a mutable tag (dev, latest...) is pulled again on every start, or a node
+    # keeps running the build it pulled first
+    for c in all_containers:
+        image = c.get("image", "")
+        tag = image.rsplit("/", 1)[-1].partition(":")[2] if "@" not in image else ""
+        if "@" not in image and not re.fullmatch(r"v?\d+(\.\d+)+([-+][\w.]+)?", tag) \
+                and c.get("imagePullPolicy", "Always" if tag in ("", "latest") else "IfNotPresent") \
+                != "Always":
+            p.append(f"container {c['name']}: image {image} has a mutable tag but imagePullPolicy "
+                     f"{c.get('imagePullPolicy')}: nodes would keep an old build (use Always, or "
+                     "a version tag or digest)")
+
     # -- security context
     psc = pod.get("securityContext", {})
     if psc.get("runAsNonRoot") is not True:
@@ -395,8 +407,18 @@ def check_overlay(docs: list[dict], schema: Schema) -> list[str]:
         if "ALL" not in sc.get("capabilities", {}).get("drop", []):
             p.append(f"container {c['name']}: capabilities do not drop ALL")
 
-    # -- PDB, HPA, ServiceMonitor
+    # -- PDB, HPA, ServiceMonitor, spreading: each selects this Deployment's pods, and only them
     labels = deploy["spec"]["template"]["metadata"].get("labels", {})
+    own = deploy["spec"].get("selector", {}).get("matchLabels", {})
+
+    def narrower_than_pods(sel: dict) -> list[str]:
+        return [f"{k}={v}" for k, v in own.items() if sel.get(k) != v]
+
+    for i, tsc in enumerate(pod.get("topologySpreadConstraints", [])):
+        loose = narrower_than_pods(tsc.get("labelSelector", {}).get("matchLabels", {}))
+        if loose:
+            p.append(f"topologySpreadConstraints[{i}] selector lacks {', '.join(loose)} of the "
+                     "Deployment's selector: it would count other apps' pods")
     for d in docs:
         if d.get("kind") == "PodDisruptionBudget":
             sel = d["spec"].get("selector", {}).get("matchLabels", {})
@@ -427,7 +449,66 @@ def check_overlay(docs: list[dict], schema: Schema) -> list[str]:
                 sel = d["spec"].get("selector", {}).get("matchLabels", {})
                 if any(svc_labels.get(k) != v for k, v in sel.items()):
                     p.append(f"ServiceMonitor selector {sel} does not match the Service labels")
+            loose = narrower_than_pods(d["spec"].get("selector", {}).get("matchLabels", {}))
+            if loose:
+                p.append(f"ServiceMonitor selector lacks {', '.join(loose)} of the Deployment's "
+                         "selector: it would scrape other Services of the namespace")
     return p
+
+
+def overlay_image_problems(overlay: str, docs: list[dict]) -> list[str]:
+    """Each `images:` entry of the overlay's kustomization.yaml shows up in the rendered pod.
+
+    kustomize matches an entry by the image name as the layers below render it; an entry that
+    matches nothing is silently ignored, and the pods run some other image."""
+    kust = yaml.safe_load((OVERLAYS / overlay / "kustomization.yaml").read_text())
+    rendered = [c.get("image", "") for d in docs if d.get("kind") == "Deployment"
+                for key in ("initContainers", "containers")
+                for c in d["spec"]["template"]["spec"].get(key, [])]
+    p = []
+    for entry in kust.get("images", []):
+        want = entry.get("newName", entry["name"])
+        if "digest" in entry:
+            want += "@" + entry["digest"]
+        elif "newTag" in entry:
+            want += ":" + str(entry["newTag"])
+        if want not in rendered:
+            p.append(f"{overlay}: images entry {entry['name']} -> {want} matches no container "
+                     f"(rendered images: {rendered}); kustomize ignores it silently")
+    names = {e["name"] for e in kust.get("images", [])}
+    for image in rendered:
+        if "/" not in image and image.split(":")[0].split("@")[0] not in names:
+            p.append(f"{overlay}: container image {image} is the base's placeholder: add an "
+                     "images entry")
+    return p
+
+
+def server_env(docs: list[dict]) -> dict[str, str]:
+    """The LEANK_* settings the server container gets: ConfigMap, then its literal env."""
+    env: dict[str, str] = {}
+    config = _configmap(docs, SERVER_CONFIGMAP)
+    if config is not None:
+        env.update({k: str(v) for k, v in (config.get("data") or {}).items()})
+    deploy = next((d for d in docs if d.get("kind") == "Deployment"), None)
+    for c in (deploy or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+        if c.get("name") == SERVER_CONTAINER:
+            env.update({e["name"]: str(e["value"]) for e in c.get("env", [])
+                        if e["name"].startswith("LEANK_") and "value" in e})
+    return env
+
+
+def server_rejects(binary: Path, env: dict[str, str]) -> str | None:
+    """Runs the server with these settings as far as its own config check (server/config.cc
+    CheckConfig: enum values, ranges, units, combinations) and returns its message when it
+    refuses them (exit 2), else None. The model path is replaced by one that does not exist and
+    the ports by 0, so nothing is loaded or bound for long: past the check, it exits 1."""
+    run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env,
+               "LEANK_MODEL": "/nonexistent/leank-drift-check", "LEANK_PORT": "0",
+               "LEANK_METRICS_PORT": "0"}
+    r = subprocess.run([str(binary)], env=run_env, capture_output=True, text=True, timeout=60)
+    if r.returncode == 2:
+        return (r.stderr or r.stdout).strip() or "exit 2"
+    return None
 
 
 def adapter_metric_names() -> set[str]:

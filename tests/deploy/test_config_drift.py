@@ -39,6 +39,23 @@ def test_overlay_matches_server(overlay, schema, rendered):
         "\n  ".join(problems)
 
 
+@pytest.mark.parametrize("overlay", drift.overlay_names())
+def test_overlay_images_are_applied(overlay, rendered):
+    problems = drift.overlay_image_problems(overlay, rendered[overlay])
+    assert not problems, "\n".join(problems)
+
+
+def test_unapplied_images_entry_is_reported(rendered):
+    """The dev overlay's entries once matched nothing (the base had renamed the images)."""
+    docs = copy.deepcopy(rendered["dev"])
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    for c in dep["spec"]["template"]["spec"]["containers"]:
+        c["image"] = "ghcr.io/example/leank-serve:0.1.0"
+    problems = drift.overlay_image_problems("dev", docs)
+    assert any("images entry leank-serve -> localhost:5000/leank-serve:dev matches no container"
+               in p for p in problems), problems
+
+
 def test_dockerfile_matches_server(schema):
     problems = drift.check_dockerfile(schema)
     assert not problems, "deploy/Dockerfile:\n  " + "\n  ".join(problems)
@@ -156,6 +173,27 @@ def _mutate_masks_source(docs):
     data["PREP_MASKS_SOURCE"] = "file:/opt/leank/masks/smollm2-135m-instruct/masks-s99.safetensors"
 
 
+def _mutate_pull_policy(docs):
+    dep = _server(docs)[0]
+    prep = next(c for c in dep["spec"]["template"]["spec"]["initContainers"]
+                if c["name"] == "model-prep")
+    prep["image"] = prep["image"].rsplit(":", 1)[0] + ":dev"
+    prep["imagePullPolicy"] = "IfNotPresent"
+
+
+def _mutate_servicemonitor_selector(docs):
+    sm = next((d for d in docs if d["kind"] == "ServiceMonitor"), None)
+    if sm is None:
+        pytest.skip("this overlay has no ServiceMonitor")
+    sm["spec"]["selector"]["matchLabels"].pop("app.kubernetes.io/name")
+
+
+def _mutate_spread_selector(docs):
+    spec = _server(docs)[0]["spec"]["template"]["spec"]
+    spec["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"] = {
+        "app.kubernetes.io/component": "server"}
+
+
 MUTATIONS = [
     (_mutate_probe_port, r"readinessProbe probes port 50052"),
     (_mutate_container_port, r"containerPort 'metrics' is 8080"),
@@ -171,6 +209,9 @@ MUTATIONS = [
     (_mutate_backend, r"GPU is requested but LEANK_BACKEND=cpu"),
     (_mutate_security, r"readOnlyRootFilesystem is not true"),
     (_mutate_masks_source, r"masks-s99.safetensors: the model-prep image ships no such file"),
+    (_mutate_pull_policy, r"container model-prep: image \S+:dev has a mutable tag"),
+    (_mutate_servicemonitor_selector, r"ServiceMonitor selector lacks app.kubernetes.io/name"),
+    (_mutate_spread_selector, r"topologySpreadConstraints\[0\] selector lacks app.kubernetes.io/name"),
 ]
 
 
@@ -183,6 +224,42 @@ def test_mismatch_is_reported(mutate, expected, schema, rendered):
     problems = drift.check_overlay(docs, schema)
     assert any(re.search(expected, p) for p in problems), \
         f"mutation {mutate.__name__} not reported as /{expected}/; got: {problems}"
+
+
+# ---- the server itself accepts the settings ----------------------------------------------
+
+
+def _binary_or_skip():
+    binary = drift.server_binary()
+    if binary is None:
+        pytest.skip("no built leank-server (set LEANK_SERVER_BIN or build build/bin/leank-server)")
+    return binary
+
+
+@pytest.mark.parametrize("overlay", drift.overlay_names())
+def test_server_accepts_overlay_settings(overlay, rendered):
+    """A value of the right type can still be refused (LEANK_LOG_LEVEL=warning,
+    LEANK_ADMISSION=Reserve, LEANK_BLOCK_SIZE=24, LEANK_CPU_ACTIVATIONS=bf16 with cuda...):
+    the server's own check decides, as it would at the pod's start."""
+    binary = _binary_or_skip()
+    env = drift.server_env(rendered[overlay])
+    assert env, f"{overlay}: no server settings rendered"
+    refused = drift.server_rejects(binary, env)
+    assert refused is None, f"{overlay}: {binary} refuses the rendered settings: {refused}"
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("LEANK_LOG_LEVEL", "warning", r"--log-level: unknown level 'warning'"),
+    ("LEANK_ADMISSION", "Reserve", r"--admission"),
+    ("LEANK_BLOCK_SIZE", "24", r"--block-size"),
+])
+def test_server_refusal_is_reported(key, value, expected, rendered):
+    """Each of these passes the type check of check_overlay; only the server refuses it."""
+    binary = _binary_or_skip()
+    env = dict(drift.server_env(rendered["prod"]), **{key: value})
+    refused = drift.server_rejects(binary, env)
+    assert refused is not None and re.search(expected, refused), \
+        f"{key}={value}: expected the server to refuse it with /{expected}/, got {refused!r}"
 
 
 def test_dockerfile_mismatch_is_reported(schema, monkeypatch):
