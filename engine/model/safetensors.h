@@ -59,6 +59,7 @@ class WeightStore {
   // the tensor and its file otherwise.
   absl::StatusOr<TensorView> Get(const std::string& name, const std::vector<int64_t>& shape) const;
   std::vector<std::string> Names() const;
+  const std::filesystem::path& dir() const { return dir_; }
 
  private:
   std::filesystem::path dir_;  // for messages

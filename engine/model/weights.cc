@@ -1,5 +1,7 @@
 #include "engine/model/weights.h"
 
+#include <algorithm>
+#include <set>
 #include <string>
 
 #include "absl/status/status.h"
@@ -53,6 +55,46 @@ absl::Status BindLayer(const ModelConfig& c, const WeightStore& store, int layer
   return absl::OkStatus();
 }
 
+// The number of layers the tensors hold (1 + the largest i of a "model.layers.<i>."
+// name; 0 when there is none), counted before anything is bound: a config.json whose
+// num_hidden_layers disagrees with the weights is named, and a huge count allocates nothing.
+int64_t LayersHeld(const WeightStore& store) {
+  constexpr std::string_view kPrefix = "model.layers.";
+  int64_t held = 0;
+  for (const std::string& name : store.Names()) {
+    if (!name.starts_with(kPrefix)) continue;
+    int64_t index = 0;
+    size_t i = kPrefix.size();
+    for (; i < name.size() && name[i] >= '0' && name[i] <= '9' && index < (int64_t{1} << 40); ++i) {
+      index = index * 10 + (name[i] - '0');
+    }
+    if (i == kPrefix.size() || i >= name.size() || name[i] != '.') continue;
+    held = std::max(held, index + 1);
+  }
+  return held;
+}
+
+// Tensors the model does not read are refused: ignoring them would run a different
+// model than the checkpoint's (extra layers, QK norms, biases, quantisation scales).
+// Tolerated: rotary inverse frequencies (older Llama exports; recomputed from the
+// config) and lm_head.weight of a tied model (a copy of the embedding).
+absl::Status CheckNoUnusedTensors(const ModelConfig& config, const WeightStore& store,
+                                  const std::set<std::string>& bound) {
+  std::vector<std::string> unused;
+  for (const std::string& name : store.Names()) {
+    if (bound.count(name) || name.ends_with(".rotary_emb.inv_freq")) continue;
+    if (config.tie_word_embeddings && name == "lm_head.weight") continue;
+    unused.push_back(name);
+  }
+  if (unused.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(store.dir().string(), ": tensor '", unused.front(), "' is not used by a ",
+                   config.architecture, " as config.json describes it (", unused.size(),
+                   " unused tensor", unused.size() == 1 ? "" : "s",
+                   "): the weights and config.json do not match, or the checkpoint is of another "
+                   "architecture"));
+}
+
 }  // namespace
 
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config, const WeightStore& store) {
@@ -60,6 +102,12 @@ absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config, const Weight
   const int64_t vocab = config.vocab_size, hidden = config.hidden_size;
   if (auto s = Bind(store, "model.embed_tokens.weight", {vocab, hidden}, w.embed_tokens); !s.ok()) {
     return s;
+  }
+  if (const int64_t held = LayersHeld(store); held != config.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        store.dir().string(), ": config.json num_hidden_layers is ", config.num_layers,
+        " but the safetensors hold ", held, " layers",
+        held > 0 ? absl::StrCat(" (model.layers.0 to model.layers.", held - 1, ")") : ""));
   }
   w.layers.resize(config.num_layers);
   for (int l = 0; l < config.num_layers; ++l) {
@@ -77,6 +125,17 @@ absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config, const Weight
     }
     return s;
   }
+  std::set<std::string> bound = {w.embed_tokens.name, w.final_norm.name, w.lm_head.name};
+  for (const LayerWeights& l : w.layers) {
+    for (const TensorView* t : {&l.input_norm, &l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj,
+                                &l.post_attention_norm, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+      bound.insert(t->name);
+    }
+    for (const auto* b : {&l.q_bias, &l.k_bias, &l.v_bias}) {
+      if (b->has_value()) bound.insert((*b)->name);
+    }
+  }
+  if (auto s = CheckNoUnusedTensors(config, store, bound); !s.ok()) return s;
   return w;
 }
 

@@ -175,9 +175,38 @@ TEST_F(TinyModelTest, WrongShapeIsNamed) {
 TEST_F(TinyModelTest, ConfigLayersMustMatchTensors) {
   Json config = TinyConfig("LlamaForCausalLM");
   Write(config);
-  config["num_hidden_layers"] = 3;  // the file only has two
-  test_util::WriteBytes(dir_ / "config.json", config.dump());
-  EXPECT_STATUS(LoadModel(dir_.path()).status(), StatusCode::kNotFound, "model.layers.2.");
+  // More layers than the file has, fewer (the last layer was silently ignored: a
+  // different model ran), and a count so large that sizing the layer table for it
+  // threw std::bad_alloc and aborted the process.
+  for (int layers : {3, 1, 2147483647}) {
+    config["num_hidden_layers"] = layers;
+    test_util::WriteBytes(dir_ / "config.json", config.dump());
+    EXPECT_STATUS(LoadModel(dir_.path()).status(), StatusCode::kInvalidArgument,
+                  absl::StrCat("num_hidden_layers is ", layers), "hold 2 layers", "model.layers.1)",
+                  dir_.path().string());
+  }
+}
+
+TEST_F(TinyModelTest, UnusedTensorsAreRefused) {
+  // A tensor the model would not read means the checkpoint is not the model config.json
+  // describes (here: a Qwen3-style QK norm, biases on a model without attention_bias).
+  for (const char* extra : {"model.layers.1.self_attn.q_norm.weight",
+                            "model.layers.0.self_attn.k_proj.bias", "lm_head.bias"}) {
+    Write(TinyConfig("LlamaForCausalLM"), [&](auto& t) {
+      t.push_back({extra, "BF16", {16}, std::string(32, '\0')});
+    });
+    EXPECT_STATUS(LoadModel(dir_.path()).status(), StatusCode::kInvalidArgument, extra, "not used",
+                  "LlamaForCausalLM", "1 unused tensor", dir_.path().string());
+  }
+  // Tolerated: rotary inverse frequencies (recomputed from the config) and the copy of
+  // the embedding some tied checkpoints carry as lm_head.weight.
+  Write(TinyConfig("Qwen2ForCausalLM"), [](auto& t) {
+    t.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", "F32", {2}, std::string(8, '\0')});
+    t.push_back({"lm_head.weight", "BF16", {40, 16}, std::string(40 * 16 * 2, '\0')});
+  });
+  auto model = LoadModel(dir_.path());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->weights.lm_head.data, model->weights.embed_tokens.data);
 }
 
 TEST(LoadModelTest, MissingConfig) {
