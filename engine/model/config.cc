@@ -241,11 +241,15 @@ absl::Status CheckSanity(const FieldReader& r, const ModelConfig& c) {
   }
   if (!(c.rms_norm_eps > 0)) return r.Bad("rms_norm_eps", "must be positive");
   if (c.sliding_window < 0) return r.Bad("sliding_window", "must be positive or null");
-  for (int id : c.bos_token_ids) {
-    if (id < 0) return r.Bad("bos_token_id", "must be non-negative");
-  }
-  for (int id : c.eos_token_ids) {
-    if (id < 0) return r.Bad("eos_token_id", "must be non-negative");
+  // An id outside the vocabulary is never produced: EOS would never stop a generation.
+  for (const auto& [key, ids] :
+       {std::pair<const char*, const std::vector<int>&>{"bos_token_id", c.bos_token_ids},
+        {"eos_token_id", c.eos_token_ids}}) {
+    for (int id : ids) {
+      if (id < 0 || id >= c.vocab_size) {
+        return r.Bad(key, absl::StrCat("(", id, ") must be in [0, vocab_size ", c.vocab_size, ")"));
+      }
+    }
   }
   return absl::OkStatus();
 }

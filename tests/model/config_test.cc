@@ -251,6 +251,14 @@ TEST(ConfigTest, SanityChecks) {
   j = LlamaConfigJson();
   j["eos_token_id"] = {1, "x"};
   EXPECT_STATUS(Parse(j).status(), StatusCode::kInvalidArgument, "eos_token_id");
+  // Ids outside the vocabulary were accepted: an EOS that can never be sampled.
+  j = LlamaConfigJson();
+  j["eos_token_id"] = {128001, 128256};
+  EXPECT_STATUS(Parse(j).status(), StatusCode::kInvalidArgument, "eos_token_id", "128256",
+                "vocab_size 128256");
+  j = LlamaConfigJson();
+  j["bos_token_id"] = -1;
+  EXPECT_STATUS(Parse(j).status(), StatusCode::kInvalidArgument, "bos_token_id", "-1");
   j = LlamaConfigJson();
   j["torch_dtype"] = "int8";
   EXPECT_STATUS(Parse(j).status(), StatusCode::kInvalidArgument, "torch_dtype", "int8");
