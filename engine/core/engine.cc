@@ -96,8 +96,43 @@ class EngineImpl final : public Engine {
   ModelInfo info_;
 };
 
+// Options checked against config.json before any weight is mapped or memory allocated.
+absl::Status CheckOptions(const EngineOptions& o, const ModelConfig& cfg) {
+  auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (o.max_model_len < 0)
+    return bad("max_model_len must be >= 0 (0: the model's), got ", o.max_model_len);
+  if (o.max_model_len > cfg.max_position_embeddings) {
+    return bad("max_model_len ", o.max_model_len, " exceeds the model's context length (",
+               "max_position_embeddings ", cfg.max_position_embeddings, " in config.json)");
+  }
+  if (cfg.sliding_window > 0 && o.max_model_len > cfg.sliding_window) {
+    return bad("max_model_len ", o.max_model_len, " exceeds the model's sliding_window ",
+               cfg.sliding_window,
+               " (sliding-window attention is not implemented: the engine "
+               "serves at most sliding_window tokens)");
+  }
+  if (o.kv_cache_bytes < 0)
+    return bad("kv_cache_bytes must be >= 0 (0: the backend's default), got ", o.kv_cache_bytes);
+  if (o.target_context < 0) return bad("target_context must be >= 0, got ", o.target_context);
+  if (o.max_num_seqs < 1) return bad("max_num_seqs must be >= 1, got ", o.max_num_seqs);
+  if (o.max_batched_tokens < 1)
+    return bad("max_batched_tokens must be >= 1, got ", o.max_batched_tokens);
+  if (o.max_waiting < 1) return bad("max_waiting must be >= 1, got ", o.max_waiting);
+  if (o.sink && *o.sink < 0) return bad("sink must be >= 0, got ", *o.sink);
+  if (o.recent && *o.recent < 0) return bad("recent must be >= 0, got ", *o.recent);
+  if (o.admission != "reserve" && o.admission != "optimistic") {
+    return bad("admission must be 'reserve' or 'optimistic', got '", o.admission, "'");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status EngineImpl::Init(const EngineOptions& options) {
   options_ = options;
+  {
+    auto cfg = LoadModelConfig(options.model_dir);
+    if (!cfg.ok()) return cfg.status();
+    if (absl::Status s = CheckOptions(options, *cfg); !s.ok()) return s;
+  }
   auto model = LoadModel(options.model_dir);
   if (!model.ok()) return model.status();
   model_ = *std::move(model);
@@ -119,8 +154,7 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
     spdlog::warn("no chat template: {}", std::string(tmpl.status().message()));
   }
 
-  max_model_len_ = cfg.max_position_embeddings;
-  if (options.max_model_len > 0) max_model_len_ = std::min(max_model_len_, options.max_model_len);
+  max_model_len_ = options.max_model_len > 0 ? options.max_model_len : cfg.max_position_embeddings;
   if (cfg.sliding_window > 0) max_model_len_ = std::min(max_model_len_, cfg.sliding_window);
 
   // Cache layout: dense unless a mask is given; sink/recent from flags, else the mask.
@@ -192,12 +226,7 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
         absl::StrCat("KV cache budget of ", budget, " bytes holds no useful sequence"));
   }
   SchedulerOptions so{options.max_num_seqs, options.max_batched_tokens};
-  if (options.admission == "optimistic") {
-    so.admission = SchedulerOptions::Admission::kOptimistic;
-  } else if (options.admission != "reserve") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("admission must be 'reserve' or 'optimistic', got '", options.admission, "'"));
-  }
+  if (options.admission == "optimistic") so.admission = SchedulerOptions::Admission::kOptimistic;
   scheduler_ = std::make_unique<Scheduler>(so, cache_.get());
 
   info_.model = cfg.name;

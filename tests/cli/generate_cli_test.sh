@@ -38,6 +38,11 @@ expect cpu-ignores-gpu-sampling 0 "Paris" -- --model "$MODEL" --chat "What is th
   --max-tokens 12 --gpu-sampling true
 expect unknown-flag 2 "not expected" -- --model "$MODEL" --prompt "hi" --no-such-flag
 expect missing-model 3 "config.json" -- --model /nonexistent/model --prompt "hi"
+# Out-of-range numbers were taken as "the default" (negative budget, sink) or cut silently.
+expect negative-kv 3 "kv_cache_bytes must be >= 0.*-5" -- --model "$MODEL" --prompt "hi" \
+  --kv-cache-memory -5
+expect negative-sink 3 "sink must be >= 0.*-5" -- --model "$MODEL" --prompt "hi" --sink -5 \
+  --masks "$ROOT/tests/data/cache/smollm2-random50.leank.safetensors"
 expect bad-mask 3 "shape|mask" -- --model "$MODEL" --prompt "hi" \
   --masks "$ROOT/tests/data/cache/llama3.1-8b-instruct.leank.safetensors"
 exit $fail

@@ -40,8 +40,10 @@ int main(int argc, char** argv) {
   prompt_opt->excludes(chat_opt);
   app.add_option("--system", system, "System message for --chat")->needs(chat_opt);
   app.add_option("--masks", masks, "LeanK mask file (masks.safetensors); none = dense");
-  app.add_option("--sink", sink, "Sink tokens kept full (default: the mask's metadata)");
-  app.add_option("--recent", recent, "Recent tokens kept full (default: the mask's metadata)");
+  auto* sink_opt =
+      app.add_option("--sink", sink, "Sink tokens kept full (default: the mask's metadata)");
+  auto* recent_opt =
+      app.add_option("--recent", recent, "Recent tokens kept full (default: the mask's metadata)");
   app.add_option("--backend", eo.backend, "cpu | cuda")->capture_default_str();
   app.add_option("--block-size", eo.block_size, "KV block size in tokens")->capture_default_str();
   app.add_option("--kv-cache-memory", eo.kv_cache_bytes, "KV cache budget in bytes (0: 1 GiB)");
@@ -86,8 +88,9 @@ int main(int argc, char** argv) {
   eo.model_dir = model;
   eo.cpu_bf16_activations = cpu_activations == "bf16";
   eo.mask_path = masks;
-  if (sink >= 0) eo.sink = sink;
-  if (recent >= 0) eo.recent = recent;
+  // Given means given: a negative value is the engine's error, not "the mask's".
+  if (sink_opt->count() > 0) eo.sink = sink;
+  if (recent_opt->count() > 0) eo.recent = recent;
   if (seed >= 0) {
     gp.sampling.seed = static_cast<uint64_t>(seed);
     gp.sampling.has_seed = true;

@@ -1,0 +1,87 @@
+// Engine::Create refuses bad options with one message naming the option and the numbers,
+// before the weights are mapped or the KV pool allocated.
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include "engine/core/engine.h"
+#include "gtest/gtest.h"
+#include "tests/engine/tiny_model.h"
+
+namespace leank {
+namespace {
+
+namespace fs = std::filesystem;
+
+class EngineStartupTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new fs::path(fs::temp_directory_path() /
+                        ("leank_engine_startup_test." + std::to_string(::getpid())));
+    testing::WriteTinyModel(*dir_, 3);  // max_position_embeddings 512
+  }
+  static void TearDownTestSuite() {
+    fs::remove_all(*dir_);
+    delete dir_;
+  }
+  static EngineOptions Options() {
+    EngineOptions o;
+    o.model_dir = *dir_;
+    o.kv_cache_bytes = int64_t{16} << 20;
+    o.num_threads = 1;
+    return o;
+  }
+  // Create fails with InvalidArgument and a message holding every part.
+  template <typename... Parts>
+  static void ExpectRefused(const EngineOptions& o, const Parts&... parts) {
+    auto e = Engine::Create(o);
+    ASSERT_FALSE(e.ok());
+    EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument) << e.status();
+    for (const std::string& part : {std::string(parts)...}) {
+      EXPECT_NE(e.status().message().find(part), std::string::npos)
+          << "'" << part << "' not in: " << e.status();
+    }
+  }
+  static fs::path* dir_;
+};
+fs::path* EngineStartupTest::dir_ = nullptr;
+
+TEST_F(EngineStartupTest, MaxModelLenBeyondTheModelsIsRefused) {
+  // It was silently cut to the model's 512: a server asked for 100000 served 512.
+  EngineOptions o = Options();
+  o.max_model_len = 513;
+  ExpectRefused(o, "max_model_len 513", "max_position_embeddings 512");
+  o.max_model_len = -4;
+  ExpectRefused(o, "max_model_len", "-4");
+  for (int len : {0, 2, 512}) {
+    o.max_model_len = len;
+    auto e = Engine::Create(o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_EQ((*e)->info().max_model_len, len == 0 ? 512 : len);
+  }
+}
+
+TEST_F(EngineStartupTest, OutOfRangeOptionsAreNamed) {
+  EngineOptions o = Options();
+  o.kv_cache_bytes = -1;  // was taken as "the default"
+  ExpectRefused(o, "kv_cache_bytes", "-1");
+  o = Options();
+  o.sink = -16;  // was taken as "the mask's"
+  ExpectRefused(o, "sink", "-16");
+  o = Options();
+  o.recent = -1;
+  ExpectRefused(o, "recent", "-1");
+  o = Options();
+  o.max_num_seqs = 0;
+  ExpectRefused(o, "max_num_seqs", "0");
+  o = Options();
+  o.max_batched_tokens = -5;
+  ExpectRefused(o, "max_batched_tokens", "-5");
+  o = Options();
+  o.admission = "eager";
+  ExpectRefused(o, "admission", "eager");
+}
+
+}  // namespace
+}  // namespace leank
