@@ -168,9 +168,14 @@ class KvCacheManager {
   int64_t pending_pruned_blocks() const { return static_cast<int64_t>(pending_pruned_.size()); }
   // Fraction of pool bytes not free (in tables or pending), 0..1.
   double Usage() const;
-  // Largest number of tokens one new sequence could hold now (its steady-state tables:
-  // ceil((n - M(n)) / B) full and M(n) / B pruned blocks; the free lists only).
+  // Largest number of tokens one new sequence could hold now, growing to it from the
+  // free lists only: LongestSequence(free full, free pruned).
   int64_t TokenCapacity() const;
+  // Largest n such that one sequence alone in `full_blocks` + `pruned_blocks` reaches
+  // every length up to n, a token at a time: past S + W tokens a step needs one full
+  // block beyond the sink and recent ones (it is written before the oldest recent block
+  // is compacted), so without that spare block a sequence stops at S + W.
+  int64_t LongestSequence(int64_t full_blocks, int64_t pruned_blocks) const;
 
   // Checks the accounting (O(pool size), for tests): every block is in exactly one of
   // free list, pending list, a sequence table; table sizes match token counts.

@@ -157,15 +157,19 @@ double KvCacheManager::Usage() const {
 }
 
 int64_t KvCacheManager::TokenCapacity() const {
+  return LongestSequence(free_full_blocks(), free_pruned_blocks());
+}
+
+int64_t KvCacheManager::LongestSequence(int64_t full_blocks, int64_t pruned_blocks) const {
   const int64_t B = layout_.block_size();
-  const int64_t full_tokens = free_full_blocks() * B;
+  const int64_t full_tokens = std::max<int64_t>(full_blocks, 0) * B;
   if (layout_.dense()) return full_tokens;
   const int64_t sw = int64_t{layout_.options().sink} + layout_.options().recent;
-  // Up to S + W tokens everything is full. Beyond, a sequence keeps S + W + r (r < B)
-  // tokens in full blocks and B * free_pruned in the middle.
-  if (full_tokens < sw) return full_tokens;
-  const int64_t r = std::min(full_tokens - sw, B - 1);
-  return std::max(std::min(full_tokens, sw + B - 1), sw + B * free_pruned_blocks() + r);
+  // Up to S + W tokens everything is full. Beyond, a sequence holds S + W + r (r < B)
+  // tokens in S/B + W/B + 1 full blocks and B * pruned_blocks in the middle. S and W are
+  // multiples of B, so full_tokens > S + W means that spare block exists.
+  if (full_tokens <= sw) return full_tokens;
+  return sw + B * std::max<int64_t>(pruned_blocks, 0) + B - 1;
 }
 
 absl::Status KvCacheManager::Validate() const {

@@ -220,14 +220,18 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   if (options.wrap_backend) backend_ = options.wrap_backend(std::move(backend_));
   device_sampling_ = options.gpu_sampling && backend_->samples_on_device();
   cache_ = std::make_unique<cache::KvCacheManager>(*layout_, sizes);
-  kv_capacity_tokens_ = cache_->TokenCapacity();
-  if (kv_capacity_tokens_ < 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("KV cache budget of ", budget, " bytes holds no useful sequence"));
-  }
   SchedulerOptions so{options.max_num_seqs, options.max_batched_tokens};
   if (options.admission == "optimistic") so.admission = SchedulerOptions::Admission::kOptimistic;
   scheduler_ = std::make_unique<Scheduler>(so, cache_.get());
+  // What one request can really run to: a longer one passing Validate failed mid-way
+  // with "does not fit in the KV cache".
+  kv_capacity_tokens_ = scheduler_->MaxSequenceTokens();
+  if (kv_capacity_tokens_ < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache budget of ", budget, " bytes holds no useful sequence (", kv_capacity_tokens_,
+        " tokens in ", sizes.num_full_blocks, " full + ", sizes.num_pruned_blocks,
+        " pruned blocks of ", lo.block_size, " tokens; a sequence needs at least 2)"));
+  }
 
   info_.model = cfg.name;
   info_.architecture = cfg.architecture;

@@ -24,18 +24,29 @@ cache::BlockDemand Scheduler::FinalBlocks(const SchedSeq* seq) const {
   return {(n - middle + b - 1) / b, middle / b};
 }
 
-bool Scheduler::FitsReservation(const SchedSeq* seq) const {
-  const cache::BlockDemand need = FinalBlocks(seq);
-  const cache::PoolSizes& pool = cache_->sizes();
+int64_t Scheduler::ReserveHeadroom() const {
   // With a mask, full blocks also hold a step's prefill tokens until compaction: keep
   // that headroom (at most a quarter of the full blocks; chunks shrink to fit anyway).
   const int64_t b = cache_->layout().block_size();
-  const int64_t headroom = cache_->layout().dense()
-                               ? 0
-                               : std::min<int64_t>((options_.max_batched_tokens + b - 1) / b + 1,
-                                                   pool.num_full_blocks / 4);
-  return reserved_.full + need.full <= pool.num_full_blocks - headroom &&
+  return cache_->layout().dense() ? 0
+                                  : std::min<int64_t>((options_.max_batched_tokens + b - 1) / b + 1,
+                                                      cache_->sizes().num_full_blocks / 4);
+}
+
+bool Scheduler::FitsReservation(const SchedSeq* seq) const {
+  const cache::BlockDemand need = FinalBlocks(seq);
+  const cache::PoolSizes& pool = cache_->sizes();
+  return reserved_.full + need.full <= pool.num_full_blocks - ReserveHeadroom() &&
          reserved_.pruned + need.pruned <= pool.num_pruned_blocks;
+}
+
+int64_t Scheduler::MaxSequenceTokens() const {
+  const cache::PoolSizes& pool = cache_->sizes();
+  const int64_t grows_to = cache_->LongestSequence(pool.num_full_blocks, pool.num_pruned_blocks);
+  if (options_.admission != SchedulerOptions::Admission::kReserve) return grows_to;
+  // FinalBlocks(n) of every n up to the result fits the reservable blocks.
+  return std::min(grows_to, cache_->LongestSequence(pool.num_full_blocks - ReserveHeadroom(),
+                                                    pool.num_pruned_blocks));
 }
 
 void Scheduler::Reserve(SchedSeq* seq) {

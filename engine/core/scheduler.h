@@ -70,6 +70,9 @@ class Scheduler {
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
   int64_t num_preemptions() const { return num_preemptions_; }
+  // Tokens (prompt + max_tokens) one request alone in the empty pool can run to: what
+  // the cache can grow to, and under kReserve also what the reservation admits.
+  int64_t MaxSequenceTokens() const;
 
  private:
   void Preempt(SchedSeq* seq);
@@ -79,6 +82,8 @@ class Scheduler {
   // reservations of the running ones; and the bookkeeping.
   cache::BlockDemand FinalBlocks(const SchedSeq* seq) const;
   bool FitsReservation(const SchedSeq* seq) const;
+  // kReserve: full blocks kept free of reservations for a step's prefill tokens.
+  int64_t ReserveHeadroom() const;
   void Reserve(SchedSeq* seq);
   void Unreserve(SchedSeq* seq);
 

@@ -24,6 +24,22 @@ class SchedulerTest : public ::testing::Test {
     cache_ = std::make_unique<cache::KvCacheManager>(*layout_, cache::PoolSizes{full_blocks, 0});
     sched_ = std::make_unique<Scheduler>(options, cache_.get());
   }
+  // The same with a LeanK layout (an all-ones mask): sink 16, recent 32, so past 48
+  // tokens recent blocks are compacted into the pruned pool.
+  void MakeLeank(cache::PoolSizes sizes, SchedulerOptions options) {
+    cache::LayoutOptions lo;
+    lo.num_layers = 1;
+    lo.num_kv_heads = 1;
+    lo.head_dim = 16;
+    lo.block_size = 16;
+    lo.sink = 16;
+    lo.recent = 32;
+    lo.elem_bytes = 4;
+    layout_ = std::make_unique<cache::CacheLayout>(
+        *cache::CacheLayout::Create(lo, cache::Mask::AllOnes({1, 1, 16})));
+    cache_ = std::make_unique<cache::KvCacheManager>(*layout_, sizes);
+    sched_ = std::make_unique<Scheduler>(options, cache_.get());
+  }
 
   SchedSeq* NewSeq(int prompt_len) {
     auto s = std::make_unique<SchedSeq>();
@@ -158,6 +174,43 @@ TEST_F(SchedulerTest, ReserveAdmissionWaitsInsteadOfOvercommitting) {
   s = sched_->Step();
   ASSERT_EQ(s.seqs.size(), 1u);
   EXPECT_EQ(s.seqs[0].seq, b);
+}
+
+// MaxSequenceTokens is what the engine promises (its KV capacity): a request of that
+// many tokens, alone, runs to the end with no preemption and is never unschedulable.
+// It was the steady-state count of the cache, which (a) ignored the spare full block a
+// step past sink + recent needs and (b) under reserve admission ignored the headroom
+// kept for prefill: requests inside the advertised capacity then failed mid-way.
+TEST_F(SchedulerTest, MaxSequenceTokensRunToTheEndAlone) {
+  using Admission = SchedulerOptions::Admission;
+  for (Admission admission : {Admission::kReserve, Admission::kOptimistic}) {
+    for (cache::PoolSizes pool :
+         std::vector<cache::PoolSizes>{{3, 4}, {4, 0}, {4, 4}, {5, 2}, {8, 6}, {12, 3}, {16, 10}}) {
+      MakeLeank(pool, {4, 32, admission});
+      const int64_t n = sched_->MaxSequenceTokens();
+      SCOPED_TRACE(testing::Message() << "reserve " << (admission == Admission::kReserve)
+                                      << " full " << pool.num_full_blocks << " pruned "
+                                      << pool.num_pruned_blocks << " capacity " << n);
+      ASSERT_GE(n, 2);
+      SchedSeq* seq = NewSeq(static_cast<int>(std::min<int64_t>(n - 1, 40)));
+      seq->max_total_tokens = n;
+      while (static_cast<int64_t>(seq->tokens.size()) < n) {
+        Schedule s = sched_->Step();
+        ASSERT_TRUE(s.unschedulable.empty()) << "at " << seq->tokens.size();
+        ASSERT_TRUE(s.preempted.empty()) << "at " << seq->tokens.size();
+        ASSERT_EQ(s.seqs.size(), 1u);
+        Apply(s);
+      }
+      sched_->Remove(seq);
+      cache_->EndStep();
+    }
+  }
+  // sink + recent = 3 blocks and no spare one: a sequence stops at 48 tokens.
+  MakeLeank({3, 4}, {4, 32, Admission::kOptimistic});
+  EXPECT_EQ(sched_->MaxSequenceTokens(), 48);
+  // The reserve headroom (a quarter of 12 full blocks) leaves 9 >= 3 + 1: 48 + 3 * 16 + 15.
+  MakeLeank({12, 3}, {4, 32, Admission::kReserve});
+  EXPECT_EQ(sched_->MaxSequenceTokens(), 111);
 }
 
 // Random workload: the invariants hold at every step and everything finishes. With
