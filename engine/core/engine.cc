@@ -8,7 +8,9 @@
 #include <unordered_map>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "cache/kv_cache.h"
 #include "engine/core/backend.h"
 #include "engine/core/scheduler.h"
@@ -175,7 +177,22 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
   if (options.sink) lo.sink = *options.sink;
   if (options.recent) lo.recent = *options.recent;
   auto layout = cache::CacheLayout::Create(lo, mask);
-  if (!layout.ok()) return layout.status();
+  if (!layout.ok()) {
+    // Say where a refused sink/recent the user did not give came from.
+    const absl::string_view why = layout.status().message();
+    std::vector<std::string> from_mask;
+    for (const auto& [name, value, given] : {std::tuple{"sink", lo.sink, options.sink.has_value()},
+                                             {"recent", lo.recent, options.recent.has_value()}}) {
+      const std::string said = absl::StrCat(name, " ", value);
+      if (mask && !given && absl::StrContains(why, said)) from_mask.push_back(said);
+    }
+    if (from_mask.empty()) return layout.status();
+    return absl::Status(
+        layout.status().code(),
+        absl::StrCat(layout.status().message(), " (", absl::StrJoin(from_mask, ", "),
+                     " from the metadata of ", options.mask_path.string(),
+                     "; --sink / --recent override it)"));
+  }
   layout_ = std::make_unique<cache::CacheLayout>(*std::move(layout));
 
   const int64_t target = options.target_context > 0 ? options.target_context : max_model_len_;

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <string>
 
+#include "cache/mask.h"
 #include "engine/core/engine.h"
 #include "gtest/gtest.h"
 #include "tests/engine/tiny_model.h"
@@ -81,6 +82,28 @@ TEST_F(EngineStartupTest, OutOfRangeOptionsAreNamed) {
   o = Options();
   o.admission = "eager";
   ExpectRefused(o, "admission", "eager");
+}
+
+TEST_F(EngineStartupTest, SinkAndRecentFromTheMaskAreTracedToIt) {
+  // A mask whose metadata sink is not a multiple of the block size: the message said
+  // "sink 100 is not a multiple of block_size 16", naming no file and no flag.
+  cache::Mask mask = cache::Mask::AllOnes({2, 1, 64});
+  mask.sink = 100;
+  mask.recent = 64;
+  const fs::path path = *dir_ / "sink100.leank.safetensors";
+  ASSERT_TRUE(cache::SaveMask(mask, path).ok());
+  EngineOptions o = Options();
+  o.mask_path = path;
+  ExpectRefused(o, "sink 100 is not a multiple of block_size 16", "(sink 100 from the metadata of",
+                path.string(), "--sink");
+  o.sink = 32;  // the flag wins, and then nothing is wrong
+  auto e = Engine::Create(o);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ((*e)->info().sink, 32);
+  o.sink = 24;  // given by the user: no mention of the mask
+  auto refused = Engine::Create(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().message().find("metadata"), std::string::npos) << refused.status();
 }
 
 }  // namespace
