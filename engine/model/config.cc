@@ -234,6 +234,12 @@ absl::Status CheckSanity(const FieldReader& r, const ModelConfig& c) {
   for (const auto& [key, value] : positive) {
     if (value <= 0) return r.Bad(key, absl::StrCat("must be positive, got ", value));
   }
+  // q_size() and the attention code count in int: num_heads x head_dim must fit.
+  if (int64_t{c.num_heads} * c.head_dim > std::numeric_limits<int>::max()) {
+    return r.Bad("head_dim",
+                 absl::StrCat("(", c.head_dim, ") x num_attention_heads (", c.num_heads,
+                              ") = ", int64_t{c.num_heads} * c.head_dim, " is out of range"));
+  }
   if (c.num_heads % c.num_kv_heads != 0) {
     return r.Bad(
         "num_key_value_heads",

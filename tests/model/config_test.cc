@@ -251,6 +251,10 @@ TEST(ConfigTest, SanityChecks) {
   j = LlamaConfigJson();
   j["eos_token_id"] = {1, "x"};
   EXPECT_STATUS(Parse(j).status(), StatusCode::kInvalidArgument, "eos_token_id");
+  // 32 x 2^30 wrapped around int: "expected [0, 4096]" for q_proj.
+  j = LlamaConfigJson();
+  j["head_dim"] = 1073741824;
+  EXPECT_STATUS(Parse(j).status(), StatusCode::kInvalidArgument, "head_dim", "34359738368");
   // Ids outside the vocabulary were accepted: an EOS that can never be sampled.
   j = LlamaConfigJson();
   j["eos_token_id"] = {128001, 128256};
