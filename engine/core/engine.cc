@@ -249,6 +249,12 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
         " tokens in ", sizes.num_full_blocks, " full + ", sizes.num_pruned_blocks,
         " pruned blocks of ", lo.block_size, " tokens; a sequence needs at least 2)"));
   }
+  if (kv_capacity_tokens_ < max_model_len_) {
+    spdlog::warn(
+        "the KV cache holds {} tokens per sequence, less than max_model_len {}: longer requests "
+        "are refused (a larger KV budget or a smaller max_model_len matches them)",
+        kv_capacity_tokens_, max_model_len_);
+  }
 
   info_.model = cfg.name;
   info_.architecture = cfg.architecture;

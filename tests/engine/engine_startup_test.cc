@@ -8,6 +8,8 @@
 #include "cache/mask.h"
 #include "engine/core/engine.h"
 #include "gtest/gtest.h"
+#include "spdlog/sinks/ringbuffer_sink.h"
+#include "spdlog/spdlog.h"
 #include "tests/engine/tiny_model.h"
 
 namespace leank {
@@ -104,6 +106,26 @@ TEST_F(EngineStartupTest, SinkAndRecentFromTheMaskAreTracedToIt) {
   auto refused = Engine::Create(o);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().message().find("metadata"), std::string::npos) << refused.status();
+}
+
+TEST_F(EngineStartupTest, APoolShorterThanTheContextIsWarnedAbout) {
+  // Serving it is allowed (requests beyond the pool are refused, naming its capacity),
+  // but the start-up log says so instead of leaving it to the first long request.
+  auto ring = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(32);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("startup-test", ring));
+  EngineOptions o = Options();
+  o.kv_cache_bytes = 4 * 16 * 2 * 64 * 4 * 2;  // 4 blocks of 16 tokens: 2 layers, fp32 K and V
+  auto e = Engine::Create(o);
+  spdlog::set_default_logger(previous);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ((*e)->info().kv_capacity_tokens, 64);
+  bool warned = false;
+  for (const std::string& line : ring->last_formatted()) {
+    warned |=
+        line.find("holds 64 tokens per sequence, less than max_model_len 512") != std::string::npos;
+  }
+  EXPECT_TRUE(warned);
 }
 
 }  // namespace
