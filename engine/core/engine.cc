@@ -173,6 +173,12 @@ absl::Status EngineImpl::Init(const EngineOptions& options) {
     mask = *std::move(m);
     lo.sink = mask->sink;
     lo.recent = mask->recent;
+  } else {
+    // Dense: no token is pruned, sink and recent play no part. The LeanK defaults
+    // (128, 768) refused every block size that does not divide 128 ("sink 128 is not
+    // a multiple of block_size 256" with no mask given); these fit any block size.
+    lo.sink = 0;
+    lo.recent = lo.block_size;
   }
   if (options.sink) lo.sink = *options.sink;
   if (options.recent) lo.recent = *options.recent;

@@ -108,6 +108,26 @@ TEST_F(EngineStartupTest, SinkAndRecentFromTheMaskAreTracedToIt) {
   EXPECT_EQ(refused.status().message().find("metadata"), std::string::npos) << refused.status();
 }
 
+TEST_F(EngineStartupTest, DenseServesBlockSizesThatDoNotDivideTheLeankDefaults) {
+  // Without a mask, --block-size 256 (or 48) was refused as "sink 128 is not a multiple
+  // of block_size 256": the LeanK sink/recent defaults were checked although dense mode
+  // prunes nothing.
+  for (int block : {48, 256, 1024}) {
+    EngineOptions o = Options();
+    o.block_size = block;
+    auto e = Engine::Create(o);
+    ASSERT_TRUE(e.ok()) << block << ": " << e.status();
+    EXPECT_EQ((*e)->info().block_size, block);
+    EXPECT_EQ((*e)->info().sink, 0);
+    ASSERT_TRUE((*e)->AddRequest(1, {5, 6, 7}, GenerationParams{}).ok());
+    int tokens = 0;
+    while ((*e)->HasWork()) {
+      for (const RequestOutput& out : (*e)->Step()) tokens += static_cast<int>(out.tokens.size());
+    }
+    EXPECT_GT(tokens, 0);
+  }
+}
+
 TEST_F(EngineStartupTest, APoolShorterThanTheContextIsWarnedAbout) {
   // Serving it is allowed (requests beyond the pool are refused, naming its capacity),
   // but the start-up log says so instead of leaving it to the first long request.
