@@ -30,11 +30,13 @@ Examples:
 
 import argparse
 import collections
-import json
 import math
 import os
 import sys
-import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_util import (Failure, fail, float_arg, int_arg, is_int, read_json_file,  # noqa: E402
+                      replace_atomically)
 
 PROG = "import_leank_mask"
 FORMAT = "leank-mask/1"
@@ -42,14 +44,6 @@ TENSOR = "leank.kept"
 JSON_FORMAT = "kept-channel index lists, kept[layer][kv_head] = sorted channel indices"
 DEFAULTS = {"sink": 128, "recent": 768, "align": 32}  # cache/mask.h when a file has none
 ALIGNS = (16, 32)
-
-
-class Failure(Exception):
-    """A bad input, named in one line."""
-
-
-def fail(msg):
-    raise Failure(msg)
 
 
 def need(module):
@@ -61,32 +55,12 @@ def need(module):
         fail(f"needs the Python package '{pip}' (pip install {pip}), which is not installed here")
 
 
-def is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def shape_text(shape):
     return "[" + ", ".join(str(int(d)) for d in shape) + "]"
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading
-
-
-def read_json_file(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        fail(f"{path}: no such file")
-    except IsADirectoryError:
-        fail(f"{path}: is a directory, expected a {what}")
-    except OSError as e:
-        fail(f"{path}: cannot read: {e.strerror or e}")
-    except UnicodeDecodeError:
-        fail(f"{path}: not a {what} (not UTF-8 text)")
-    except json.JSONDecodeError as e:
-        fail(f"{path}: not a {what}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")
 
 
 def check_source_file(path):
@@ -134,7 +108,7 @@ def load_pth(path):
 
 def load_json(path):
     np = need("numpy")
-    d = read_json_file(path, "LeanK .json mask")
+    d = read_json_file(path, "a LeanK .json mask")
     if not isinstance(d, dict):
         fail(f"{path}: top level is a JSON {type(d).__name__}, expected an object")
     fmt = d.get("format")
@@ -179,7 +153,7 @@ def model_shape(path):
     """[layers, kv_heads, head_dim] from an HF config.json (or the folder holding one)."""
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
-    c = read_json_file(path, "model config.json")
+    c = read_json_file(path, "a model config.json")
     if not isinstance(c, dict):
         fail(f"{path}: top level is a JSON {type(c).__name__}, expected an object")
 
@@ -241,29 +215,6 @@ def check_output_path(out):
         fail(f"{out}: folder {folder} is not writable")
 
 
-def write_atomic(out, data):
-    """Writes bytes through a temporary file in OUT's folder renamed over OUT."""
-    folder = os.path.dirname(os.path.abspath(out))
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(out) + ".",
-                                   suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a mask is an ordinary file
-        os.replace(tmp, out)
-        tmp = None
-    except OSError as e:
-        fail(f"{out}: cannot write: {e.strerror or e}")
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write(arr, out, *, sink, recent, align, target_sparsity, model, what):
     np = need("numpy")
     st = need("safetensors.numpy")
@@ -272,7 +223,7 @@ def write(arr, out, *, sink, recent, align, target_sparsity, model, what):
     meta = {"format": FORMAT, "sink": str(sink), "recent": str(recent), "align": str(align),
             "target_sparsity": str(target_sparsity), "model": model}
     data = st.save({TENSOR: np.ascontiguousarray(arr, dtype=np.uint8)}, metadata=meta)
-    write_atomic(out, data)
+    replace_atomically(out, lambda f: f.write(data))
     print(f"{out}: shape {list(arr.shape)}, kept {arr.mean():.4f}, "
           f"heads by kept count {counts_histogram(arr)}")
 
@@ -437,40 +388,10 @@ def cmd_info(a):
 # Flags
 
 
-def positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
-    return v
-
-
 def align_value(text):
-    v = positive_int(text)
+    v = int_arg(1)(text)
     if v not in ALIGNS:
         raise argparse.ArgumentTypeError(f"{text} must be 16 or 32")
-    return v
-
-
-def fraction(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} must be in [0, 1]")
-    return v
-
-
-def seed_value(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
     return v
 
 
@@ -484,9 +405,9 @@ def main(argv=None):
     i.add_argument("out", help="output .safetensors (written atomically)")
     i.add_argument("--model", default="", help="metadata model name (default: the source's, "
                                                 "else the source's file name)")
-    i.add_argument("--sink", type=positive_int, default=None,
+    i.add_argument("--sink", type=int_arg(1), default=None,
                    help="default: the source's, else 128")
-    i.add_argument("--recent", type=positive_int, default=None,
+    i.add_argument("--recent", type=int_arg(1), default=None,
                    help="default: the source's, else 768")
     i.add_argument("--align", type=align_value, default=None,
                    help="16 or 32; default: the source's, else 32")
@@ -496,16 +417,16 @@ def main(argv=None):
     i.set_defaults(fn=cmd_import)
     r = sub.add_parser("random", help="a random aligned mask")
     r.add_argument("out", help="output .safetensors (written atomically)")
-    r.add_argument("--layers", type=positive_int, default=None, help="default: 30 (or --config's)")
-    r.add_argument("--heads", type=positive_int, default=None,
+    r.add_argument("--layers", type=int_arg(1), default=None, help="default: 30 (or --config's)")
+    r.add_argument("--heads", type=int_arg(1), default=None,
                    help="kv heads; default: 3 (or --config's)")
-    r.add_argument("--head-dim", type=positive_int, default=None,
+    r.add_argument("--head-dim", type=int_arg(1), default=None,
                    help="default: 64 (or --config's)")
-    r.add_argument("--kept-fraction", type=fraction, default=0.3, help="in [0, 1]; default 0.3")
+    r.add_argument("--kept-fraction", type=float_arg(0.0, 1.0), default=0.3, help="in [0, 1]; default 0.3")
     r.add_argument("--align", type=align_value, default=16, help="16 or 32; default 16")
-    r.add_argument("--seed", type=seed_value, default=0)
-    r.add_argument("--sink", type=positive_int, default=DEFAULTS["sink"])
-    r.add_argument("--recent", type=positive_int, default=DEFAULTS["recent"])
+    r.add_argument("--seed", type=int_arg(0), default=0)
+    r.add_argument("--sink", type=int_arg(1), default=DEFAULTS["sink"])
+    r.add_argument("--recent", type=int_arg(1), default=DEFAULTS["recent"])
     r.add_argument("--model", default="random")
     r.add_argument("--config", default="", help="take layers, kv heads and head_dim from this "
                                                 "HF config.json (or its model folder)")

@@ -25,17 +25,12 @@ import re
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_util import Failure, fail, float_arg, int_arg  # noqa: E402,F401 (Failure: main)
+
 PROG = "make_random_llama"
 NAME_PREFIX = "random-llama3.1-8b"
 SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors$")
-
-
-class Failure(Exception):
-    """A bad input, named in one line."""
-
-
-def fail(msg):
-    raise Failure(msg)
 
 
 LLAMA31_8B = {
@@ -188,42 +183,12 @@ def generate(args, base_cfg=LLAMA31_8B, log=print):
         f"in {time.time() - t0:.1f} s")
 
 
-def positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
-    return v
-
-
-def non_negative_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return v
-
-
-def positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return v
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output folder (created; see the notes above)")
-    ap.add_argument("--seed", type=non_negative_int, default=0)
-    ap.add_argument("--layers", type=positive_int, default=32, help="fewer layers for quick checks")
-    ap.add_argument("--shard-gb", type=positive_float, default=4.0,
+    ap.add_argument("--seed", type=int_arg(0), default=0)
+    ap.add_argument("--layers", type=int_arg(1), default=32, help="fewer layers for quick checks")
+    ap.add_argument("--shard-gb", type=float_arg(0.0, lo_open=True), default=4.0,
                     help="a shard closes once it holds this many GB (default 4)")
     return ap.parse_args(argv)
 

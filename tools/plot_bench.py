@@ -21,19 +21,12 @@ it, exit status 1; bad flags exit 2.
 
 import argparse
 import collections
-import json
 import math
 import os
 import sys
-import tempfile
 
-
-class Failure(Exception):
-    """A bad input, named in one line."""
-
-
-def fail(msg):
-    raise Failure(msg)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cli_util import Failure, fail, read_json_file, replace_atomically  # noqa: E402
 
 
 def is_number(v):
@@ -70,19 +63,7 @@ def check_run(path, j):
 def load(paths):
     runs = []
     for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                j = json.load(f)
-        except FileNotFoundError:
-            fail(f"{path}: no such file")
-        except IsADirectoryError:
-            fail(f"{path}: is a directory, expected a leank-bench --json file")
-        except OSError as e:
-            fail(f"{path}: cannot read: {e.strerror or e}")
-        except UnicodeDecodeError:
-            fail(f"{path}: not JSON (not UTF-8 text)")
-        except json.JSONDecodeError as e:
-            fail(f"{path}: not JSON: {e}")
+        j = read_json_file(path, "JSON (a leank-bench --json file)")
         check_run(path, j)
         runs.append((path, j))
     return runs
@@ -90,19 +71,7 @@ def load(paths):
 
 def save_atomic(fig, path):
     """savefig through a temporary file renamed into place: no half-written PNG."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=120, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    replace_atomically(path, lambda f: fig.savefig(f, dpi=120, format="png"))
 
 
 def series_label(j):

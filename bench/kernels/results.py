@@ -12,41 +12,14 @@ into place. Bad input is one line on stderr and exit status 1 (2 for a bad comma
 """
 import argparse
 import json
-import math
 import os
 import sys
-import tempfile
 from collections import defaultdict
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from cli_util import Failure, fail, is_number, read_json_file, replace_atomically  # noqa: E402
+
 PROG = "results.py"
-
-
-class Failure(Exception):
-    """A bad input, named in one line."""
-
-
-def fail(msg):
-    raise Failure(msg)
-
-
-def is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        fail(f"{path}: no such file")
-    except IsADirectoryError:
-        fail(f"{path}: is a directory, expected a kernel results JSON file")
-    except OSError as e:
-        fail(f"{path}: cannot read: {e.strerror or e}")
-    except UnicodeDecodeError:
-        fail(f"{path}: not JSON (not UTF-8 text)")
-    except json.JSONDecodeError as e:
-        fail(f"{path}: not JSON: {e}")
 
 
 def check_record(path, i, r):
@@ -64,7 +37,7 @@ def check_record(path, i, r):
 
 
 def load(path):
-    d = read_json(path)
+    d = read_json_file(path, "JSON (a kernel results file)")
     if isinstance(d, dict):  # peers.py: {"records": [...], "errors": {...}}
         if not isinstance(d.get("records"), list):
             fail(f"{path}: an object without a \"records\" list (expected a list of records or "
@@ -82,31 +55,6 @@ def load(path):
     for i, r in enumerate(recs):
         check_record(path, i, r)
     return recs
-
-
-def replace_atomically(path, write):
-    """Calls write(file object) on a temporary file in path's folder, then renames it to path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        fail(f"{path}: is a directory")
-    if not os.path.isdir(folder):
-        fail(f"{path}: folder {folder} does not exist")
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                                   suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        fail(f"{path}: cannot write: {e.strerror or e}")
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def merge(out, *paths):

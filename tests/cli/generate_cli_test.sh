@@ -4,25 +4,9 @@
 set -u
 GEN=$1
 ROOT=$2
-MODEL=${LEANK_CACHE_DIR:-$ROOT/.cache}/models/smollm2-135m-instruct
-if [ ! -f "$MODEL/model.safetensors" ]; then
-  echo "SKIP: $MODEL missing (run tools/convert_smollm2.py)"
-  exit 0
-fi
-fail=0
-expect() {  # expect NAME CODE PATTERN -- ARGS...
-  local name=$1 code=$2 pattern=$3
-  shift 4
-  local out
-  out=$("$GEN" "$@" 2>&1)
-  local rc=$?
-  if [ "$rc" -ne "$code" ] || ! grep -qiE -- "$pattern" <<<"$out"; then
-    echo "FAIL $name: exit $rc (want $code), output: $out"
-    fail=1
-  else
-    echo "ok   $name"
-  fi
-}
+RUN=("$GEN")
+# shellcheck source=expect_lib.sh
+source "$(dirname "$0")/expect_lib.sh"
 expect greedy-chat 0 "Paris" -- --model "$MODEL" --chat "What is the capital of France?" --max-tokens 12
 expect raw-prompt-stats 0 "decode .* tok/s" -- --model "$MODEL" --prompt "One, two, three," \
   --max-tokens 5 --stats --ignore-eos

@@ -5,26 +5,10 @@
 set -u
 SERVER=$1
 ROOT=$2
-MODEL=${LEANK_CACHE_DIR:-$ROOT/.cache}/models/smollm2-135m-instruct
-if [ ! -f "$MODEL/model.safetensors" ]; then
-  echo "SKIP: $MODEL missing (run tools/convert_smollm2.py)"
-  exit 0
-fi
-fail=0
-expect() {  # expect NAME CODE PATTERN -- ARGS...
-  local name=$1 code=$2 pattern=$3
-  shift 4
-  local out
-  # Defaults through the env twins, so that a test may still give the flag.
-  out=$(LEANK_PORT=0 LEANK_METRICS_PORT=0 LEANK_WARMUP=false timeout 60 "$SERVER" "$@" 2>&1)
-  local rc=$?
-  if [ "$rc" -ne "$code" ] || ! grep -qiE -- "$pattern" <<<"$out"; then
-    echo "FAIL $name: exit $rc (want $code), output: $out"
-    fail=1
-  else
-    echo "ok   $name"
-  fi
-}
+# Defaults through the env twins, so that a case may still give the flag.
+RUN=(env LEANK_PORT=0 LEANK_METRICS_PORT=0 LEANK_WARMUP=false timeout 60 "$SERVER")
+# shellcheck source=expect_lib.sh
+source "$(dirname "$0")/expect_lib.sh"
 MASKS=$ROOT/tests/data/cache
 expect port-range 2 "--port: outside \[0, 65535\]" -- --model "$MODEL" --port 70000
 expect negative-kv 2 "--kv-cache-memory: must be >= 0" -- --model "$MODEL" --kv-cache-memory -1
