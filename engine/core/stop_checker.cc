@@ -6,9 +6,7 @@ namespace leank {
 
 StopChecker::StopChecker(const Tokenizer& tokenizer, std::vector<std::string> stop,
                          bool include_stop)
-    : stop_(std::move(stop)), include_stop_(include_stop), decoder_(tokenizer) {
-  for (const auto& s : stop_) max_stop_len_ = std::max(max_stop_len_, s.size());
-}
+    : stop_(std::move(stop)), include_stop_(include_stop), decoder_(tokenizer) {}
 
 StopChecker::Result StopChecker::Push(int32_t token, bool check_stops) {
   Result r;
@@ -16,12 +14,15 @@ StopChecker::Result StopChecker::Push(int32_t token, bool check_stops) {
   const size_t old_size = text_.size();
   text_ += decoder_.Push(token);
   if (check_stops && !stop_.empty()) {
-    // A match may start up to max_stop_len - 1 bytes before the new text.
-    const size_t from = old_size >= max_stop_len_ ? old_size - max_stop_len_ + 1 : 0;
+    // Only a match completed by this token's text counts: it ends past old_size, so it
+    // starts at most s.size() - 1 bytes before it, and not in released text. One that
+    // ended earlier was either found then or came before min_tokens (ignored); starting
+    // the search at the first such position would also hide a later, valid match.
     size_t best = std::string::npos, best_len = 0;
     for (const auto& s : stop_) {
+      const size_t from = std::max(released_, old_size >= s.size() ? old_size - s.size() + 1 : 0);
       const size_t pos = text_.find(s, from);
-      if (pos != std::string::npos && pos >= released_ && pos < best) {
+      if (pos != std::string::npos && pos < best) {
         best = pos;
         best_len = s.size();
       }

@@ -27,7 +27,6 @@ class StopChecker {
  private:
   std::vector<std::string> stop_;
   bool include_stop_;
-  size_t max_stop_len_ = 0;
   IncrementalDecoder decoder_;
   std::string text_;     // complete UTF-8 decoded so far
   size_t released_ = 0;  // bytes of text_ already released
