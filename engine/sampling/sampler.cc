@@ -104,7 +104,12 @@ SampleResult Sampler::Sample(std::span<float> logits, const SamplingParams& para
     for (float& x : logits) x /= params.temperature;
     // Candidates sorted by logit, descending; filters cut the tail.
     int64_t keep = vocab;
-    if (params.top_k > 0) keep = std::min<int64_t>(keep, params.top_k);
+    if (params.top_k > 0 && params.top_k < vocab) {
+      // Every token tied with the k-th largest logit stays, as in HF transformers and
+      // vLLM (they drop only logits below the k-th value) and the GPU sampler.
+      const float kth = logits[TopIndices(logits, params.top_k).back()];
+      keep = std::count_if(logits.begin(), logits.end(), [&](float x) { return x >= kth; });
+    }
     std::vector<int32_t> order = TopIndices(logits, keep);
     const float max = logits[order[0]];
     std::vector<double> probs(order.size());

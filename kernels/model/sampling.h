@@ -15,11 +15,12 @@
 //      softmax distribution. U_v is a Philox4x32-10 draw keyed by (seed, step, v), so a
 //      request's tokens depend only on its seed and step, never on the batch.
 //
-// Differences from the CPU sampler (documented in engine/sampling/README.md): top-k and
-// top-p keep every token tied with the boundary value (the CPU keeps ties in index order
-// up to the cut); the top-p and min-p boundaries are decided in fp32 (the CPU uses fp64),
-// so a token within ~1e-6 relative of a boundary may fall the other way; NaN logits count
-// as -inf in the sampled path and the log-sum-exp (the CPU's logprob becomes NaN).
+// Differences from the CPU sampler (documented in engine/sampling/README.md): top-p keeps
+// every token tied with the boundary value (the CPU keeps ties in index order up to the
+// cut; top-k keeps the ties on both); the top-p and min-p boundaries are decided in fp32
+// (the CPU uses fp64), so a token within ~1e-6 relative of a boundary may fall the other
+// way; NaN logits count as -inf in the sampled path and the log-sum-exp (the CPU's
+// logprob becomes NaN).
 //
 // This header is C++17-clean (nvcc) and host C++20.
 

@@ -102,10 +102,13 @@ std::vector<double> CpuProbs(std::vector<float> l, const SamplingParams& params,
   const int64_t vocab = l.size();
   for (float& x : l) x /= params.temperature;
   int64_t keep = vocab;
-  if (params.top_k > 0) keep = std::min<int64_t>(keep, params.top_k);
   std::vector<int32_t> order(vocab);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return l[a] > l[b]; });
+  if (params.top_k > 0 && params.top_k < vocab) {
+    keep = params.top_k;  // and every token tied with the k-th
+    while (keep < vocab && l[order[keep]] == l[order[params.top_k - 1]]) ++keep;
+  }
   order.resize(keep);
   const double max = l[order[0]];
   std::vector<double> p(order.size());

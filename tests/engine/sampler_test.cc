@@ -1,8 +1,10 @@
 #include "engine/sampling/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <random>
 #include <set>
 #include <vector>
@@ -170,6 +172,48 @@ TEST(SamplerTest, LogprobsAreTheModelsLogSoftmax) {
   for (size_t i = 0; i + 1 < r.top.size(); ++i) EXPECT_GE(r.top[i].logprob, r.top[i + 1].logprob);
   for (const auto& t : r.top) EXPECT_NEAR(t.logprob, std::log(prob[t.token]), 1e-5);
   EXPECT_NEAR(r.logprob, std::log(prob[r.token]), 1e-5);
+}
+
+TEST(SamplerTest, TopKKeepsEveryTokenTiedWithTheKthLogit) {
+  // HF transformers and vLLM drop only logits below the k-th largest: ties at the
+  // boundary all stay in (top_k = 2 over {5, 3, 3, 3, ...} keeps four tokens).
+  std::mt19937_64 rng(17);
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<float> logits = RandomLogits(64, 300 + trial);
+    for (float& x : logits) x = std::min(x, 1.0f);
+    // Ties with the second largest at random ids, some below and some above the max's.
+    std::vector<int> ids(64);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    logits[ids[0]] = 3.0f;
+    const int ties = 2 + trial % 4;
+    std::set<int> want = {ids[0]};
+    for (int i = 1; i <= ties; ++i) {
+      logits[ids[i]] = 2.0f;
+      want.insert(ids[i]);
+    }
+    SamplingParams p;
+    p.temperature = 1.0f;
+    p.top_k = 2;
+    Sampler s(trial);
+    std::set<int> seen;
+    for (int i = 0; i < 3000; ++i) {
+      auto l = logits;
+      seen.insert(s.Sample(l, p, {}, {}).token);
+    }
+    EXPECT_EQ(seen, want) << "trial " << trial;
+  }
+}
+
+TEST(SamplerTest, TopKLargerThanTheVocabularyIsOff) {
+  const auto logits = RandomLogits(6, 21);
+  SamplingParams off, huge;
+  huge.top_k = 1 << 30;
+  Sampler a(5), b(5);
+  for (int i = 0; i < 200; ++i) {
+    auto l1 = logits, l2 = logits;
+    EXPECT_EQ(a.Sample(l1, off, {}, {}).token, b.Sample(l2, huge, {}, {}).token);
+  }
 }
 
 }  // namespace
