@@ -1,5 +1,6 @@
 #include "engine/model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -345,7 +346,36 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& model_d
   std::stringstream buffer;
   buffer << in.rdbuf();
   if (in.bad()) return absl::DataLossError(absl::StrCat(path.string(), ": read error"));
-  return ParseModelConfig(buffer.str(), path.string());
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(buffer.str(), path.string());
+  if (!config.ok()) return config;
+
+  // generation_config.json's eos_token_id joins config.json's, as HF generate and vLLM
+  // stop on it: Llama-3-Instruct's config.json names only <|end_of_text|>, its
+  // generation_config.json also <|eot_id|>, which ends every assistant turn.
+  const std::filesystem::path gen_path = model_dir / "generation_config.json";
+  std::ifstream gen(gen_path, std::ios::binary);
+  if (!gen) return config;
+  std::stringstream gen_text;
+  gen_text << gen.rdbuf();
+  const Json root = Json::parse(gen_text.str(), nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(gen_path.string(), ": not a JSON object"));
+  }
+  const std::string origin = gen_path.string();
+  const FieldReader r(root, origin);
+  std::vector<int> eos;
+  MODEL_ASSIGN_OR_RETURN(eos, r.IntList("eos_token_id"));
+  for (int id : eos) {
+    if (id < 0 || id >= config->vocab_size) {
+      return r.Bad("eos_token_id",
+                   absl::StrCat("(", id, ") must be in [0, vocab_size ", config->vocab_size, ")"));
+    }
+    if (std::find(config->eos_token_ids.begin(), config->eos_token_ids.end(), id) ==
+        config->eos_token_ids.end()) {
+      config->eos_token_ids.push_back(id);
+    }
+  }
+  return config;
 }
 
 }  // namespace leank

@@ -285,5 +285,36 @@ TEST(ConfigTest, LoadFromFolder) {
   EXPECT_EQ(c->num_kv_heads, 8);
 }
 
+TEST(ConfigTest, GenerationConfigEosIdsJoinConfigs) {
+  // Llama-3-Instruct: config.json names <|end_of_text|> only, generation_config.json also
+  // <|eot_id|>; HF generate and vLLM stop on both.
+  test_util::TempDir dir;
+  nlohmann::json j = LlamaConfigJson();
+  j["eos_token_id"] = 128001;
+  test_util::WriteBytes(dir / "config.json", j.dump());
+  auto c = LoadModelConfig(dir.path());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int>{128001}));
+  test_util::WriteBytes(dir / "generation_config.json",
+                        R"({"bos_token_id": 128000, "eos_token_id": [128001, 128009]})");
+  c = LoadModelConfig(dir.path());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int>{128001, 128009}));
+  test_util::WriteBytes(dir / "generation_config.json", R"({"eos_token_id": 128008})");
+  c = LoadModelConfig(dir.path());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int>{128001, 128008}));
+  test_util::WriteBytes(dir / "generation_config.json", R"({"temperature": 0.6})");
+  c = LoadModelConfig(dir.path());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int>{128001}));
+  test_util::WriteBytes(dir / "generation_config.json", R"({"eos_token_id": [128001, 999999]})");
+  EXPECT_STATUS(LoadModelConfig(dir.path()).status(), StatusCode::kInvalidArgument,
+                "generation_config.json", "eos_token_id", "999999");
+  test_util::WriteBytes(dir / "generation_config.json", "{oops");
+  EXPECT_STATUS(LoadModelConfig(dir.path()).status(), StatusCode::kInvalidArgument,
+                "generation_config.json");
+}
+
 }  // namespace
 }  // namespace leank
