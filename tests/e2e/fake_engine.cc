@@ -346,7 +346,15 @@ class FakeEngine final : public Engine {
         s.text.substr(std::min(s.sent, s.text.size()), upto - std::min(s.sent, s.text.size()));
     s.sent = upto;
     if (reason != FinishReason::kNone) return Finish(s, reason, "", &out);
+    FillUsage(s, &out);  // as the real engine does on every output
     return out;
+  }
+
+  void FillUsage(const Seq& s, RequestOutput* out) const {
+    out->prompt_tokens = static_cast<int>(s.prompt.size());
+    out->completion_tokens = static_cast<int>(s.output.size());
+    out->queue_time_s = std::max(0.0, s.queue_time_s);
+    out->ttft_s = s.ttft_s;
   }
 
   RequestOutput Finish(Seq& s, FinishReason reason, const std::string& error,
@@ -361,10 +369,7 @@ class FakeEngine final : public Engine {
     out.finished = true;
     out.finish_reason = reason;
     if (!error.empty()) out.error = absl::ResourceExhaustedError(error);
-    out.prompt_tokens = static_cast<int>(s.prompt.size());
-    out.completion_tokens = static_cast<int>(s.output.size());
-    out.queue_time_s = std::max(0.0, s.queue_time_s);
-    out.ttft_s = s.ttft_s;
+    FillUsage(s, &out);
     return out;
   }
 
