@@ -66,7 +66,8 @@ void EngineLoop::Stop() {
 
 absl::StatusOr<std::shared_ptr<RequestChannel>> EngineLoop::Submit(RequestId id, std::string log_id,
                                                                    std::vector<int32_t> prompt,
-                                                                   GenerationParams params) {
+                                                                   GenerationParams params,
+                                                                   bool observe) {
   auto channel = std::make_shared<RequestChannel>();
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -76,7 +77,7 @@ absl::StatusOr<std::shared_ptr<RequestChannel>> EngineLoop::Submit(RequestId id,
           "the request queue is full; retry later (see --max-waiting)");
     }
     inbox_.push_back({id, std::move(log_id), std::move(prompt), std::move(params), channel,
-                      std::chrono::steady_clock::now()});
+                      std::chrono::steady_clock::now(), observe});
     state_.pending = static_cast<int>(inbox_.size());
   }
   cv_.notify_all();
@@ -115,8 +116,10 @@ void EngineLoop::AddSubmissions(std::vector<Submission>& subs) {
     absl::Status st = engine_->AddRequest(s.id, std::move(s.prompt), std::move(s.params));
     if (!st.ok()) {
       spdlog::info("[{}] refused by the engine: {}", s.log_id, st.ToString());
-      metrics_->AddRejected(st.code() == absl::StatusCode::kResourceExhausted ? "resource_exhausted"
-                                                                              : "invalid_argument");
+      if (s.observe)
+        metrics_->AddRejected(st.code() == absl::StatusCode::kResourceExhausted
+                                  ? "resource_exhausted"
+                                  : "invalid_argument");
       s.channel->Reject(std::move(st));
       continue;
     }
@@ -125,6 +128,7 @@ void EngineLoop::AddSubmissions(std::vector<Submission>& subs) {
     live.log_id = std::move(s.log_id);
     live.channel = std::move(s.channel);
     live.arrival = s.arrival;
+    live.observe = s.observe;
     live_.emplace(s.id, std::move(live));
   }
 }
@@ -139,22 +143,24 @@ void EngineLoop::Dispatch(std::vector<RequestOutput>& outputs) {
     }
     Live& live = it->second;
     const int64_t n = static_cast<int64_t>(out.tokens.size());
+    // The server's warm-up request is no client's: it stays out of the metrics.
+    Metrics* metrics = live.observe ? metrics_ : nullptr;
     if (n > 0) {
-      if (live.tokens == 0) {
-        metrics_->ObserveFirstToken(Seconds(now - live.arrival));
-        metrics_->ObserveQueueTime(out.queue_time_s);
-      } else {
+      if (metrics != nullptr && live.tokens == 0) {
+        metrics->ObserveFirstToken(Seconds(now - live.arrival));
+        metrics->ObserveQueueTime(out.queue_time_s);
+      } else if (metrics != nullptr) {
         // Several tokens in one step share the step's interval.
         const double gap = Seconds(now - live.last_token) / static_cast<double>(n);
-        for (int64_t i = 0; i < n; ++i) metrics_->ObserveInterToken(gap);
+        for (int64_t i = 0; i < n; ++i) metrics->ObserveInterToken(gap);
       }
       if (live.tokens == 0) live.first_token = now;
       live.last_token = now;
       live.tokens += n;
-      metrics_->AddGenerationTokens(n);
+      if (metrics != nullptr) metrics->AddGenerationTokens(n);
     }
     if (!live.prompt_counted && (n > 0 || out.finished)) {
-      metrics_->AddPromptTokens(out.prompt_tokens);
+      if (metrics != nullptr) metrics->AddPromptTokens(out.prompt_tokens);
       live.prompt_counted = true;
     }
     if (out.finished) {
@@ -163,7 +169,7 @@ void EngineLoop::Dispatch(std::vector<RequestOutput>& outputs) {
       const bool has_tpot = live.tokens > 1;
       const double tpot =
           has_tpot ? Seconds(live.last_token - live.first_token) / (live.tokens - 1) : 0;
-      metrics_->ObserveFinished(reason, e2e, tpot, has_tpot);
+      if (metrics != nullptr) metrics->ObserveFinished(reason, e2e, tpot, has_tpot);
       spdlog::info("[{}] finished: {} prompt={} completion={} cached={} ttft={:.3f}s e2e={:.3f}s{}",
                    live.log_id, reason, out.prompt_tokens, out.completion_tokens, out.cached_tokens,
                    out.ttft_s, e2e, out.error.ok() ? "" : " error=" + out.error.ToString());

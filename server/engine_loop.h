@@ -66,10 +66,12 @@ class EngineLoop {
 
   // ResourceExhausted when `max_pending` requests already wait for the engine thread;
   // Unavailable once stopped. Engine-side refusals (validation, full engine queue)
-  // arrive as the channel's `rejected`.
+  // arrive as the channel's `rejected`. `observe` false leaves the metrics alone (the
+  // server's own warm-up request, which no client sent).
   absl::StatusOr<std::shared_ptr<RequestChannel>> Submit(RequestId id, std::string log_id,
                                                          std::vector<int32_t> prompt,
-                                                         GenerationParams params);
+                                                         GenerationParams params,
+                                                         bool observe = true);
   // The request ends with kAbort at the next step; its blocks are freed there.
   void Abort(RequestId id);
   void AbortAll();
@@ -85,6 +87,7 @@ class EngineLoop {
     GenerationParams params;
     std::shared_ptr<RequestChannel> channel;
     std::chrono::steady_clock::time_point arrival;
+    bool observe = true;
   };
   struct Live {
     std::string log_id;
@@ -92,6 +95,7 @@ class EngineLoop {
     std::chrono::steady_clock::time_point arrival, first_token, last_token;
     int64_t tokens = 0;
     bool prompt_counted = false;
+    bool observe = true;  // false: not counted in the metrics
   };
 
   void Run();

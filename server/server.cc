@@ -67,7 +67,8 @@ void StartSignalThread(Shutdown* shutdown) {
 }
 
 // One tiny greedy generation through the whole path, so the first user does not
-// pay for lazy initialisation, and so a broken model never reports SERVING.
+// pay for lazy initialisation, and so a broken model never reports SERVING. It is
+// not counted in /metrics: no client sent it.
 absl::Status WarmUp(EngineLoop& loop) {
   const Engine& engine = loop.engine();
   std::vector<int32_t> prompt;
@@ -81,7 +82,7 @@ absl::Status WarmUp(EngineLoop& loop) {
   params.sampling.temperature = 0;
   params.ignore_eos = true;
   absl::StatusOr<std::shared_ptr<RequestChannel>> channel =
-      loop.Submit(0, "warmup", std::move(prompt), params);
+      loop.Submit(0, "warmup", std::move(prompt), params, /*observe=*/false);
   if (!channel.ok()) return channel.status();
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(10);
   while (std::chrono::steady_clock::now() < give_up) {

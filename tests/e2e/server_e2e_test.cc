@@ -237,6 +237,43 @@ TEST_P(ServerE2E, DeadlineExceededAbortsAndFreesBlocks) {
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
 }
 
+// /metrics counts what clients received: nothing on a fresh server (the warm-up
+// generation is not a client's), then the usage of every stream and one latency
+// observation per request (per token after the first for the inter-token latency).
+TEST_P(ServerE2E, MetricsCountWhatClientsReceived) {
+  auto server = StartServer("metrics", {});
+  ASSERT_NE(server, nullptr);
+  const std::string fresh = HttpGet(server->http_port(), "/metrics");
+  EXPECT_EQ(MetricValue(fresh, "leank:prompt_tokens_total"), 0.0) << fresh;
+  EXPECT_EQ(MetricValue(fresh, "leank:generation_tokens_total"), 0.0);
+  EXPECT_EQ(MetricValue(fresh, "leank:request_success_total", "finished_reason=\"length\""), 0.0);
+  EXPECT_EQ(MetricValue(fresh, "leank:time_to_first_token_seconds_count"), 0.0);
+  EXPECT_EQ(MetricValue(fresh, "leank:e2e_request_latency_seconds_count"), 0.0);
+
+  auto stub = server->Stub();
+  constexpr int kRequests = 3;
+  int64_t prompt = 0, completion = 0, received = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    StreamResult r = Generate(*stub, Greedy(Prompt(i), 3 + i));
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    prompt += r.chunks.back().usage().prompt_tokens();
+    completion += r.chunks.back().usage().completion_tokens();
+    received += static_cast<int64_t>(r.token_ids.size());
+  }
+  EXPECT_EQ(completion, received);
+  const std::string m = HttpGet(server->http_port(), "/metrics");
+  EXPECT_EQ(MetricValue(m, "leank:prompt_tokens_total"), static_cast<double>(prompt)) << m;
+  EXPECT_EQ(MetricValue(m, "leank:generation_tokens_total"), static_cast<double>(completion));
+  EXPECT_EQ(MetricValue(m, "leank:request_success_total", "finished_reason=\"length\""),
+            static_cast<double>(kRequests));
+  EXPECT_EQ(MetricValue(m, "leank:time_to_first_token_seconds_count"), kRequests);
+  EXPECT_EQ(MetricValue(m, "leank:request_queue_time_seconds_count"), kRequests);
+  EXPECT_EQ(MetricValue(m, "leank:e2e_request_latency_seconds_count"), kRequests);
+  EXPECT_EQ(MetricValue(m, "leank:time_per_output_token_seconds_count"), kRequests);
+  EXPECT_EQ(MetricValue(m, "leank:inter_token_latency_seconds_count"),
+            static_cast<double>(completion - kRequests));
+}
+
 // A second server on a port in use exits with a message instead of sharing the port
 // (gRPC's default SO_REUSEPORT would let both listen and split the connections).
 TEST_P(ServerE2E, SecondServerOnThePortInUseFailsClearly) {

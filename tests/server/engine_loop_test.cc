@@ -55,6 +55,30 @@ TEST(EngineLoop, StreamsOutputsUntilFinished) {
   EXPECT_NE(metrics.Render().find("leank:generation_tokens_total 5\n"), std::string::npos);
 }
 
+TEST(EngineLoop, UnobservedRequestLeavesTheMetricsAlone) {
+  // The server's warm-up generation: no client sent it, so /metrics must not count it
+  // (its counters would never match the usage clients received).
+  Metrics metrics;
+  EngineLoop loop(Fake(), 16, &metrics);
+  loop.Start();
+  auto warm = loop.Submit(1, "warmup", {104, 105}, Params(2), /*observe=*/false);
+  ASSERT_TRUE(warm.ok());
+  ASSERT_EQ(Drain(**warm).size(), 2u);
+  auto ch = loop.Submit(2, "t2", {104, 105, 106}, Params(3));
+  ASSERT_TRUE(ch.ok());
+  ASSERT_EQ(Drain(**ch).size(), 3u);
+  const std::string out = metrics.Render();
+  EXPECT_NE(out.find("leank:prompt_tokens_total 3\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("leank:generation_tokens_total 3\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("leank:request_success_total{finished_reason=\"length\"} 1\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("leank:time_to_first_token_seconds_count 1\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("leank:inter_token_latency_seconds_count 2\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("leank:e2e_request_latency_seconds_count 1\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("leank:request_queue_time_seconds_count 1\n"), std::string::npos) << out;
+}
+
 TEST(EngineLoop, AbortEndsTheRequestAndFreesItsBlocks) {
   Metrics metrics;
   EngineLoop loop(Fake(1024, 1000), 16, &metrics);
