@@ -64,10 +64,9 @@ void EngineLoop::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-absl::StatusOr<std::shared_ptr<RequestChannel>> EngineLoop::Submit(RequestId id, std::string log_id,
-                                                                   std::vector<int32_t> prompt,
-                                                                   GenerationParams params,
-                                                                   bool observe) {
+absl::StatusOr<std::shared_ptr<RequestChannel>> EngineLoop::Submit(
+    RequestId id, std::string log_id, std::vector<int32_t> prompt, GenerationParams params,
+    std::chrono::steady_clock::time_point arrival, bool observe) {
   auto channel = std::make_shared<RequestChannel>();
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -76,8 +75,8 @@ absl::StatusOr<std::shared_ptr<RequestChannel>> EngineLoop::Submit(RequestId id,
       return absl::ResourceExhaustedError(
           "the request queue is full; retry later (see --max-waiting)");
     }
-    inbox_.push_back({id, std::move(log_id), std::move(prompt), std::move(params), channel,
-                      std::chrono::steady_clock::now(), observe});
+    inbox_.push_back(
+        {id, std::move(log_id), std::move(prompt), std::move(params), channel, arrival, observe});
     state_.pending = static_cast<int>(inbox_.size());
   }
   cv_.notify_all();
@@ -113,6 +112,7 @@ int EngineLoop::InFlight() const {
 void EngineLoop::AddSubmissions(std::vector<Submission>& subs) {
   for (Submission& s : subs) {
     const int prompt_len = static_cast<int>(s.prompt.size());
+    const auto added = std::chrono::steady_clock::now();
     absl::Status st = engine_->AddRequest(s.id, std::move(s.prompt), std::move(s.params));
     if (!st.ok()) {
       spdlog::info("[{}] refused by the engine: {}", s.log_id, st.ToString());
@@ -128,6 +128,7 @@ void EngineLoop::AddSubmissions(std::vector<Submission>& subs) {
     live.log_id = std::move(s.log_id);
     live.channel = std::move(s.channel);
     live.arrival = s.arrival;
+    live.added = added;
     live.observe = s.observe;
     live_.emplace(s.id, std::move(live));
   }
@@ -145,7 +146,12 @@ void EngineLoop::Dispatch(std::vector<RequestOutput>& outputs) {
     const int64_t n = static_cast<int64_t>(out.tokens.size());
     // The server's warm-up request is no client's: it stays out of the metrics.
     Metrics* metrics = live.observe ? metrics_ : nullptr;
+    // The engine times from AddRequest; the request arrived earlier (it waited in the
+    // inbox while a step ran). Queue time and TTFT count from the arrival, for the
+    // metrics and the client's timings alike. 0 = not scheduled yet.
+    if (out.queue_time_s > 0) out.queue_time_s += Seconds(live.added - live.arrival);
     if (n > 0) {
+      if (live.tokens == 0) live.first_token = now;
       if (metrics != nullptr && live.tokens == 0) {
         metrics->ObserveFirstToken(Seconds(now - live.arrival));
         metrics->ObserveQueueTime(out.queue_time_s);
@@ -154,11 +160,11 @@ void EngineLoop::Dispatch(std::vector<RequestOutput>& outputs) {
         const double gap = Seconds(now - live.last_token) / static_cast<double>(n);
         for (int64_t i = 0; i < n; ++i) metrics->ObserveInterToken(gap);
       }
-      if (live.tokens == 0) live.first_token = now;
       live.last_token = now;
       live.tokens += n;
       if (metrics != nullptr) metrics->AddGenerationTokens(n);
     }
+    if (live.tokens > 0) out.ttft_s = Seconds(live.first_token - live.arrival);
     if (!live.prompt_counted && (n > 0 || out.finished)) {
       if (metrics != nullptr) metrics->AddPromptTokens(out.prompt_tokens);
       live.prompt_counted = true;

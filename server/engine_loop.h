@@ -66,12 +66,15 @@ class EngineLoop {
 
   // ResourceExhausted when `max_pending` requests already wait for the engine thread;
   // Unavailable once stopped. Engine-side refusals (validation, full engine queue)
-  // arrive as the channel's `rejected`. `observe` false leaves the metrics alone (the
-  // server's own warm-up request, which no client sent).
-  absl::StatusOr<std::shared_ptr<RequestChannel>> Submit(RequestId id, std::string log_id,
-                                                         std::vector<int32_t> prompt,
-                                                         GenerationParams params,
-                                                         bool observe = true);
+  // arrive as the channel's `rejected`. `arrival` is when the server received the
+  // request: queue time, time to first token and end-to-end latency (the metrics and
+  // the outputs' queue_time_s and ttft_s) count from it, so they include the wait in
+  // the inbox while the engine thread finishes a step. `observe` false leaves the
+  // metrics alone (the server's own warm-up request, which no client sent).
+  absl::StatusOr<std::shared_ptr<RequestChannel>> Submit(
+      RequestId id, std::string log_id, std::vector<int32_t> prompt, GenerationParams params,
+      std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now(),
+      bool observe = true);
   // The request ends with kAbort at the next step; its blocks are freed there.
   void Abort(RequestId id);
   void AbortAll();
@@ -93,6 +96,7 @@ class EngineLoop {
     std::string log_id;
     std::shared_ptr<RequestChannel> channel;
     std::chrono::steady_clock::time_point arrival, first_token, last_token;
+    std::chrono::steady_clock::time_point added;  // handed to the engine (its clock's zero)
     int64_t tokens = 0;
     bool prompt_counted = false;
     bool observe = true;  // false: not counted in the metrics

@@ -82,7 +82,8 @@ absl::Status WarmUp(EngineLoop& loop) {
   params.sampling.temperature = 0;
   params.ignore_eos = true;
   absl::StatusOr<std::shared_ptr<RequestChannel>> channel =
-      loop.Submit(0, "warmup", std::move(prompt), params, /*observe=*/false);
+      loop.Submit(0, "warmup", std::move(prompt), params, std::chrono::steady_clock::now(),
+                  /*observe=*/false);
   if (!channel.ok()) return channel.status();
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(10);
   while (std::chrono::steady_clock::now() < give_up) {

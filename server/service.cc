@@ -188,7 +188,7 @@ grpc::Status LeankServiceImpl::RunGenerate(grpc::ServerContext* ctx, GenerateStr
                prompt->size(), params->max_tokens, params->sampling.temperature);
   EngineLoop* loop = loop_.load();
   absl::StatusOr<std::shared_ptr<RequestChannel>> channel =
-      loop->Submit(id, log_id, *std::move(prompt), *std::move(params));
+      loop->Submit(id, log_id, *std::move(prompt), *std::move(params), arrival);
   if (!channel.ok()) {
     spdlog::warn("[{}] refused: {}", log_id, std::string(channel.status().message()));
     return Reject(channel.status());

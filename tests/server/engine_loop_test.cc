@@ -61,7 +61,8 @@ TEST(EngineLoop, UnobservedRequestLeavesTheMetricsAlone) {
   Metrics metrics;
   EngineLoop loop(Fake(), 16, &metrics);
   loop.Start();
-  auto warm = loop.Submit(1, "warmup", {104, 105}, Params(2), /*observe=*/false);
+  auto warm = loop.Submit(1, "warmup", {104, 105}, Params(2), std::chrono::steady_clock::now(),
+                          /*observe=*/false);
   ASSERT_TRUE(warm.ok());
   ASSERT_EQ(Drain(**warm).size(), 2u);
   auto ch = loop.Submit(2, "t2", {104, 105, 106}, Params(3));
@@ -77,6 +78,37 @@ TEST(EngineLoop, UnobservedRequestLeavesTheMetricsAlone) {
   EXPECT_NE(out.find("leank:inter_token_latency_seconds_count 2\n"), std::string::npos) << out;
   EXPECT_NE(out.find("leank:e2e_request_latency_seconds_count 1\n"), std::string::npos) << out;
   EXPECT_NE(out.find("leank:request_queue_time_seconds_count 1\n"), std::string::npos) << out;
+}
+
+TEST(EngineLoop, QueueTimeAndTtftCountFromArrivalNotFromTheEngine) {
+  // 200 ms steps. B arrives while A's second step runs, so it waits in the inbox for
+  // the rest of that step before the engine even sees it; that wait is queue time.
+  Metrics metrics;
+  EngineLoop loop(Fake(1024, 200000), 16, &metrics);
+  loop.Start();
+  auto a = loop.Submit(1, "a", {104, 105}, Params(3));
+  ASSERT_TRUE(a.ok());
+  std::vector<RequestOutput> first;
+  for (int i = 0; i < 500 && first.empty(); ++i) first = (*a)->Wait(milliseconds(10)).outputs;
+  ASSERT_FALSE(first.empty());  // step 1 done; step 2 is running now
+  const auto arrival = std::chrono::steady_clock::now();
+  auto b = loop.Submit(2, "b", {104, 106}, Params(1), arrival);
+  ASSERT_TRUE(b.ok());
+  std::vector<RequestOutput> outs = Drain(**b);
+  const double seen_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - arrival).count();
+  ASSERT_EQ(outs.size(), 1u);
+  const RequestOutput& fin = outs.back();
+  // The engine alone would say ~0 (scheduled at once after AddRequest) and ~0.2 s.
+  EXPECT_GE(fin.queue_time_s, 0.1);
+  EXPECT_GE(fin.ttft_s, fin.queue_time_s + 0.19);  // plus B's own 200 ms step
+  EXPECT_GE(fin.ttft_s, 0.29);
+  EXPECT_LE(fin.ttft_s, seen_s);
+  Drain(**a);
+  const std::string out = metrics.Render();
+  const size_t at = out.find("leank:request_queue_time_seconds_sum ");
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_GE(std::stod(out.substr(at + 37)), 0.1) << out.substr(at, 60);
 }
 
 TEST(EngineLoop, AbortEndsTheRequestAndFreesItsBlocks) {
