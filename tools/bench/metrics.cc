@@ -111,8 +111,13 @@ Report BuildReport(const std::vector<RequestRecord>& records, const Slo& slo, do
     ttft.push_back(l.ttft_ms);
     tpot.push_back(l.tpot_ms);
     e2el.push_back(l.e2el_ms);
-    // ITL: gap between token-bearing chunks, shared evenly by the tokens of a chunk that
-    // carries several (so that mean ITL and TPOT describe the same decode).
+    // ITL: one value per token after the first. The gap between token-bearing chunks is
+    // shared evenly by the tokens of a chunk that carries several; tokens that came with
+    // the first token have a gap of 0 (its wait is TTFT). So mean ITL = TPOT whenever the
+    // last chunk carries tokens.
+    if (!r.chunk_tokens.empty()) {
+      for (int k = 1; k < r.chunk_tokens[0]; ++k) itl.push_back(0.0);
+    }
     for (size_t i = 1; i < r.chunk_s.size(); ++i) {
       const double gap_ms = (r.chunk_s[i] - r.chunk_s[i - 1]) * 1000.0;
       for (int k = 0; k < r.chunk_tokens[i]; ++k) itl.push_back(gap_ms / r.chunk_tokens[i]);

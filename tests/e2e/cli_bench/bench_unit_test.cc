@@ -361,6 +361,17 @@ TEST(Metrics, ReportFromKnownRecords) {
   EXPECT_NE(table.find("P99 ITL (ms):"), std::string::npos);
 }
 
+TEST(Metrics, ItlHasOneValuePerTokenAfterTheFirstEvenInTheFirstChunk) {
+  // First chunk at 100 ms with 3 tokens, then 1 token at 200 ms: 4 tokens, TPOT
+  // (200 - 100) / 3. The two tokens that came with the first one arrived 0 ms after it.
+  const Report r = BuildReport({Rec(0.0, {0.1, 0.2}, {3, 1}, 4)}, Slo{});
+  EXPECT_NEAR(r.tpot_ms.mean, 100.0 / 3, 1e-9);
+  EXPECT_EQ(r.itl_ms.count, 3);
+  EXPECT_NEAR(r.itl_ms.mean, r.tpot_ms.mean, 1e-9);
+  EXPECT_NEAR(r.itl_ms.min, 0, 1e-12);
+  EXPECT_NEAR(r.itl_ms.max, 100, 1e-9);
+}
+
 TEST(Metrics, EmptyRunIsAReportNotACrash) {
   const Report r = BuildReport({}, Slo{});
   EXPECT_EQ(r.completed, 0);
