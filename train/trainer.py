@@ -5,7 +5,9 @@ Why the forward is split: the factors only change the logits of *answer* queries
 dense model's. One no-grad dense pass over the prompt fills a K/V cache; then the last prompt
 token and the answer tokens are run twice from that cache - once dense (the target), once with
 the factors (the prediction, with grad) - and the loss is the MSE of their final hidden states.
-This is exactly LeanK's objective, at the cost of a forward over a few tokens per step.
+This is LeanK's objective (one more graded position than LeanK's labels: the last prompt
+token), at the cost of a forward over a few tokens per step. Where the trainer differs from
+LeanK's reference code, and why: train/README.md, "Where this differs".
 """
 
 from __future__ import annotations
