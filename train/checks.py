@@ -20,6 +20,9 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 ALIGNS = (16, 32)  # what cache/mask.cc accepts
 DTYPES = ("float32", "float16", "bfloat16")
+# stage2.zero_heads: the stage-2 forward of a head whose current hard mask keeps 0 channels
+# (trainer.stage2_scale); "drop" (the server's semantics) is the default.
+ZERO_HEADS = ("drop", "logit0")
 
 
 class ConfigError(ValueError):
@@ -237,6 +240,14 @@ def check_targets(targets, align: int, head_dim: int, tag,
     if head_dim % align:
         raise ConfigError(f"{ak}: {align} does not divide the model's head_dim "
                           f"{head_dim}")
+
+
+def check_zero_heads(v) -> str:
+    """stage2.zero_heads: one of ZERO_HEADS."""
+    if not isinstance(v, str) or v not in ZERO_HEADS:
+        raise ConfigError(f"stage2.zero_heads: must be one of {', '.join(ZERO_HEADS)}, "
+                          f"got {v!r}")
+    return v
 
 
 def check_run(cfg: dict) -> None:

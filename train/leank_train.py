@@ -24,7 +24,7 @@ import torch
 
 from train import st_io
 from train.checks import (ConfigError, check_device, check_run, check_samples, check_stage,
-                          check_targets, read_model_config, sliding_window)
+                          check_targets, check_zero_heads, read_model_config, sliding_window)
 from train.data import checked_dataset, checked_generator, load_samples
 from train.masks import binarize, kept_counts, save_mask
 from train.model import LlamaModel
@@ -237,7 +237,8 @@ class Run:
                            "that stage, or rerun with --overwrite")
 
     def stage(self, model, data, alpha, scfg: StageConfig, mid: MiddleConfig, *, stage: int,
-              tag: str, regs, sparsities=None, align: int = 16, stop=None) -> torch.Tensor:
+              tag: str, regs, sparsities=None, align: int = 16, zero_heads: str = "drop",
+              stop=None) -> torch.Tensor:
         done, ckpt = f"alpha_{tag}.safetensors", self.out / f"{tag}.ckpt.pt"
         if (self.out / done).exists():
             print(f"{tag}: finished earlier, loading {done}")
@@ -255,7 +256,7 @@ class Run:
 
         try:
             alpha = run_stage(model, data, alpha, scfg, mid, stage=stage, regs=regs,
-                              sparsities=sparsities, align=align,
+                              sparsities=sparsities, align=align, zero_heads=zero_heads,
                               seed=self.cfg.get("seed", 0) + stage, start_step=start,
                               opt_state=opt_state, log=self.log, checkpoint=checkpoint,
                               desc=tag, stop=stop)
@@ -318,7 +319,7 @@ def load_model(model_dir: Path, cfg: dict, dev: str) -> LlamaModel:
 
 def setup(cfg: dict, root: Path):
     """Checks the whole config, the model folder and the samples before any training:
-    returns (device, middle, stage1, stage2, targets, align, model, data, val)."""
+    returns (device, middle, stage1, stage2, targets, align, zero_heads, model, data, val)."""
     check_run(cfg)
     model_dir = resolve(root, cfg["model"])
     hf = read_model_config(model_dir)
@@ -328,6 +329,7 @@ def setup(cfg: dict, root: Path):
     s2cfg = dict(cfg.get("stage2", {}))
     targets = s2cfg.pop("targets", [0.7])
     align = s2cfg.pop("align", 16)
+    zero_heads = check_zero_heads(s2cfg.pop("zero_heads", "drop"))
     s2 = _dc(StageConfig, {"lr": 0.01, "reg": 0.0, **s2cfg})
     check_stage("stage2", asdict(s2), multi_reg=False)
     head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
@@ -349,14 +351,14 @@ def setup(cfg: dict, root: Path):
         if "val" in cfg["data"] else []
     val = val[: cfg.get("val_n", len(val))]
     check_samples(val, "data.val", allow_empty=True, **limits)
-    return dev, mid, s1, s2, targets, align, model, data, val
+    return dev, mid, s1, s2, targets, align, zero_heads, model, data, val
 
 
 def train(a, stop=None) -> None:
     cfg = load_config(a.config, a.set)
     root = Path(a.root)
     torch.manual_seed(cfg.get("seed", 0) if isinstance(cfg.get("seed", 0), int) else 0)
-    dev, mid, s1, s2, targets, align, model, data, val = setup(cfg, root)
+    dev, mid, s1, s2, targets, align, zero_heads, model, data, val = setup(cfg, root)
     exp = cfg.get("export", {})
     check_out_dir(resolve(root, cfg["out_dir"]), cfg, a.overwrite)
     run = Run(cfg, root)
@@ -383,7 +385,7 @@ def train(a, stop=None) -> None:
     a1 = alpha1[best]
     alpha2 = run.stage(model, data, a1[None].repeat(len(targets), 1, 1, 1), s2, mid, stage=2,
                        tag="stage2", regs=[s2.reg] * len(targets), sparsities=targets,
-                       align=align, stop=stop)
+                       align=align, zero_heads=zero_heads, stop=stop)
     finals = [binarize(alpha2[i].cpu(), t, align) for i, t in enumerate(targets)]
     if val:
         v = validate(model, val, mid, [k.to(dev) for k in finals])

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from train.attention import MiddleSpec
+from train.checks import ZERO_HEADS
 from train.data import Sample
 from train.masks import binarize, kept_counts
 from train.model import KVCache, LlamaModel
@@ -108,6 +109,18 @@ def ste_mask(alpha: torch.Tensor, sparsity: float, align: int):
     return hard + (alpha - alpha.detach()), hard, hard.sum(-1) == 0
 
 
+def stage2_scale(alpha: torch.Tensor, sparsity: float, align: int, zero_heads: str = "drop"):
+    """Stage 2's forward for one factor set: (scale, skip) for sample_losses. zero_heads
+    decides what a head whose hard mask keeps 0 channels does with its middle keys:
+    "drop" (the server's semantics) leaves them and their values out, so its factors get no
+    gradient; "logit0" (LeanK's reference code) keeps them in the softmax, their logits
+    q.(0*k) exactly 0 and their values mixed in, and the STE passes q_c*k_c to the factors."""
+    if zero_heads not in ZERO_HEADS:
+        raise ValueError(f"zero_heads must be one of {ZERO_HEADS}, got {zero_heads!r}")
+    mask, _, skip = ste_mask(alpha, sparsity, align)
+    return mask, (skip if zero_heads == "drop" else None)
+
+
 class Interrupted(Exception):
     """run_stage stopped at `step` because stop() said so; the checkpoint holds that step."""
 
@@ -154,15 +167,17 @@ class Progress:
 
 def run_stage(model: LlamaModel, data: Sequence[Sample], alpha: torch.Tensor, cfg: StageConfig,
               mid: MiddleConfig, *, stage: int, regs: Sequence[float],
-              sparsities: Optional[Sequence[float]] = None, align: int = 16, seed: int = 0,
+              sparsities: Optional[Sequence[float]] = None, align: int = 16,
+              zero_heads: str = "drop", seed: int = 0,
               start_step: int = 0, opt_state: Optional[dict] = None,
               log: Optional[Callable[[dict], None]] = None,
               checkpoint: Optional[Callable[[int, torch.Tensor, dict], None]] = None,
               desc: str = "", stop: Optional[Callable[[], bool]] = None) -> torch.Tensor:
     """Trains R independent factor sets alpha [R, L, H, D] (run r with reg regs[r]) for
     stage 1 (clamped factors + L1) or stage 2 (STE on the aligned binary mask at
-    sparsities[r]). The R runs share each sample's dense prefill; since AdamW is element-wise
-    and the losses are separable, this equals R separate runs. Resumes at start_step with
+    sparsities[r]; zero_heads: see stage2_scale). The R runs share each sample's dense
+    prefill; since AdamW is element-wise and the losses are separable, this equals R separate
+    runs. Resumes at start_step with
     opt_state. The sample order depends only on (seed, step), so a resumed run sees the same
     data. stop() is asked before each step: when true, the state so far is checkpointed and
     Interrupted is raised (a signal handler sets it, so a step is never cut in half).
@@ -170,6 +185,8 @@ def run_stage(model: LlamaModel, data: Sequence[Sample], alpha: torch.Tensor, cf
     R = alpha.shape[0]
     if len(regs) != R or (stage == 2 and (sparsities is None or len(sparsities) != R)):
         raise ValueError("one reg (and in stage 2 one sparsity) per factor set")
+    if zero_heads not in ZERO_HEADS:
+        raise ValueError(f"zero_heads must be one of {ZERO_HEADS}, got {zero_heads!r}")
     alpha = alpha.detach().clone().requires_grad_(True)
     opt = torch.optim.AdamW([alpha], lr=cfg.lr, weight_decay=0.0)
     if opt_state is not None:
@@ -192,8 +209,9 @@ def run_stage(model: LlamaModel, data: Sequence[Sample], alpha: torch.Tensor, cf
             if stage == 1:
                 scales, skips = [alpha[r] for r in range(R)], None
             else:
-                st = [ste_mask(alpha[r], sparsities[r], align) for r in range(R)]
-                scales, skips = [x[0] for x in st], [x[2] for x in st]
+                st = [stage2_scale(alpha[r], sparsities[r], align, zero_heads)
+                      for r in range(R)]
+                scales, skips = [x[0] for x in st], [x[1] for x in st]
             mses = sample_losses(model, s, mid, scales, skips)
             total = sum(m + regs[r] * alpha[r].abs().mean() for r, m in enumerate(mses))
             (total / cfg.grad_accum).backward()

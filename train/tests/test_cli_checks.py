@@ -57,6 +57,9 @@ BAD_SETS = [
     ("stage1.reg=[-1]", "stage1.reg: must be a finite number >= 0, got -1"),
     ("stage1.reg=[]", "stage1.reg: the list is empty"),
     ("stage2.reg=[0.1]", "stage2.reg: must be one number"),
+    ("stage2.zero_heads=keep", "stage2.zero_heads: must be one of drop, logit0, got 'keep'"),
+    ("stage2.zero_heads=0", "stage2.zero_heads: must be one of drop, logit0, got 0"),
+    ('stage2.zero_heads=["drop"]', "stage2.zero_heads: must be one of drop, logit0, got ['drop']"),
     ("stage1.grad_accum=0", "stage1.grad_accum: must be an integer >= 1, got 0"),
     ("stage1.log_every=0", "stage1.log_every: must be an integer >= 1, got 0"),
     ("stage1.ckpt_every=0", "stage1.ckpt_every: must be an integer >= 1, got 0"),
@@ -179,6 +182,20 @@ def test_written_masks_meet_the_server_loader(setup_dir, align):
         assert int(meta["sink"]) == 128 and int(meta["recent"]) == 768
         assert 0.0 <= float(meta["target_sparsity"]) <= 1.0
         assert abs(1.0 - kept.mean() - t) <= align / (2 * kept.size)
+
+
+def test_zero_heads_logit0_trains_and_exports(setup_dir):
+    """stage2.zero_heads=logit0 reaches the trainer (stage 2 trains the 0-kept heads: other
+    factors than the default "drop") and the masks are written as usual."""
+    from train import st_io
+    alpha2 = {}
+    for mode in ("drop", "logit0"):
+        run_cli(setup_dir, f"stage2.zero_heads={mode}", f"out_dir=out-{mode}",
+                "stage2.targets=[0.75]")
+        kept, meta = load_mask(setup_dir / f"out-{mode}" / "masks-s75.safetensors")
+        assert meta["target_sparsity"] == "0.75" and int(kept.sum()) == kept.size // 4
+        alpha2[mode] = st_io.load(setup_dir / f"out-{mode}" / "alpha_stage2.safetensors")["alpha"]
+    assert not np.array_equal(alpha2["drop"], alpha2["logit0"])
 
 
 def test_out_dir_of_another_run_is_refused_unless_overwrite(setup_dir, capsys):
