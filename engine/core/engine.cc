@@ -130,12 +130,11 @@ absl::Status CheckOptions(const EngineOptions& o, const ModelConfig& cfg) {
 
 absl::Status EngineImpl::Init(const EngineOptions& options) {
   options_ = options;
-  {
-    auto cfg = LoadModelConfig(options.model_dir);
-    if (!cfg.ok()) return cfg.status();
-    if (absl::Status s = CheckOptions(options, *cfg); !s.ok()) return s;
-  }
-  auto model = LoadModel(options.model_dir);
+  // config.json first: the options are checked before any weight is mapped.
+  auto config = LoadModelConfig(options.model_dir);
+  if (!config.ok()) return config.status();
+  if (absl::Status s = CheckOptions(options, *config); !s.ok()) return s;
+  auto model = LoadModel(options.model_dir, *std::move(config));
   if (!model.ok()) return model.status();
   model_ = *std::move(model);
   const ModelConfig& cfg = model_.config;

@@ -221,6 +221,18 @@ absl::Status ParseRope(const Json& root, const FieldReader& r, const std::string
   return absl::OkStatus();
 }
 
+// Token ids of `key` inside [0, vocab_size): an id outside is never produced, so an EOS
+// there would never stop a generation.
+absl::Status CheckIdsInVocab(const FieldReader& r, const char* key, const std::vector<int>& ids,
+                             int vocab_size) {
+  for (int id : ids) {
+    if (id < 0 || id >= vocab_size) {
+      return r.Bad(key, absl::StrCat("(", id, ") must be in [0, vocab_size ", vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckSanity(const FieldReader& r, const ModelConfig& c) {
   const std::pair<const char*, int> positive[] = {
       {"vocab_size", c.vocab_size},
@@ -248,17 +260,11 @@ absl::Status CheckSanity(const FieldReader& r, const ModelConfig& c) {
   }
   if (!(c.rms_norm_eps > 0)) return r.Bad("rms_norm_eps", "must be positive");
   if (c.sliding_window < 0) return r.Bad("sliding_window", "must be positive or null");
-  // An id outside the vocabulary is never produced: EOS would never stop a generation.
-  for (const auto& [key, ids] :
-       {std::pair<const char*, const std::vector<int>&>{"bos_token_id", c.bos_token_ids},
-        {"eos_token_id", c.eos_token_ids}}) {
-    for (int id : ids) {
-      if (id < 0 || id >= c.vocab_size) {
-        return r.Bad(key, absl::StrCat("(", id, ") must be in [0, vocab_size ", c.vocab_size, ")"));
-      }
-    }
+  if (absl::Status st = CheckIdsInVocab(r, "bos_token_id", c.bos_token_ids, c.vocab_size);
+      !st.ok()) {
+    return st;
   }
-  return absl::OkStatus();
+  return CheckIdsInVocab(r, "eos_token_id", c.eos_token_ids, c.vocab_size);
 }
 
 }  // namespace
@@ -365,11 +371,10 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& model_d
   const FieldReader r(root, origin);
   std::vector<int> eos;
   MODEL_ASSIGN_OR_RETURN(eos, r.IntList("eos_token_id"));
+  if (absl::Status st = CheckIdsInVocab(r, "eos_token_id", eos, config->vocab_size); !st.ok()) {
+    return st;
+  }
   for (int id : eos) {
-    if (id < 0 || id >= config->vocab_size) {
-      return r.Bad("eos_token_id",
-                   absl::StrCat("(", id, ") must be in [0, vocab_size ", config->vocab_size, ")"));
-    }
     if (std::find(config->eos_token_ids.begin(), config->eos_token_ids.end(), id) ==
         config->eos_token_ids.end()) {
       config->eos_token_ids.push_back(id);

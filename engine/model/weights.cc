@@ -140,10 +140,14 @@ absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config, const Weight
 }
 
 absl::StatusOr<LoadedModel> LoadModel(const std::filesystem::path& model_dir) {
-  LoadedModel model;
   auto config = LoadModelConfig(model_dir);
   if (!config.ok()) return config.status();
-  model.config = *std::move(config);
+  return LoadModel(model_dir, *std::move(config));
+}
+
+absl::StatusOr<LoadedModel> LoadModel(const std::filesystem::path& model_dir, ModelConfig config) {
+  LoadedModel model;
+  model.config = std::move(config);
   auto store = WeightStore::Open(model_dir);
   if (!store.ok()) return store.status();
   model.store = *std::move(store);

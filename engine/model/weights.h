@@ -41,5 +41,7 @@ struct LoadedModel {
 
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config, const WeightStore& store);
 absl::StatusOr<LoadedModel> LoadModel(const std::filesystem::path& model_dir);
+// The same with config.json already loaded (LoadModelConfig of the same folder).
+absl::StatusOr<LoadedModel> LoadModel(const std::filesystem::path& model_dir, ModelConfig config);
 
 }  // namespace leank
