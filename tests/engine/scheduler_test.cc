@@ -2,6 +2,7 @@
 
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -14,29 +15,29 @@ namespace {
 class SchedulerTest : public ::testing::Test {
  protected:
   void Make(int64_t full_blocks, SchedulerOptions options) {
-    cache::LayoutOptions lo;
-    lo.num_layers = 1;
-    lo.num_kv_heads = 1;
-    lo.head_dim = 16;
-    lo.block_size = 16;
-    lo.elem_bytes = 4;
-    layout_ = std::make_unique<cache::CacheLayout>(*cache::CacheLayout::Create(lo, std::nullopt));
-    cache_ = std::make_unique<cache::KvCacheManager>(*layout_, cache::PoolSizes{full_blocks, 0});
-    sched_ = std::make_unique<Scheduler>(options, cache_.get());
+    Build(SmallLayout(), std::nullopt, {full_blocks, 0}, options);
   }
   // The same with a LeanK layout (an all-ones mask): sink 16, recent 32, so past 48
   // tokens recent blocks are compacted into the pruned pool.
   void MakeLeank(cache::PoolSizes sizes, SchedulerOptions options) {
+    cache::LayoutOptions lo = SmallLayout();
+    lo.sink = 16;
+    lo.recent = 32;
+    Build(lo, cache::Mask::AllOnes({1, 1, 16}), sizes, options);
+  }
+  static cache::LayoutOptions SmallLayout() {
     cache::LayoutOptions lo;
     lo.num_layers = 1;
     lo.num_kv_heads = 1;
     lo.head_dim = 16;
     lo.block_size = 16;
-    lo.sink = 16;
-    lo.recent = 32;
     lo.elem_bytes = 4;
-    layout_ = std::make_unique<cache::CacheLayout>(
-        *cache::CacheLayout::Create(lo, cache::Mask::AllOnes({1, 1, 16})));
+    return lo;
+  }
+  void Build(const cache::LayoutOptions& lo, std::optional<cache::Mask> mask,
+             cache::PoolSizes sizes, SchedulerOptions options) {
+    layout_ =
+        std::make_unique<cache::CacheLayout>(*cache::CacheLayout::Create(lo, std::move(mask)));
     cache_ = std::make_unique<cache::KvCacheManager>(*layout_, sizes);
     sched_ = std::make_unique<Scheduler>(options, cache_.get());
   }
