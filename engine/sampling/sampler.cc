@@ -103,14 +103,20 @@ SampleResult Sampler::Sample(std::span<float> logits, const SamplingParams& para
     const int64_t vocab = logits.size();
     for (float& x : logits) x /= params.temperature;
     // Candidates sorted by logit, descending; filters cut the tail.
-    int64_t keep = vocab;
+    std::vector<int32_t> order;
     if (params.top_k > 0 && params.top_k < vocab) {
       // Every token tied with the k-th largest logit stays, as in HF transformers and
-      // vLLM (they drop only logits below the k-th value) and the GPU sampler.
-      const float kth = logits[TopIndices(logits, params.top_k).back()];
-      keep = std::count_if(logits.begin(), logits.end(), [&](float x) { return x >= kth; });
+      // vLLM (they drop only logits below the k-th value) and the GPU sampler. The order
+      // is total (ties by id), so the top k are a prefix of the longer list: sort again
+      // only when there are such ties.
+      order = TopIndices(logits, params.top_k);
+      const float kth = logits[order.back()];
+      const int64_t keep =
+          std::count_if(logits.begin(), logits.end(), [&](float x) { return x >= kth; });
+      if (keep > params.top_k) order = TopIndices(logits, keep);
+    } else {
+      order = TopIndices(logits, vocab);
     }
-    std::vector<int32_t> order = TopIndices(logits, keep);
     const float max = logits[order[0]];
     std::vector<double> probs(order.size());
     double sum = 0;
