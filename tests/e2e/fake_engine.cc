@@ -227,6 +227,7 @@ class FakeEngine final : public Engine {
       plan.push_back({s, chunk});
       budget -= chunk;
     }
+    if (f_.in_step) f_.in_step(steps_);
     if (f_.step_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(f_.step_us));
     ++steps_;
     // "Run" and sample.

@@ -8,6 +8,7 @@
 // leank-fake-server, which runs the e2e suite without a model.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "engine/core/engine.h"
@@ -25,6 +26,10 @@ std::unique_ptr<Tokenizer> MakeFakeTokenizer();
 
 struct FakeEngineOptions {
   int step_us = 2000;  // sleep per step, so streams take observable time
+  // Called on the engine's thread inside each Step(), after the step's batch is planned
+  // and before its sleep, with the step's 0-based index. Tests block in it to act while
+  // a known step runs (the caller cannot see what it submits meanwhile until the next).
+  std::function<void(int64_t step)> in_step;
 };
 
 // options.kv_cache_bytes / kFakeBytesPerToken tokens of KV (0: 1 Mi tokens);

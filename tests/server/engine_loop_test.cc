@@ -1,5 +1,8 @@
 #include "server/engine_loop.h"
 
+#include <functional>
+#include <latch>
+
 #include "gtest/gtest.h"
 #include "tests/e2e/fake_engine.h"
 
@@ -8,14 +11,35 @@ namespace {
 
 using std::chrono::milliseconds;
 
-std::unique_ptr<Engine> Fake(int max_waiting = 1024, int step_us = 200) {
+std::unique_ptr<Engine> Fake(int max_waiting = 1024, int step_us = 200,
+                             std::function<void(int64_t)> in_step = nullptr) {
   EngineOptions o;
   o.max_waiting = max_waiting;
   o.max_num_seqs = 4;
-  auto e = testing::CreateFakeEngine(o, {step_us});
+  auto e = testing::CreateFakeEngine(o, {step_us, std::move(in_step)});
   EXPECT_TRUE(e.ok());
   return *std::move(e);
 }
+
+// Holds the fake engine inside step `at` until the test has acted: Step() then knows
+// nothing of what the test submits or aborts meanwhile, whatever the machine's load.
+class StepGate {
+ public:
+  explicit StepGate(int64_t at) : at_(at) {}
+  std::function<void(int64_t)> Hook() {
+    return [this](int64_t step) {
+      if (step != at_) return;
+      running_.count_down();
+      acted_.wait();
+    };
+  }
+  void WaitRunning() { running_.wait(); }
+  void Release() { acted_.count_down(); }
+
+ private:
+  const int64_t at_;
+  std::latch running_{1}, acted_{1};
+};
 
 GenerationParams Params(int max_tokens) {
   GenerationParams p;
@@ -81,18 +105,19 @@ TEST(EngineLoop, UnobservedRequestLeavesTheMetricsAlone) {
 }
 
 TEST(EngineLoop, QueueTimeAndTtftCountFromArrivalNotFromTheEngine) {
-  // 200 ms steps. B arrives while A's second step runs, so it waits in the inbox for
-  // the rest of that step before the engine even sees it; that wait is queue time.
+  // 200 ms steps. B arrives while A's second step runs (the gate holds that step until
+  // B is submitted), so it waits in the inbox for at least that step's 200 ms sleep
+  // before the engine even sees it; that wait is queue time.
   Metrics metrics;
-  EngineLoop loop(Fake(1024, 200000), 16, &metrics);
+  StepGate gate(/*at=*/1);
+  EngineLoop loop(Fake(1024, 200000, gate.Hook()), 16, &metrics);
   loop.Start();
   auto a = loop.Submit(1, "a", {104, 105}, Params(3));
   ASSERT_TRUE(a.ok());
-  std::vector<RequestOutput> first;
-  for (int i = 0; i < 500 && first.empty(); ++i) first = (*a)->Wait(milliseconds(10)).outputs;
-  ASSERT_FALSE(first.empty());  // step 1 done; step 2 is running now
+  gate.WaitRunning();
   const auto arrival = std::chrono::steady_clock::now();
   auto b = loop.Submit(2, "b", {104, 106}, Params(1), arrival);
+  gate.Release();
   ASSERT_TRUE(b.ok());
   std::vector<RequestOutput> outs = Drain(**b);
   const double seen_s =
@@ -100,38 +125,41 @@ TEST(EngineLoop, QueueTimeAndTtftCountFromArrivalNotFromTheEngine) {
   ASSERT_EQ(outs.size(), 1u);
   const RequestOutput& fin = outs.back();
   // The engine alone would say ~0 (scheduled at once after AddRequest) and ~0.2 s.
-  EXPECT_GE(fin.queue_time_s, 0.1);
-  EXPECT_GE(fin.ttft_s, fin.queue_time_s + 0.19);  // plus B's own 200 ms step
-  EXPECT_GE(fin.ttft_s, 0.29);
+  EXPECT_GE(fin.queue_time_s, 0.2);
+  EXPECT_GE(fin.ttft_s, fin.queue_time_s + 0.2);  // plus B's own 200 ms step
   EXPECT_LE(fin.ttft_s, seen_s);
   Drain(**a);
   const std::string out = metrics.Render();
   const size_t at = out.find("leank:request_queue_time_seconds_sum ");
   ASSERT_NE(at, std::string::npos);
-  EXPECT_GE(std::stod(out.substr(at + 37)), 0.1) << out.substr(at, 60);
+  EXPECT_GE(std::stod(out.substr(at + 37)), 0.2) << out.substr(at, 60);
 }
 
 TEST(EngineLoop, AbortEndsTheRequestAndFreesItsBlocks) {
+  // The abort arrives while step 2 runs (the gate holds it): the loop applies it
+  // before step 3, which ends the request. Steps 0-2 gave one token each.
   Metrics metrics;
-  EngineLoop loop(Fake(1024, 1000), 16, &metrics);
+  StepGate gate(/*at=*/2);
+  EngineLoop loop(Fake(1024, 1000, gate.Hook()), 16, &metrics);
   loop.Start();
   auto ch = loop.Submit(1, "t1", {104, 105}, Params(1000));
   ASSERT_TRUE(ch.ok());
-  for (int i = 0; i < 500 && (*ch)->Wait(milliseconds(10)).outputs.empty(); ++i) {
-  }
-  // The loop applies aborts before its next Step(): the request ends, and its blocks
-  // are free, at most one step after the one running now.
-  const int64_t steps_at_abort = loop.state().steps;
+  gate.WaitRunning();
   loop.Abort(1);
+  gate.Release();
   std::vector<RequestOutput> outs = Drain(**ch);
-  ASSERT_FALSE(outs.empty());
+  ASSERT_EQ(outs.size(), 4u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(outs[i].tokens.size(), 1u) << i;
+  EXPECT_TRUE(outs.back().finished);
   EXPECT_EQ(outs.back().finish_reason, FinishReason::kAbort);
-  for (int i = 0; i < 200 && loop.state().engine.kv_usage > 0; ++i) {
+  EXPECT_TRUE(outs.back().tokens.empty());
+  // The loop publishes its state after the step; nothing steps once the request ends.
+  for (int i = 0; i < 200 && loop.state().live > 0; ++i) {
     std::this_thread::sleep_for(milliseconds(5));
   }
   EXPECT_EQ(loop.state().engine.kv_usage, 0.0);
   EXPECT_EQ(loop.state().live, 0);
-  EXPECT_LE(loop.state().steps, steps_at_abort + 2);
+  EXPECT_EQ(loop.state().steps, 4);
 }
 
 TEST(EngineLoop, EngineRefusalsArriveOnTheChannel) {
