@@ -211,11 +211,16 @@ prepare_masks() {
     return
   fi
   [ -n "$src" ] || { [ -f "$file" ] || die "no PREP_MASKS_SOURCE and $file does not exist"; return; }
-  # A masks file is one file: its stamp sits beside it.
+  # A masks file is one file: its stamp sits beside it. The stamp names the masks source
+  # only, so a ready file is also checked against the model now in LEANK_MODEL (a `random`
+  # mask of the previous model, or a file for another model, is not ready for this one).
   local stamp="$file.leank-ready"
   if [ "${PREP_FORCE:-0}" != 1 ] && [ -f "$file" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$src" ]; then
-    log "masks ready: $file (from $src)"
-    return
+    if "$PY" "$TOOLS/import_leank_mask.py" info "$file" --config "$LEANK_MODEL" >/dev/null 2>&1; then
+      log "masks ready: $file (from $src)"
+      return
+    fi
+    log "$file (from $src) does not fit the model in $LEANK_MODEL: preparing it again"
   fi
   local tmp="$file.tmp.$tag"
   step="preparing $file from $src"
@@ -224,19 +229,9 @@ prepare_masks() {
   log "$step"
   case "$src" in
     random)
-      # Shape from the model's config.json: layers, kv heads, head_dim.
-      local shape layers heads head_dim
-      shape=$("$PY" - "$LEANK_MODEL/config.json" <<'EOF'
-import json, sys
-c = json.load(open(sys.argv[1]))
-heads = c.get("num_key_value_heads", c["num_attention_heads"])
-head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-print(c["num_hidden_layers"], heads, head_dim)
-EOF
-      )
-      read -r layers heads head_dim <<<"$shape"
-      "$PY" "$TOOLS/import_leank_mask.py" random "$tmp" --layers "$layers" --heads "$heads" \
-        --head-dim "$head_dim" --kept-fraction 0.3 --align 16 --seed 1 --model "$(basename "$LEANK_MODEL")"
+      # Shape (layers, kv heads, head_dim) from the model's config.json.
+      "$PY" "$TOOLS/import_leank_mask.py" random "$tmp" --config "$LEANK_MODEL" \
+        --kept-fraction 0.3 --align 16 --seed 1 --model "$(basename "$LEANK_MODEL")" >&2
       ;;
     file:*)
       [ -f "${src#file:}" ] || die "PREP_MASKS_SOURCE $src: no such file (is its volume mounted?)"
@@ -246,6 +241,9 @@ EOF
     *) die "PREP_MASKS_SOURCE '$src': expected random, file:PATH or url:URL" ;;
   esac
   "$PY" "$TOOLS/import_leank_mask.py" info "$tmp" >&2 || die "$src is not a LeanK masks file"
+  # The server refuses a mask of another shape at start-up (a crash loop): refuse it here.
+  "$PY" "$TOOLS/import_leank_mask.py" info "$tmp" --config "$LEANK_MODEL" >/dev/null ||
+    die "$src is a masks file for another model than the one in $LEANK_MODEL"
   chmod 0644 "$tmp"
   mv -f "$tmp" "$file"
   in_progress=""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def seed(tmp_path: Path) -> Path:
     """A sharded model folder, as Hugging Face ships Llama-3.1-8B (index + shards)."""
     d = tmp_path / "seed" / "llama"
     d.mkdir(parents=True)
-    (d / "config.json").write_text('{"model_type": "llama"}')
+    (d / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 2, '
+                                   '"num_attention_heads": 4, "hidden_size": 64}')
     (d / "tokenizer.json").write_text("{}")
     shards = {"model-00001-of-00002.safetensors": {"a": 64}, "model-00002-of-00002.safetensors": {"b": 64}}
     for name, tensors in shards.items():
@@ -61,11 +63,24 @@ def _tar(src: Path, out: Path, names: list[str] | None = None, wrap: bool = Fals
 def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     tools = tmp_path / "tools"
     tools.mkdir(exist_ok=True)
-    # Stand-in for tools/import_leank_mask.py info: a "masks file" starts with MASK.
+    # Stand-in for tools/import_leank_mask.py: a "masks file" is MASK + its layer count;
+    # `random OUT` writes one (layers from --layers or --config), `info FILE` checks it, and
+    # with --config also that its layers are the model's num_hidden_layers.
     (tools / "import_leank_mask.py").write_text(
-        "import sys\n"
-        "data = open(sys.argv[2], 'rb').read(4)\n"
-        "sys.exit(0 if data == b'MASK' else f'{sys.argv[2]}: not a masks file')\n")
+        "import json, sys\n"
+        "cmd, path, args = sys.argv[1], sys.argv[2], sys.argv[3:]\n"
+        "opt = lambda k: args[args.index(k) + 1] if k in args else None\n"
+        "layers = lambda d: str(json.load(open(d + '/config.json'))['num_hidden_layers'])\n"
+        "if cmd == 'random':\n"
+        "    n = opt('--layers') or layers(opt('--config'))\n"
+        "    open(path, 'wb').write(b'MASK' + n.encode())\n"
+        "    sys.exit(0)\n"
+        "data = open(path, 'rb').read()\n"
+        "if data[:4] != b'MASK':\n"
+        "    sys.exit(f'{path}: not a masks file')\n"
+        "if opt('--config') and data[4:].decode() != layers(opt('--config')):\n"
+        "    sys.exit(f'{path}: mask of {data[4:].decode()} layers, the model has '\n"
+        "             f'{layers(opt(\"--config\"))}')\n")
     full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHON": sys.executable,
             "PREP_TOOLS_DIR": str(tools), "LEANK_MASKS": "", **env}
     return subprocess.run(["bash", str(SCRIPT)], env=full, capture_output=True, text=True,
@@ -171,7 +186,7 @@ def test_masks_failures_leave_nothing_ready(tmp_path, seed):
     model = {"LEANK_MODEL": str(volume / "llama"), "PREP_MODEL_SOURCE": f"dir:{seed}"}
     masks = volume / "masks" / "m.safetensors"
     good, bad = tmp_path / "good", tmp_path / "bad"
-    good.write_bytes(b"MASK....")
+    good.write_bytes(b"MASK2")
     bad.write_bytes(b"JUNK....")
     r = _run(tmp_path, LEANK_MASKS=str(masks), PREP_MASKS_SOURCE=f"file:{bad}", **model)
     assert r.returncode != 0 and "is not a LeanK masks file" in r.stderr, r.stderr
@@ -184,3 +199,35 @@ def test_masks_failures_leave_nothing_ready(tmp_path, seed):
     assert r.returncode == 0, r.stderr
     assert masks.read_bytes() == good.read_bytes()
     assert Path(f"{masks}.leank-ready").read_text().strip() == f"file:{good}"
+
+
+def test_masks_are_checked_against_the_model(tmp_path, seed):
+    """The masks stamp names only the masks source: a `random` mask made for the previous
+    model used to stay "ready" after LEANK_MODEL's source changed (the server then refuses it
+    at start-up, a crash loop), and a masks file for another model was marked ready."""
+    volume = tmp_path / "models"
+    masks = volume / "masks" / "m.safetensors"
+    env = {"LEANK_MODEL": str(volume / "llama"), "PREP_MODEL_SOURCE": f"dir:{seed}",
+           "LEANK_MASKS": str(masks), "PREP_MASKS_SOURCE": "random"}
+    r = _run(tmp_path, **env)
+    assert r.returncode == 0, r.stderr
+    assert masks.read_bytes() == b"MASK2"
+    bigger = tmp_path / "seed" / "llama4"
+    shutil.copytree(seed, bigger)
+    (bigger / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 4, '
+                                       '"num_attention_heads": 4, "hidden_size": 64}')
+    r = _run(tmp_path, **dict(env, PREP_MODEL_SOURCE=f"dir:{bigger}"))
+    assert r.returncode == 0, r.stderr
+    assert "does not fit the model" in r.stderr, r.stderr
+    assert masks.read_bytes() == b"MASK4"  # made again, for the 4-layer model
+    r = _run(tmp_path, **dict(env, PREP_MODEL_SOURCE=f"dir:{bigger}"))
+    assert r.returncode == 0 and "masks ready: " in r.stderr, r.stderr
+    # A masks file for another model is refused, and what was there is kept.
+    other = tmp_path / "other"
+    other.write_bytes(b"MASK2")
+    r = _run(tmp_path, **dict(env, PREP_MODEL_SOURCE=f"dir:{bigger}",
+                              PREP_MASKS_SOURCE=f"file:{other}"))
+    assert r.returncode != 0 and "for another model" in r.stderr, r.stderr
+    assert masks.read_bytes() == b"MASK4"
+    assert Path(f"{masks}.leank-ready").read_text().strip() == "random"
+    assert _leftovers(volume) == []
