@@ -77,7 +77,8 @@ def save_atomic(fig, path):
 def series_label(j):
     if j.get("label"):
         return j["label"]
-    return "leank" if j.get("server", {}).get("masked") else "dense"
+    server = j.get("server")
+    return "leank" if isinstance(server, dict) and server.get("masked") else "dense"
 
 
 def load_x(j):
@@ -176,7 +177,10 @@ def plot_compare(plt, mode, series, path):
                     a, b = a[m][p], b[m][p]
                 else:
                     a, b = a[key], b[key]
-                ratios.append(b / a if a else float("nan"))
+                # leank-bench writes a percentile it could not compute as null (no
+                # successful request, or one output token each: no TPOT): no ratio.
+                ok = is_number(a) and is_number(b) and a
+                ratios.append(b / a if ok else float("nan"))
             pos = [n + (i - (len(labels) - 2) / 2) * width for n in range(len(xs))]
             bars = ax.bar(pos, ratios, width, label=f"{label} / {labels[0]}")
             for rect, r in zip(bars, ratios):

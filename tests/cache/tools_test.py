@@ -240,6 +240,25 @@ class PlotBenchTest(ToolTestCase):
         self.no_temporaries(out)
 
 
+    @unittest.skipUnless(HAVE_MPL, "needs matplotlib")
+    def test_null_percentiles_and_no_server_info_are_plotted(self):
+        """leank-bench writes a percentile it cannot compute as null (every request failed, or
+        one output token each: no TPOT); the comparison plot divided by it (TypeError)."""
+        dense = bench_result("dense", 1, 100.0)
+        leank = bench_result("leank", 1, 150.0)
+        leank["results"]["tpot_ms"] = {"p50": None, "p99": None, "mean": None}
+        unlabelled = bench_result("", 8, 120.0)
+        unlabelled["server"] = None
+        out = self.path("plots")
+        r = run(PLOT_BENCH, self.write("d.json", dense), self.write("l.json", leank), "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("serving-compare-closed.png", sorted(os.listdir(out)))
+        # No label and a "server" that is not an object: the series is "dense".
+        r = run(PLOT_BENCH, self.write("u.json", unlabelled), "--out", out, "--prefix", "u-")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.no_temporaries(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # tools/make_random_llama.py
 
