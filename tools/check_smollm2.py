@@ -11,13 +11,15 @@ real-model reference outputs for the C++ tests.
 4. Writes tests/data/smollm2/expected.json (see tests/data/smollm2/README.md).
 
 Usage: python3 tools/check_smollm2.py [--model DIR] [--expected PATH] [--no-write]
-Exits non-zero when a check fails.
+Exits non-zero when a check fails; expected.json is then left as it was (written, through a
+temporary file, only when every check passed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -202,6 +204,11 @@ def main() -> None:
     check("Paris" in cases[0]["text_until_eos"], "the capital of France is Paris")
     print(f"(model checks took {time.time() - t0:.1f}s)")
 
+    if failures:
+        # expected.json is the C++ golden tests' reference: a model or tokenizer that fails a
+        # check must not replace it.
+        sys.exit(f"{len(failures)} check(s) failed: {failures}"
+                 + ("" if args.no_write else f"; {args.expected} was not written"))
     if not args.no_write:
         doc = {
             "format": "leank-smollm2-expected/1",
@@ -216,13 +223,12 @@ def main() -> None:
             "cases": cases,
         }
         args.expected.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.expected, "w", encoding="utf-8") as f:
+        tmp = args.expected.with_name(args.expected.name + ".tmp")  # no half-written file
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, ensure_ascii=False)
             f.write("\n")
+        os.replace(tmp, args.expected)
         print(f"wrote {args.expected}")
-
-    if failures:
-        sys.exit(f"{len(failures)} check(s) failed: {failures}")
     print("all checks passed")
 
 

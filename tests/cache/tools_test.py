@@ -455,5 +455,58 @@ class ConvertSmolLM2Test(ToolTestCase):
         self.refused(CONVERT, ["--gguf", good, "--out", notes], "exists and is not a folder")
 
 
+# ---------------------------------------------------------------------------------------------
+# tools/check_smollm2.py (the model, tokenizer and transformers replaced by stand-ins)
+
+CHECK = os.path.join(SOURCE_DIR, "tools", "check_smollm2.py")
+
+
+@unittest.skipUnless(have("numpy"), "needs numpy (convert_smollm2 imports it)")
+class CheckSmolLM2Test(ToolTestCase):
+    def run_main(self, failing):
+        module = load_module(CHECK, "check_smollm2_under_test")
+        module.failures.clear()
+        fake = mock.MagicMock()
+        fake.config.eos_token_id = 2
+        tokenizer = mock.MagicMock()
+        tokenizer.decode.return_value = "Paris is the capital."
+        expected = self.write("expected.json", "committed reference")
+
+        def tokenizer_check(_):
+            if failing:
+                module.check(False, "every GGUF token maps to its id")
+
+        stand_ins = {m: mock.MagicMock(__version__="0") for m in ("torch", "transformers")}
+        with mock.patch.dict(sys.modules, stand_ins), \
+                mock.patch.object(module.convert_smollm2, "is_complete", return_value=True), \
+                mock.patch.object(module, "check_tokenizer", tokenizer_check), \
+                mock.patch.object(module, "load_model", return_value=(tokenizer, fake)), \
+                mock.patch.object(module, "check_rope_layout"), \
+                mock.patch.object(module, "render_prompt", return_value=[1, 5]), \
+                mock.patch.object(module, "greedy", return_value=([7, 2], [0.5, 0.25])), \
+                mock.patch("sys.argv", ["check_smollm2.py", "--model", self.dir,
+                                        "--expected", expected]), \
+                mock.patch("sys.stdout"):
+            try:
+                module.main()
+                code = 0
+            except SystemExit as e:
+                code = e.code
+        with open(expected) as f:
+            return code, f.read()
+
+    def test_failed_check_keeps_the_committed_reference(self):
+        """expected.json is the golden tests' reference: it was rewritten from a model that
+        had failed a check (and only then did the script exit non-zero)."""
+        code, text = self.run_main(failing=True)
+        self.assertNotIn(code, (0, None))
+        self.assertEqual(text, "committed reference")
+        self.assertIn("was not written", str(code))
+        code, text = self.run_main(failing=False)
+        self.assertIn(code, (0, None))
+        self.assertEqual(json.loads(text)["cases"][0]["greedy_ids"], [7, 2])
+        self.no_temporaries()
+
+
 if __name__ == "__main__":
     unittest.main()
