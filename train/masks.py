@@ -24,6 +24,7 @@ from train import st_io
 
 FORMAT = "leank-mask/1"
 TENSOR = "leank.kept"
+SERVER_ALIGNS = (32, 16)  # cache/mask.cc: align 16 or 32, dividing head_dim
 
 
 def target_total(n: int, sparsity: float, align: int) -> int:
@@ -98,6 +99,9 @@ def save_mask(kept, path, *, sink: int, recent: int, align: int, target_sparsity
     k = kept.detach().cpu().numpy() if isinstance(kept, torch.Tensor) else np.asarray(kept)
     k = (k > 0.5).astype(np.uint8)
     counts = k.sum(-1)
+    if align not in SERVER_ALIGNS or k.shape[-1] % align:
+        raise ValueError(f"{path}: align {align!r} must be 16 or 32 and divide head_dim "
+                         f"{k.shape[-1]} (cache/mask.cc refuses any other)")
     if np.any(counts % align):
         raise ValueError(f"{path}: a head keeps a count not a multiple of align={align}")
     meta = {"format": FORMAT, "sink": str(sink), "recent": str(recent), "align": str(align),
@@ -158,8 +162,13 @@ def import_leank(src, *, align: Optional[int] = None) -> Tuple[np.ndarray, Dict[
             raise ValueError(f"{src}: mask values are not all 0 or 1")
         kept = t.numpy().astype(np.uint8)
     counts = kept.sum(-1)
-    if align is None:  # the largest of 32, 16, 8 dividing every count
-        align = next((a for a in (32, 16, 8) if not np.any(counts % a)), 1)
+    if align is None:  # the larger of 32, 16 (what leank-server accepts) that fits every head
+        D = kept.shape[-1]
+        align = next((a for a in SERVER_ALIGNS if D % a == 0 and not np.any(counts % a)), None)
+        if align is None:
+            raise ValueError(f"{src}: the heads' kept counts "
+                             f"{sorted({int(c) for c in np.unique(counts)})} (head_dim {D}) are "
+                             "not all multiples of 16 or 32, the aligns leank-server accepts")
     meta["align"] = str(align)
     meta["target_sparsity"] = repr(float(1.0 - kept.mean()))
     return kept, meta

@@ -146,6 +146,30 @@ def test_import_leank_pth_and_json(tmp_path):
     assert np.array_equal(back, out) and meta["format"] == "leank-mask/1"
 
 
+def test_import_writes_only_masks_the_server_loads(tmp_path):
+    """cache/mask.cc accepts align 16 or 32 dividing head_dim. The importer fell back to align
+    8 (or 1) when the kept counts were not multiples of 16, and picked 32 for head_dim 80, and
+    wrote files the server refuses; save_mask wrote any align it was given."""
+    def release(name, head_dim, counts):
+        kept = [[list(range(c)) for c in layer] for layer in counts]
+        (tmp_path / name).write_text(json.dumps(
+            {"format": "kept-channel index lists", "num_layers": len(counts),
+             "num_kv_heads": len(counts[0]), "head_dim": head_dim, "kept": kept}))
+        return tmp_path / name
+    odd = release("odd.json", 128, [[8, 32], [0, 64]])
+    with pytest.raises(ValueError, match="not all multiples of 16 or 32"):
+        import_leank_to_file(odd, tmp_path / "odd.safetensors")
+    assert not (tmp_path / "odd.safetensors").exists()
+    hd80 = release("hd80.json", 80, [[64, 32], [0, 64]])
+    import_leank_to_file(hd80, tmp_path / "hd80.safetensors")
+    assert load_mask(tmp_path / "hd80.safetensors")[1]["align"] == "16"
+    for align in (8, 64):
+        with pytest.raises(ValueError, match="must be 16 or 32"):
+            save_mask(torch.zeros(2, 2, 64), tmp_path / "a.safetensors", sink=128, recent=768,
+                      align=align, target_sparsity=1.0, model="x")
+    assert not (tmp_path / "a.safetensors").exists()
+
+
 RELEASED = "/work/shared/leank-masks/llama3.1-8b-instruct.pth"
 
 
