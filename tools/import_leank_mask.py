@@ -357,8 +357,10 @@ def read_mask(path):
         fail(f"{path}: value {arr[idx]} at (layer, head, channel) {idx} is not 0 or 1")
 
     def positive(key):
+        # absl::SimpleAtoi into an int: ASCII digits (str.isdigit also takes "²" and "١"),
+        # at most INT32_MAX.
         v = meta.get(key, str(DEFAULTS[key]))
-        if not v.isdigit() or int(v) <= 0:
+        if not (v.isascii() and v.isdigit()) or not 0 < int(v) <= 2**31 - 1:
             fail(f"{path}: metadata \"{key}\" must be a positive integer, got \"{v}\"")
         return int(v)
 

@@ -295,6 +295,11 @@ class BadInputTest(unittest.TestCase):
             ({"leank.kept": good}, dict(meta, align="32"), "keeps 16 channels, not a multiple of align 32"),
             ({"leank.kept": good}, dict(meta, sink="-1"), '"sink" must be a positive integer'),
             ({"leank.kept": good}, dict(meta, recent="x"), '"recent" must be a positive integer'),
+            # The C++ loader reads an int: "²" was a traceback (isdigit, then int()), and a
+            # value beyond INT32_MAX passed info but fails the server's load.
+            ({"leank.kept": good}, dict(meta, sink="\u00b2"), '"sink" must be a positive integer'),
+            ({"leank.kept": good}, dict(meta, recent="4294967296"),
+             '"recent" must be a positive integer'),
             ({"leank.kept": good}, dict(meta, target_sparsity="1.5"), '"target_sparsity" must be'),
         ]
         for i, (tensors, md, needle) in enumerate(cases):
