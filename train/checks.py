@@ -54,9 +54,14 @@ def _is_number(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-def need_int(where: str, v, lo: int) -> int:
-    if not _is_int(v) or v < lo:
-        raise ConfigError(f"{where}: must be an integer >= {lo}, got {v!r}")
+INT32_MAX = 2**31 - 1  # the C++ loaders read mask metadata into an int (absl::SimpleAtoi)
+
+
+def need_int(where: str, v, lo: int, hi: int = 0) -> int:
+    """An int >= lo (and <= hi when hi is given)."""
+    if not _is_int(v) or v < lo or (hi and v > hi):
+        rng = f"in [{lo}, {hi}]" if hi else f">= {lo}"
+        raise ConfigError(f"{where}: must be an integer {rng}, got {v!r}")
     return v
 
 
@@ -277,9 +282,9 @@ def check_run(cfg: dict) -> None:
         need_int("val_n", cfg["val_n"], 0)
     check_middle(cfg.get("middle", {}))
     exp = cfg.get("export", {})
-    for key in ("sink", "recent"):  # the server refuses a mask whose sink/recent are not > 0
-        if key in exp:
-            need_int(f"export.{key}", exp[key], 1)
+    for key in ("sink", "recent"):  # the server refuses a mask whose sink/recent are not
+        if key in exp:              # positive ints (cache/mask_io.cc)
+            need_int(f"export.{key}", exp[key], 1, INT32_MAX)
     if "model" in exp and not isinstance(exp["model"], str):
         raise ConfigError(f"export.model: must be a string, got {exp['model']!r}")
 

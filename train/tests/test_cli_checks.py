@@ -69,8 +69,11 @@ BAD_SETS = [
     ("foo=1", "unknown config keys ['foo']"),
     ("middle.sink=-1", "middle.sink: must be an integer >= 0, got -1"),
     ("middle.block=0", "middle.block: must be an integer >= 1, got 0"),
-    ("export.sink=0", "export.sink: must be an integer >= 1, got 0"),
-    ("export.recent=-5", "export.recent: must be an integer >= 1, got -5"),
+    ("export.sink=0", "export.sink: must be an integer in [1, 2147483647], got 0"),
+    ("export.recent=-5", "export.recent: must be an integer in [1, 2147483647], got -5"),
+    # Before: accepted, and the mask written with it fails leank-server --masks (an int).
+    ("export.recent=4294967296",
+     "export.recent: must be an integer in [1, 2147483647], got 4294967296"),
     ("dtype=float8", "dtype: must be one of float32, float16, bfloat16"),
     ("model=missing", "model folder"),
     ("data.file=missing.npz", "data.file: "),
