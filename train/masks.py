@@ -14,6 +14,7 @@ exactly 0 whenever (1 - s) * N is a multiple of align. Every head keeps a multip
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -154,7 +155,12 @@ def import_leank(src, *, align: Optional[int] = None) -> Tuple[np.ndarray, Dict[
                      "model": j.get("model", src.stem)})
         align = align or j.get("align")
     else:
-        t = torch.load(str(src), map_location="cpu")
+        try:  # tensors only: a .pth from elsewhere must not run pickled code
+            t = torch.load(str(src), map_location="cpu", weights_only=True)
+        except TypeError:  # torch older than 1.13 has no weights_only
+            t = torch.load(str(src), map_location="cpu")
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"{src}: not a tensor-only torch file ({e})") from None
         if isinstance(t, dict):  # tolerate {"mask": tensor}
             t = next(v for v in t.values() if isinstance(v, torch.Tensor))
         t = t.float()

@@ -49,7 +49,8 @@ class MiddleConfig:
 
 def lr_factor(step: int, steps: int, warmup_frac: float, decay_frac: float) -> float:
     """Multiplier of the base lr at `step` (0-based): ramps up linearly over the first
-    warmup_frac of steps, stays at 1, ramps down linearly to 0 over the last decay_frac."""
+    warmup_frac of steps, stays at 1, ramps down linearly over the last decay_frac, ending at 1/d (d = the decay
+    steps) on the last step."""
     w = max(1, int(round(steps * warmup_frac)))
     d = max(1, int(round(steps * decay_frac)))
     if step < w:

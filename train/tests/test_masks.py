@@ -290,3 +290,23 @@ def test_plots_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         plots.plot_mask(alpha, binarize(alpha, 0.5, 16), out)
     assert out.read_bytes() == b"earlier" and os.listdir(tmp_path) == [out.name]
+
+
+class _Planted:
+    """Unpickling this runs code (it creates the file named)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_import_leank_pth_runs_no_pickled_code(tmp_path):
+    """A released mask is a tensor; a .pth carrying anything else is refused, not executed."""
+    kept = _fake_release(tmp_path)
+    planted = tmp_path / "planted"
+    torch.save({"mask": kept, "extra": _Planted(planted)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="bad.pth: not a tensor-only torch file"):
+        import_leank(tmp_path / "bad.pth")
+    assert not planted.exists()
