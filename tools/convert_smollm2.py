@@ -375,9 +375,16 @@ def write_folder(tmp: Path, out_dir: Path, gguf_path: Path, weights, config, gen
                                          "gguf": str(gguf_path.resolve()),
                                          "gguf_bytes": gguf_path.stat().st_size,
                                          "gguf_mtime_ns": gguf_path.stat().st_mtime_ns}) + "\n")
+    # The old folder is moved aside, not deleted, before the new one takes its name: an
+    # interrupt between the two renames leaves it intact as OUT.old.
+    old = out_dir.with_name(out_dir.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        out_dir.rename(old)
     tmp.rename(out_dir)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def is_complete(out_dir: Path, gguf_path: Path | None = None) -> bool:
@@ -442,6 +449,9 @@ def main() -> None:
     try:
         convert(gguf_path, out_dir)
     except KeyboardInterrupt:
+        old = out_dir.with_name(out_dir.name + ".old")
+        if not out_dir.exists() and old.exists():  # between write_folder's two renames
+            sys.exit(f"error: interrupted; the previous conversion is in {old}")
         sys.exit(f"error: interrupted; {out_dir} was not changed")
     print(out_dir)
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from pathlib import Path
 from unittest import mock
 
 SOURCE_DIR = os.environ.get("LEANK_SOURCE_DIR",
@@ -453,6 +454,36 @@ class ConvertSmolLM2Test(ToolTestCase):
         with open(notes) as f:
             self.assertEqual(f.read(), "precious")
         self.refused(CONVERT, ["--gguf", good, "--out", notes], "exists and is not a folder")
+
+    def test_interrupted_swap_keeps_the_previous_conversion(self):
+        """write_folder swaps the new folder in by renames; it deleted the old one first, so
+        an interrupt before the last rename left no model at all."""
+        module = load_module(CONVERT, "convert_smollm2_under_test")
+        out = Path(self.path("model"))
+        out.mkdir()
+        (out / "config.json").write_text("previous")
+        real_rename = Path.rename
+
+        def interrupted(src, dst):
+            if Path(src).name == "model.tmp":
+                raise KeyboardInterrupt
+            return real_rename(src, dst)
+
+        weights = lambda path, *_: Path(path).write_bytes(b"w")
+        gguf = Path(self.write("m.gguf", "gguf"))
+        with mock.patch.object(module, "write_safetensors_bf16", weights), \
+                mock.patch.object(Path, "rename", interrupted), \
+                mock.patch.object(module, "log"):
+            with self.assertRaises(KeyboardInterrupt):
+                module.write_folder(Path(self.path("model.tmp")), out, gguf, {}, {}, {}, {}, {},
+                                    {})
+        self.assertEqual((Path(self.path("model.old")) / "config.json").read_text(), "previous")
+        with mock.patch.object(module, "write_safetensors_bf16", weights), \
+                mock.patch.object(module, "log"):
+            module.write_folder(Path(self.path("model.tmp")), out, gguf, {}, {}, {}, {}, {}, {})
+        self.assertEqual(json.loads((out / "config.json").read_text()), {})
+        self.assertFalse(os.path.exists(self.path("model.old")))
+        self.no_temporaries()
 
 
 # ---------------------------------------------------------------------------------------------
