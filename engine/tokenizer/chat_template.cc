@@ -77,20 +77,43 @@ std::optional<std::string> LiteralAfterEither(std::string_view tmpl, std::string
   return std::nullopt;
 }
 
+// Values of the wrong JSON type are treated as absent or refused; never a json exception.
 std::string BosFrom(const Json& config) {
-  const Json bos = config.value("bos_token", Json());
-  if (bos.is_string()) return bos.get<std::string>();
-  if (bos.is_object()) return bos.value("content", "");
+  const auto bos = config.find("bos_token");
+  if (bos == config.end()) return "";
+  if (bos->is_string()) return bos->get<std::string>();
+  if (bos->is_object()) {  // an AddedToken dict: {"content": "<s>", ...}
+    const auto content = bos->find("content");
+    if (content != bos->end() && content->is_string()) return content->get<std::string>();
+  }
   return "";
 }
 
 absl::StatusOr<std::string> TemplateFrom(const Json& config) {
-  const Json t = config.value("chat_template", Json());
-  if (t.is_string()) return t.get<std::string>();
-  if (t.is_array()) {  // [{"name": ..., "template": ...}]: the "default" one
-    for (const Json& e : t) {
-      if (e.value("name", "") == "default") return e.value("template", "");
+  const auto t = config.find("chat_template");
+  if (t != config.end() && t->is_string()) return t->get<std::string>();
+  if (t != config.end() && t->is_array()) {  // [{"name": ..., "template": ...}]: the "default" one
+    for (size_t i = 0; i < t->size(); ++i) {
+      const Json& e = (*t)[i];
+      const auto name = e.is_object() ? e.find("name") : e.end();
+      const auto text = e.is_object() ? e.find("template") : e.end();
+      if (!e.is_object() || name == e.end() || !name->is_string() || text == e.end() ||
+          !text->is_string()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tokenizer_config.json: chat_template[", i,
+                         "] is not an object with string 'name' and 'template'"));
+      }
+      if (name->get<std::string>() == "default") return text->get<std::string>();
     }
+    return absl::InvalidArgumentError(
+        "tokenizer_config.json: chat_template is a list of named templates without a "
+        "'default' entry");
+  }
+  if (t != config.end() && !t->is_null()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer_config.json: chat_template must be a string or a list of "
+                     "{name, template}, got ",
+                     t->type_name()));
   }
   return absl::InvalidArgumentError(
       "tokenizer_config.json: no chat_template (string, or a list with a 'default' entry)");

@@ -91,6 +91,43 @@ TEST(ChatTemplateTest, Errors) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Values of the wrong JSON type in tokenizer_config.json are a status, not a
+// nlohmann::json exception (which aborted leank-generate and leank-server at start-up,
+// even without --chat: the engine loads the template when it starts).
+TEST(ChatTemplateTest, MalformedTokenizerConfigIsAStatus) {
+  for (const char* config : {
+           R"({"chat_template": ["x"]})",
+           R"({"chat_template": [{"name": "default", "template": 7}]})",
+           R"({"chat_template": [{"name": 1, "template": "<|im_start|>"}]})",
+           R"({"chat_template": [{"name": "tool_use", "template": "<|im_start|>"}]})",
+           R"({"chat_template": 42})",
+           R"({"chat_template": {"default": "<|im_start|>"}})",
+       }) {
+    absl::StatusOr<ChatTemplate> t = absl::UnknownError("not run");
+    EXPECT_NO_THROW(t = ChatTemplate::FromTokenizerConfigJson(config)) << config;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << config;
+    EXPECT_NE(t.status().message().find("chat_template"), std::string::npos) << t.status();
+  }
+  // A bos_token that is neither a string nor an AddedToken object counts as absent
+  // (Llama-3 then uses <|begin_of_text|>).
+  for (const char* bos : {R"(5)", R"({"content": 5})", R"(["<s>"])"}) {
+    const std::string config =
+        std::string(R"({"bos_token": )") + bos + R"(, "chat_template": "<|start_header_id|>"})";
+    absl::StatusOr<ChatTemplate> t = absl::UnknownError("not run");
+    EXPECT_NO_THROW(t = ChatTemplate::FromTokenizerConfigJson(config)) << config;
+    ASSERT_TRUE(t.ok()) << t.status();
+    const ChatMessage msgs[] = {{"user", "hi"}};
+    EXPECT_EQ(t->Render(msgs, false).value_or(""),
+              "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>");
+  }
+  // The list form keeps working: the "default" entry, whatever its position.
+  auto listed = ChatTemplate::FromTokenizerConfigJson(
+      R"({"chat_template": [{"name": "rag", "template": "x"},
+                            {"name": "default", "template": "<|im_start|>"}]})");
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(listed->family(), ChatTemplate::Family::kChatML);
+}
+
 }  // namespace
 }  // namespace leank
 
