@@ -115,8 +115,9 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const Json& model) 
                                                      "', '", b,
                                                      "') uses a token not in the vocab"));
     }
-    // Like HF, a repeated pair keeps its first (lowest) rank.
-    bpe->merges_.try_emplace(PairKey(ia->second, ib->second), Merge{rank, ic->second});
+    // Like HF (its merge map is collected from the list, later entries overwriting
+    // earlier ones), a repeated pair takes the rank of its last occurrence.
+    bpe->merges_.insert_or_assign(PairKey(ia->second, ib->second), Merge{rank, ic->second});
     ++rank;
   }
   for (int b = 0; b < 256; ++b) {

@@ -298,6 +298,23 @@ TEST(TokenizerTest, MergeFormatsAndSplitBehaviors) {
   }
 }
 
+// A pair listed twice in merges takes the rank of its LAST occurrence, as in HF
+// tokenizers 0.23 (it collects the merges into a map, later entries overwriting): with
+// "b c" at ranks 0 and 3, "a b" (1) merges first and "abc" is one token. HF:
+// Tokenizer.from_str(...).encode("abc").ids == [5], encode("bcab").ids == [4, 3].
+TEST(TokenizerTest, RepeatedMergeTakesItsLastRankLikeHf) {
+  for (const std::string merges :
+       {R"(["b c","a b","ab c","b c"])", R"([["b","c"],["a","b"],["ab","c"],["b","c"]])"}) {
+    auto tok = Tokenizer::FromJson(MinimalJson(
+        absl::StrCat(R"({"type":"BPE","vocab":{"a":0,"b":1,"c":2,"ab":3,"bc":4,"abc":5},)",
+                     R"("merges":)", merges, "}"),
+        R"({"type":"ByteLevel","add_prefix_space":false,"use_regex":false})"));
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    EXPECT_EQ((*tok)->Encode("abc", false).value(), (std::vector<int32_t>{5})) << merges;
+    EXPECT_EQ((*tok)->Encode("bcab", false).value(), (std::vector<int32_t>{4, 3})) << merges;
+  }
+}
+
 }  // namespace
 }  // namespace leank
 
