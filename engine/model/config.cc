@@ -5,6 +5,7 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -292,7 +293,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   MODEL_ASSIGN_OR_RETURN(c.intermediate_size, r.Int("intermediate_size"));
   MODEL_ASSIGN_OR_RETURN(c.num_layers, r.Int("num_hidden_layers"));
   MODEL_ASSIGN_OR_RETURN(c.num_heads, r.Int("num_attention_heads"));
-  MODEL_ASSIGN_OR_RETURN(c.num_kv_heads, r.Int("num_key_value_heads", c.num_heads));
+  // A key absent from config.json takes the default of the transformers config class,
+  // which differs per architecture; null means None (here: the number of heads).
+  const bool has_kv_key = root.contains("num_key_value_heads");
+  int kv_default = c.num_heads;
+  if (!has_kv_key && c.model_type == "mistral") kv_default = 8;  // MistralConfig
+  if (!has_kv_key && c.model_type == "qwen2") kv_default = 32;   // Qwen2Config
+  MODEL_ASSIGN_OR_RETURN(c.num_kv_heads, r.Int("num_key_value_heads", kv_default));
   MODEL_ASSIGN_OR_RETURN(c.max_position_embeddings, r.Int("max_position_embeddings"));
   if (r.Find("head_dim") != nullptr) {
     MODEL_ASSIGN_OR_RETURN(c.head_dim, r.Int("head_dim"));
@@ -308,16 +315,52 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   MODEL_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
   MODEL_ASSIGN_OR_RETURN(c.bos_token_ids, r.IntList("bos_token_id"));
   MODEL_ASSIGN_OR_RETURN(c.eos_token_ids, r.IntList("eos_token_id"));
+  // LlamaConfig and MistralConfig default bos_token_id 1 and eos_token_id 2 (HF generate
+  // stops on 2 when config.json has no eos_token_id); Qwen2Config has none. An id the
+  // vocabulary cannot produce plays no part, so a default outside it is left out.
+  if (c.model_type == "llama" || c.model_type == "mistral") {
+    for (auto [key, id, ids] : {std::tuple{"bos_token_id", 1, &c.bos_token_ids},
+                                std::tuple{"eos_token_id", 2, &c.eos_token_ids}}) {
+      if (!root.contains(key) && id < c.vocab_size) ids->push_back(id);
+    }
+  }
 
+  // The attention window: HF's default 4096 when the key is absent, none when null.
+  auto window = [&]() -> absl::StatusOr<int> {
+    if (!root.contains("sliding_window")) return 4096;
+    return r.Int("sliding_window", 0);
+  };
   if (c.model_type == "qwen2") {
     c.attention_bias = true;  // Qwen2 always has q/k/v biases; the config has no key for it.
     bool use_sliding = false;
     MODEL_ASSIGN_OR_RETURN(use_sliding, r.Bool("use_sliding_window", false));
-    if (use_sliding) MODEL_ASSIGN_OR_RETURN(c.sliding_window, r.Int("sliding_window", 0));
+    if (use_sliding) {
+      MODEL_ASSIGN_OR_RETURN(c.sliding_window, window());
+      // Only layers >= max_window_layers slide (or those layer_types names
+      // "sliding_attention"); with none of them the model has full attention throughout.
+      bool any_sliding = false;
+      if (const Json* types = r.Find("layer_types"); types != nullptr && types->is_array()) {
+        for (const Json& t : *types) any_sliding |= t == "sliding_attention";
+      } else {
+        int max_window_layers = 0;
+        MODEL_ASSIGN_OR_RETURN(max_window_layers, r.Int("max_window_layers", 28));
+        any_sliding = c.num_layers > max_window_layers;
+      }
+      if (!any_sliding) c.sliding_window = 0;
+    }
+  } else if (c.model_type == "mistral") {
+    // MistralAttention has no biases whatever config.json says (transformers ignores
+    // attention_bias for Mistral).
+    MODEL_ASSIGN_OR_RETURN(c.sliding_window, window());
   } else {
     MODEL_ASSIGN_OR_RETURN(c.attention_bias, r.Bool("attention_bias", false));
-    if (c.model_type == "mistral")
-      MODEL_ASSIGN_OR_RETURN(c.sliding_window, r.Int("sliding_window", 0));
+    if (c.attention_bias) {
+      // LlamaAttention's attention_bias puts a bias on o_proj too, which the backends
+      // do not add: running without it would silently be another model.
+      return absl::UnimplementedError(absl::StrCat(
+          origin_str,
+          ": attention_bias true (LlamaForCausalLM: q/k/v/o_proj biases) is not supported"));
+    }
   }
 
   // transformers 5.x writes `dtype`, older versions `torch_dtype`.

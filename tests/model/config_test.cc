@@ -124,22 +124,112 @@ TEST(ConfigTest, DefaultsForOptionalKeys) {
   EXPECT_DOUBLE_EQ(c->rms_norm_eps, 1e-6);
   EXPECT_DOUBLE_EQ(c->rope_theta, 10000.0);
   EXPECT_EQ(c->rope_scaling.type, RopeScaling::Type::kNone);
-  EXPECT_TRUE(c->bos_token_ids.empty());
-  EXPECT_TRUE(c->eos_token_ids.empty());
+  // LlamaConfig's bos_token_id 1 and eos_token_id 2.
+  EXPECT_EQ(c->bos_token_ids, std::vector<int>{1});
+  EXPECT_EQ(c->eos_token_ids, std::vector<int>{2});
   EXPECT_EQ(c->torch_dtype, DType::kF32);
 }
 
-TEST(ConfigTest, ExplicitHeadDimAndAttentionBias) {
+TEST(ConfigTest, ExplicitHeadDimAndNullIds) {
   Json j = LlamaConfigJson();
   j["head_dim"] = 64;
-  j["attention_bias"] = true;
+  j["bos_token_id"] = nullptr;
   j["eos_token_id"] = nullptr;
   auto c = Parse(j);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->head_dim, 64);
   EXPECT_EQ(c->q_size(), 2048);
-  EXPECT_TRUE(c->attention_bias);
+  EXPECT_FALSE(c->attention_bias);
+  EXPECT_TRUE(c->bos_token_ids.empty());  // null is None, not the class default
   EXPECT_TRUE(c->eos_token_ids.empty());
+}
+
+// Keys absent from config.json take what the transformers config class (4.x and 5.x)
+// defaults to for that architecture; the old code used one set of defaults for all
+// three (no window, kv heads = heads, no bos/eos), so a Mistral config without
+// sliding_window ran full attention where transformers slides a 4096-token window.
+TEST(ConfigTest, AbsentKeysTakeTheArchitecturesTransformersDefaults) {
+  // MistralConfig: sliding_window 4096, num_key_value_heads 8, bos 1, eos 2.
+  Json m = MistralConfigJson();
+  for (const char* key : {"sliding_window", "num_key_value_heads", "bos_token_id", "eos_token_id"})
+    m.erase(key);
+  auto c = Parse(m);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sliding_window, 4096);
+  EXPECT_EQ(c->num_kv_heads, 8);
+  EXPECT_EQ(c->bos_token_ids, std::vector<int>{1});
+  EXPECT_EQ(c->eos_token_ids, std::vector<int>{2});
+  // null: None (no window; kv heads = heads).
+  m["sliding_window"] = nullptr;
+  m["num_key_value_heads"] = nullptr;
+  c = Parse(m);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sliding_window, 0);
+  EXPECT_EQ(c->num_kv_heads, 32);
+
+  // Qwen2Config: num_key_value_heads 32, no bos/eos; with use_sliding_window a 4096
+  // window on layers >= max_window_layers (28), so a 24-layer model has none.
+  Json q = Qwen2ConfigJson();
+  for (const char* key : {"num_key_value_heads", "bos_token_id", "eos_token_id", "sliding_window",
+                          "max_window_layers"})
+    q.erase(key);
+  q["num_attention_heads"] = 32;
+  q["hidden_size"] = 2048;
+  q["use_sliding_window"] = true;
+  c = Parse(q);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->num_kv_heads, 32);
+  EXPECT_TRUE(c->bos_token_ids.empty());
+  EXPECT_TRUE(c->eos_token_ids.empty());
+  EXPECT_EQ(c->sliding_window, 0);  // 24 layers, none >= 28
+  q["num_hidden_layers"] = 30;
+  c = Parse(q);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sliding_window, 4096);
+  q["max_window_layers"] = 30;
+  c = Parse(q);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sliding_window, 0);
+  // transformers 5.x writes layer_types; it decides which layers slide.
+  q["layer_types"] = Json::array();
+  for (int i = 0; i < 30; ++i)
+    q["layer_types"].push_back(i == 29 ? "sliding_attention" : "full_attention");
+  q["sliding_window"] = 1024;
+  c = Parse(q);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sliding_window, 1024);
+  q["sliding_window"] = nullptr;
+  c = Parse(q);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sliding_window, 0);
+
+  // A default id the vocabulary cannot produce is left out (it could never stop anything).
+  Json tiny = LlamaConfigJson();
+  tiny.erase("bos_token_id");
+  tiny.erase("eos_token_id");
+  tiny["vocab_size"] = 2;
+  c = Parse(tiny);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->bos_token_ids, std::vector<int>{1});
+  EXPECT_TRUE(c->eos_token_ids.empty());
+}
+
+// transformers' attention biases: Qwen2 q/k/v always; Llama's attention_bias puts one on
+// q/k/v AND o_proj (which the backends do not add: refused by name, where the old code
+// bound q/k/v only and then called the checkpoint's o_proj.bias an unused tensor);
+// Mistral has none, whatever config.json says (the old code required q/k/v biases).
+TEST(ConfigTest, AttentionBiasAsTransformersBuildsIt) {
+  Json l = LlamaConfigJson();
+  l["attention_bias"] = true;
+  auto c = Parse(l);
+  ASSERT_EQ(c.status().code(), StatusCode::kUnimplemented) << c.status();
+  EXPECT_NE(c.status().message().find("attention_bias"), std::string::npos) << c.status();
+  EXPECT_NE(c.status().message().find("o_proj"), std::string::npos) << c.status();
+  Json m = MistralConfigJson();
+  m["attention_bias"] = true;
+  c = Parse(m);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->attention_bias);
 }
 
 TEST(ConfigTest, LinearRopeScalingWithLegacyTypeKey) {
