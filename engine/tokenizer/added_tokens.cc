@@ -76,7 +76,12 @@ void AddedTokenMatcher::SplitText(std::string_view text, std::vector<Split>* out
     const size_t end = tok.rstrip ? SkipWhitespaceRight(text, best_end) : best_end;
     if (begin > plain_begin) out->push_back({text.substr(plain_begin, begin - plain_begin), -1});
     out->push_back({text.substr(begin, end - begin), tok.id});
-    plain_begin = pos = end;
+    // As HF's AddedVocabulary::find_matches: the matches are those of the raw text (the
+    // search goes on from the match's end, not from the end of what rstrip swallowed),
+    // so an added token inside a stripped whitespace run (e.g. "\n") is still a token,
+    // and plain text resumes after the last match's (stripped) end.
+    plain_begin = end;
+    pos = best_end;
   }
   if (plain_begin < text.size()) out->push_back({text.substr(plain_begin), -1});
 }

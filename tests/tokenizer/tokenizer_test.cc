@@ -342,6 +342,36 @@ TEST(TokenizerTest, AddedTokenLstripRstripMatchHf) {
   }
 }
 
+// An added token inside the whitespace an lstrip/rstrip token swallows is still a
+// token in HF (find_matches takes the matches of the raw text, then widens each by its
+// strip): llama3-mini + "<X>" (lstrip, rstrip) and "\n", ids from tokenizers 0.23.3.
+// The old code resumed its search after the swallowed whitespace and lost the "\n"s.
+TEST(TokenizerTest, AddedTokenInsideStrippedWhitespaceMatchesHf) {
+  std::ifstream in(TokenizerData() / "llama3-mini" / "tokenizer.json");
+  nlohmann::json data = nlohmann::json::parse(in);
+  auto added = [&](const char* content, int id, bool strip) {
+    data["added_tokens"].push_back({{"id", id},
+                                    {"content", content},
+                                    {"single_word", false},
+                                    {"lstrip", strip},
+                                    {"rstrip", strip},
+                                    {"normalized", false},
+                                    {"special", false}});
+  };
+  added("<X>", 3256, true);
+  added("\n", 3257, false);
+  auto tok = Tokenizer::FromJson(data.dump());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const std::pair<const char*, std::vector<int32_t>> cases[] = {
+      {"<X>\n\n<X>", {3256, 3257, 3257, 3256}}, {"<X>\n  abc", {3256, 3257, 220, 1349, 66}},
+      {"a \n<X>b", {64, 220, 3257, 3256, 65}},  {"a\n <X> \nb", {64, 3257, 3256, 3257, 65}},
+      {"<X><X> x", {3256, 3256, 87}},
+  };
+  for (const auto& [text, ids] : cases) {
+    EXPECT_EQ((*tok)->Encode(text, false).value(), ids) << nlohmann::json(text).dump();
+  }
+}
+
 TEST(TokenizerTest, NfcMatchesPythonUnicodedata) {
   const auto cases = ReadJsonl(TokenizerData() / "nfc.jsonl");
   ASSERT_GE(cases.size(), 1000u);
