@@ -121,12 +121,13 @@ absl::StatusOr<std::string> TemplateFrom(const Json& config) {
 
 }  // namespace
 
-absl::StatusOr<ChatTemplate> ChatTemplate::FromTokenizerConfigJson(std::string_view json_text) {
+absl::StatusOr<ChatTemplate> ChatTemplate::FromTokenizerConfigJson(
+    std::string_view json_text, std::optional<std::string> jinja) {
   const Json config = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (config.is_discarded() || !config.is_object()) {
     return absl::InvalidArgumentError("tokenizer_config.json: not a JSON object");
   }
-  auto tmpl_or = TemplateFrom(config);
+  auto tmpl_or = jinja ? absl::StatusOr<std::string>(*std::move(jinja)) : TemplateFrom(config);
   if (!tmpl_or.ok()) return tmpl_or.status();
   const std::string& tmpl = *tmpl_or;
   ChatTemplate ct;
@@ -175,16 +176,32 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromTokenizerConfigJson(std::string_v
 }
 
 absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::filesystem::path& tokenizer_config) {
-  std::ifstream in(tokenizer_config, std::ios::binary);
-  if (!in) {
+  auto read = [](const std::filesystem::path& path) -> std::optional<std::string> {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::stringstream buf;
+    buf << in.rdbuf();
+    return buf.str();
+  };
+  const std::optional<std::string> config = read(tokenizer_config);
+  if (!config) {
     return absl::NotFoundError(absl::StrCat("cannot open ", tokenizer_config.string()));
   }
-  std::stringstream buf;
-  buf << in.rdbuf();
-  auto ct = FromTokenizerConfigJson(buf.str());
+  // transformers reads chat_template.jinja first when it exists (and writes the
+  // template only there), so a template in the config beside it is not the model's.
+  const std::filesystem::path jinja_path = tokenizer_config.parent_path() / "chat_template.jinja";
+  std::optional<std::string> jinja;
+  std::error_code ec;
+  if (std::filesystem::exists(jinja_path, ec)) {
+    jinja = read(jinja_path);
+    if (!jinja) return absl::NotFoundError(absl::StrCat("cannot open ", jinja_path.string()));
+  }
+  const bool from_jinja = jinja.has_value();
+  auto ct = FromTokenizerConfigJson(*config, std::move(jinja));
   if (!ct.ok()) {
-    return absl::Status(ct.status().code(),
-                        absl::StrCat(tokenizer_config.string(), ": ", ct.status().message()));
+    return absl::Status(ct.status().code(), absl::StrCat(tokenizer_config.string(),
+                                                         from_jinja ? " + chat_template.jinja" : "",
+                                                         ": ", ct.status().message()));
   }
   return ct;
 }

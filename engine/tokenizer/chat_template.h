@@ -1,6 +1,8 @@
 #pragma once
 // Chat templates of the supported model families, recognised from the
-// chat_template string in tokenizer_config.json. Only known families are
+// chat_template string in tokenizer_config.json, or from chat_template.jinja beside
+// it (newer transformers write the template there; it takes priority, as in
+// transformers). Only known families are
 // rendered; an unknown template is an error, never a guess.
 //
 // Supported (plain system/user/assistant messages; no tools):
@@ -12,6 +14,7 @@
 //     "Cutting Knowledge Date: ..." and "Today Date: ...".
 
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -33,9 +36,12 @@ class ChatTemplate {
     kLlama3,  // <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
   };
 
-  // Reads tokenizer_config.json ("chat_template", and bos_token for Llama-3).
+  // Reads tokenizer_config.json ("chat_template", and bos_token for Llama-3); a
+  // chat_template.jinja in the same folder replaces its "chat_template".
   static absl::StatusOr<ChatTemplate> Load(const std::filesystem::path& tokenizer_config);
-  static absl::StatusOr<ChatTemplate> FromTokenizerConfigJson(std::string_view json_text);
+  // `jinja`: the template text of a chat_template.jinja, used instead of the config's.
+  static absl::StatusOr<ChatTemplate> FromTokenizerConfigJson(
+      std::string_view json_text, std::optional<std::string> jinja = std::nullopt);
 
   // Renders the conversation; InvalidArgument for an empty list or unknown role.
   // With add_generation_prompt the assistant header is appended.

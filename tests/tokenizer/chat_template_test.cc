@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <ctime>
+#include <fstream>
 #include <map>
 #include <vector>
 
@@ -16,6 +17,11 @@ namespace {
 
 using testing::ReadJsonl;
 using testing::TokenizerData;
+
+nlohmann::json ReadJsonFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return nlohmann::json::parse(in);
+}
 
 std::filesystem::path ConfigOf(const std::string& name) {
   return TokenizerData() / "templates" / (name + ".tokenizer_config.json");
@@ -159,6 +165,49 @@ TEST(ChatTemplateTest, StrftimeNowTemplatesUseTodaysDate) {
                         "Cutting Knowledge Date: December 2023\nToday Date: ") +
                 today +
                 "\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
+}
+
+// transformers (>= 4.50) writes the template to chat_template.jinja beside
+// tokenizer_config.json and reads that file first; a model saved so has no
+// "chat_template" key at all, and "no chat_template" was the answer.
+TEST(ChatTemplateTest, ChatTemplateJinjaBesideTheConfigWins) {
+  const nlohmann::json qwen = ReadJsonFile(ConfigOf("qwen2.5"));
+  const nlohmann::json llama = ReadJsonFile(ConfigOf("llama3.1"));
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / "chat_template_jinja";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir / name, std::ios::binary) << text;
+  };
+  nlohmann::json config = qwen;
+  config.erase("chat_template");
+  write("tokenizer_config.json", config.dump());
+  EXPECT_FALSE(ChatTemplate::Load(dir / "tokenizer_config.json").ok());
+  write("chat_template.jinja", qwen["chat_template"].get<std::string>());
+  auto from_file = ChatTemplate::Load(dir / "tokenizer_config.json");
+  auto from_config = ChatTemplate::Load(ConfigOf("qwen2.5"));
+  ASSERT_TRUE(from_file.ok()) << from_file.status();
+  ASSERT_TRUE(from_config.ok()) << from_config.status();
+  EXPECT_EQ(from_file->family(), ChatTemplate::Family::kChatML);
+  EXPECT_EQ(from_file->default_system(), from_config->default_system());
+  EXPECT_NE(from_file->default_system(), "");
+  const ChatMessage msgs[] = {{"user", "Hi"}};
+  EXPECT_EQ(*from_file->Render(msgs), *from_config->Render(msgs));
+
+  // Both present: the file's template is the model's (ChatML config, Llama-3.1 file).
+  write("tokenizer_config.json", qwen.dump());
+  write("chat_template.jinja", llama["chat_template"].get<std::string>());
+  auto both = ChatTemplate::Load(dir / "tokenizer_config.json");
+  ASSERT_TRUE(both.ok()) << both.status();
+  EXPECT_EQ(both->family(), ChatTemplate::Family::kLlama3);
+
+  write("chat_template.jinja", "{% for m in messages %}[INST] {{ m.content }}{% endfor %}");
+  auto unknown = ChatTemplate::Load(dir / "tokenizer_config.json");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("chat_template.jinja: unknown chat template"),
+            std::string::npos)
+      << unknown.status();
 }
 
 }  // namespace
