@@ -53,6 +53,17 @@ struct Candidate {
 
 }  // namespace
 
+absl::StatusOr<int32_t> TokenIdFromJson(const Json& value, std::string_view what) {
+  if ((value.is_number_integer() || value.is_number_unsigned()) && value.get<int64_t>() >= 0 &&
+      (value.is_number_unsigned() ? value.get<uint64_t>() <= uint64_t(kMaxTokenId)
+                                  : value.get<int64_t>() <= kMaxTokenId)) {
+    return static_cast<int32_t>(value.get<int64_t>());
+  }
+  return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: ", std::string(what),
+                                                 ": id must be an integer in [0, ", kMaxTokenId,
+                                                 "], got ", value.dump()));
+}
+
 const std::string& ByteToChar(uint8_t b) { return Tables().byte_to_char[b]; }
 
 int CharToByte(char32_t c) { return c < 324 ? Tables().char_to_byte[c] : -1; }
@@ -80,8 +91,9 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const Json& model) 
   auto bpe = std::unique_ptr<BpeModel>(new BpeModel());
   int32_t max_id = -1;
   for (const auto& [token, id] : model.at("vocab").items()) {
-    const auto i = id.get<int32_t>();
-    if (i < 0) return absl::InvalidArgumentError(absl::StrCat("vocab id ", i, " is negative"));
+    const absl::StatusOr<int32_t> i_or = TokenIdFromJson(id, "vocab entry '" + token + "'");
+    if (!i_or.ok()) return i_or.status();
+    const int32_t i = *i_or;
     bpe->vocab_.emplace(token, i);
     max_id = std::max(max_id, i);
   }

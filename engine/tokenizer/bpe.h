@@ -16,6 +16,14 @@
 
 namespace leank::tokenizer_internal {
 
+// Token ids above this are refused: the id tables are dense, so one stray huge id
+// would allocate gigabytes (the largest vocabularies in use are ~256K).
+inline constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
+
+// A token id of tokenizer.json: an integer in [0, kMaxTokenId], else an error naming
+// `what` (e.g. "vocab entry 'abc'"). Floats, strings and out-of-range values included.
+absl::StatusOr<int32_t> TokenIdFromJson(const nlohmann::json& value, std::string_view what);
+
 // GPT-2's bytes_to_unicode(): the UTF-8 text of the char standing for byte b.
 const std::string& ByteToChar(uint8_t b);
 // Inverse mapping for a code point; -1 if the code point stands for no byte.

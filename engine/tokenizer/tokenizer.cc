@@ -171,8 +171,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Build(const Json& root)
   tok->id_to_token_ = tok->model_->id_to_token();
   for (const Json& a : root.value("added_tokens", Json::array())) {
     AddedToken t;
-    t.id = a.at("id").get<int32_t>();
     t.content = a.at("content").get<std::string>();
+    const absl::StatusOr<int32_t> id =
+        tokenizer_internal::TokenIdFromJson(a.at("id"), "added token '" + t.content + "'");
+    if (!id.ok()) return id.status();
+    t.id = *id;
     t.special = a.value("special", false);
     t.lstrip = a.value("lstrip", false);
     t.rstrip = a.value("rstrip", false);
@@ -182,7 +185,6 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Build(const Json& root)
       return absl::UnimplementedError(absl::StrCat("tokenizer.json: added token '", t.content,
                                                    "' has single_word=true (not supported)"));
     }
-    if (t.id < 0) return absl::InvalidArgumentError("tokenizer.json: negative added token id");
     if (!IsValidUtf8(t.content)) {
       return absl::InvalidArgumentError("tokenizer.json: added token content is not UTF-8");
     }

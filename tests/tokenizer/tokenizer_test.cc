@@ -262,6 +262,43 @@ TEST(TokenizerTest, RefusesUnsupportedConfigurationsByName) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 }
 
+// Ids index dense tables: a huge id allocated that many entries (bad_alloc or an
+// OOM kill at start-up), ids past INT32_MAX wrapped, and a float id was truncated.
+TEST(TokenizerTest, TokenIdsOutOfRangeOrNotIntegersAreNamed) {
+  const std::string byte_level = R"({"type":"ByteLevel"})";
+  auto with_added = [&](const std::string& id) {
+    return absl::StrCat(R"({"model":{"type":"BPE","vocab":{"a":0,"b":1},"merges":[]},)",
+                        R"("pre_tokenizer":{"type":"ByteLevel"},"normalizer":null,)",
+                        R"("decoder":{"type":"ByteLevel"},"added_tokens":[{"id":)", id,
+                        R"(,"content":"<x>","special":true}]})");
+  };
+  auto with_vocab_id = [&](const std::string& id) {
+    return MinimalJson(
+        absl::StrCat(R"({"type":"BPE","vocab":{"a":0,"b":)", id, R"(},"merges":[]})"), byte_level);
+  };
+  struct Bad {
+    std::string json, word;
+  } cases[] = {
+      {with_added("2000000000"), "added token '<x>': id must be an integer in [0, 16777215]"},
+      {with_added("4294967298"), "added token '<x>'"},
+      {with_added("-1"), "added token '<x>'"},
+      {with_added("2.5"), "got 2.5"},
+      {with_added(R"("2")"), "added token '<x>'"},
+      {with_vocab_id("3000000000"), "vocab entry 'b': id must be an integer"},
+      {with_vocab_id("1.0"), "vocab entry 'b'"},
+      {with_vocab_id("-4"), "vocab entry 'b'"},
+  };
+  for (const Bad& b : cases) {
+    auto tok = Tokenizer::FromJson(b.json);
+    ASSERT_FALSE(tok.ok()) << b.json;
+    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
+    EXPECT_NE(tok.status().message().find(b.word), std::string::npos) << tok.status();
+  }
+  auto ok = Tokenizer::FromJson(with_added("1000"));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ((*ok)->TokenToId("<x>"), 1000);
+}
+
 TEST(TokenizerTest, MergeFormatsAndSplitBehaviors) {
   // Merges as "a b" strings and as [a, b] pairs give the same model.
   const std::string vocab = R"({"a":0,"b":1,"ab":2,"c":3,"abc":4,"-":5})";
