@@ -254,6 +254,9 @@ absl::Status CheckSanity(const FieldReader& r, const ModelConfig& c) {
                  absl::StrCat("(", c.head_dim, ") x num_attention_heads (", c.num_heads,
                               ") = ", int64_t{c.num_heads} * c.head_dim, " is out of range"));
   }
+  // RoPE rotates channel pairs (i, i + head_dim / 2): an odd head_dim has no such split
+  // (transformers fails on it too).
+  if (c.head_dim % 2 != 0) return r.Bad("head_dim", absl::StrCat("must be even, got ", c.head_dim));
   if (c.num_heads % c.num_kv_heads != 0) {
     return r.Bad(
         "num_key_value_heads",

@@ -74,7 +74,9 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const Json& model) 
     return absl::UnimplementedError(absl::StrCat("tokenizer.json: model type '", type,
                                                  "' is not supported (only byte-level BPE)"));
   }
-  if (!model.value("dropout", Json()).is_null()) {
+  // dropout 0 (or null) is plain BPE, as in HF tokenizers; anything else is random.
+  if (const Json dropout = model.value("dropout", Json());
+      !dropout.is_null() && !(dropout.is_number() && dropout.get<double>() == 0.0)) {
     return absl::UnimplementedError("tokenizer.json: BPE dropout is not supported");
   }
   if (model.value("byte_fallback", false)) {

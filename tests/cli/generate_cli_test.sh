@@ -20,6 +20,7 @@ expect bad-temperature 2 "temperature" -- --model "$MODEL" --prompt "hi" --tempe
 expect bad-gpu-sampling 2 "gpu-sampling" -- --model "$MODEL" --prompt "hi" --gpu-sampling maybe
 expect cpu-ignores-gpu-sampling 0 "Paris" -- --model "$MODEL" --chat "What is the capital of France?" \
   --max-tokens 12 --gpu-sampling true
+expect bad-log-level 2 "--log-level: loud not in" -- --model "$MODEL" --prompt "hi" --log-level loud
 expect unknown-flag 2 "not expected" -- --model "$MODEL" --prompt "hi" --no-such-flag
 expect missing-model 3 "config.json" -- --model /nonexistent/model --prompt "hi"
 # Out-of-range numbers were taken as "the default" (negative budget, sink) or cut silently.

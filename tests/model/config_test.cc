@@ -353,6 +353,10 @@ TEST(ConfigTest, SanityChecks) {
   j = LlamaConfigJson();
   j["bos_token_id"] = -1;
   EXPECT_STATUS(Parse(j).status(), StatusCode::kInvalidArgument, "bos_token_id", "-1");
+  // RoPE splits a head in two halves: an odd head_dim loaded and ran a shifted rotation.
+  j = LlamaConfigJson();
+  j["head_dim"] = 127;
+  EXPECT_STATUS(Parse(j).status(), StatusCode::kInvalidArgument, "head_dim", "must be even");
   j = LlamaConfigJson();
   j["torch_dtype"] = "int8";
   EXPECT_STATUS(Parse(j).status(), StatusCode::kInvalidArgument, "torch_dtype", "int8");

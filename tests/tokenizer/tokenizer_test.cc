@@ -251,6 +251,8 @@ TEST(TokenizerTest, RefusesUnsupportedConfigurationsByName) {
       {MinimalJson(R"({"type":"BPE","vocab":{"a":0},"merges":["a b"]})", byte_level), "merge"},
       {MinimalJson(R"({"type":"BPE","vocab":{},"merges":[],"byte_fallback":true})", byte_level),
        "byte_fallback"},
+      {MinimalJson(R"({"type":"BPE","vocab":{},"merges":[],"dropout":0.1})", byte_level),
+       "dropout"},
       {"not json", "JSON"},
   };
   for (const Bad& b : cases) {
@@ -258,6 +260,10 @@ TEST(TokenizerTest, RefusesUnsupportedConfigurationsByName) {
     ASSERT_FALSE(tok.ok()) << b.json;
     EXPECT_NE(tok.status().message().find(b.word), std::string::npos) << tok.status();
   }
+  // dropout 0 is plain BPE in HF tokenizers (it was refused as "dropout").
+  auto zero = Tokenizer::FromJson(
+      MinimalJson(R"({"type":"BPE","vocab":{"a":0},"merges":[],"dropout":0.0})", byte_level));
+  EXPECT_TRUE(zero.ok()) << zero.status();
   auto missing = Tokenizer::Load("/nonexistent/tokenizer.json");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 }

@@ -70,7 +70,8 @@ int main(int argc, char** argv) {
   app.add_flag("--ignore-eos", gp.ignore_eos, "Keep generating past EOS");
   app.add_flag("--stats", stats, "Print prompt/decode tokens per second to stderr");
   app.add_flag("--token-ids", raw_ids, "Print generated token ids (one per line) instead of text");
-  app.add_option("--log-level", log_level, "trace|debug|info|warn|error");
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|critical|off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -82,7 +83,6 @@ int main(int argc, char** argv) {
   if (cpu_activations == "bf16" && eo.backend != "cpu") {
     return Fail(2, "--cpu-activations bf16 applies to --backend cpu only");
   }
-  spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_default_logger(spdlog::stderr_color_mt("leank"));
   spdlog::set_level(spdlog::level::from_str(log_level));
   eo.model_dir = model;
