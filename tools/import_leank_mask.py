@@ -169,7 +169,10 @@ def model_shape(path):
 
     layers = get("num_hidden_layers")
     heads = get("num_attention_heads")
-    kv_heads = get("num_key_value_heads", heads)
+    # An absent key takes the transformers config class's default, as the C++ loader does
+    # (MistralConfig 8, Qwen2Config 32); null, or another architecture: the head count.
+    kv_default = {"mistral": 8, "qwen2": 32}.get(c.get("model_type"), heads)
+    kv_heads = get("num_key_value_heads", heads if "num_key_value_heads" in c else kv_default)
     if c.get("head_dim") is None and get("hidden_size") % heads:
         fail(f"{path}: hidden_size {c['hidden_size']} is not a multiple of num_attention_heads "
              f"{heads} and there is no head_dim")

@@ -122,7 +122,7 @@ def check_model_config(cfg: dict, where) -> None:
             raise ConfigError(f"{where}: {key} is missing")
         need_int(f"{where}: {key}", cfg[key], 1)
     heads = cfg["num_attention_heads"]
-    kv = need_int(f"{where}: num_key_value_heads", cfg.get("num_key_value_heads", heads), 1)
+    kv = need_int(f"{where}: num_key_value_heads", kv_heads(cfg), 1)
     if heads % kv:
         raise ConfigError(f"{where}: num_key_value_heads ({kv}) must divide "
                           f"num_attention_heads ({heads})")
@@ -163,12 +163,32 @@ def check_model_config(cfg: dict, where) -> None:
                      r.get("original_max_position_embeddings", 8192), 1)
 
 
+def kv_heads(cfg: dict):
+    """num_key_value_heads as transformers (and leank-server) read config.json: an absent key
+    takes the config class's default (MistralConfig 8, Qwen2Config 32, LlamaConfig the head
+    count); null means the head count."""
+    if "num_key_value_heads" not in cfg:
+        return {"mistral": 8, "qwen2": 32}.get(cfg.get("model_type"), cfg["num_attention_heads"])
+    kv = cfg["num_key_value_heads"]
+    return cfg["num_attention_heads"] if kv is None else kv
+
+
 def sliding_window(cfg: dict) -> int:
-    """The model's attention window (0: none), as the server reads it."""
+    """The model's attention window (0: none), as transformers and the server read it: an
+    absent sliding_window is 4096 (null: none); Qwen2 slides only with use_sliding_window, and
+    only layers >= max_window_layers (default 28) or those layer_types names sliding."""
+    window = int(cfg.get("sliding_window") or 0) if "sliding_window" in cfg else 4096
     if cfg.get("model_type") == "qwen2":
-        return int(cfg.get("sliding_window") or 0) if cfg.get("use_sliding_window") else 0
+        if not cfg.get("use_sliding_window"):
+            return 0
+        types = cfg.get("layer_types")
+        if isinstance(types, list):
+            sliding = "sliding_attention" in types
+        else:
+            sliding = cfg["num_hidden_layers"] > cfg.get("max_window_layers", 28)
+        return window if sliding else 0
     if cfg.get("model_type") == "mistral":
-        return int(cfg.get("sliding_window") or 0)
+        return window
     return 0
 
 

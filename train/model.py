@@ -26,6 +26,7 @@ from torch import nn
 
 from train import st_io
 from train.attention import MiddleSpec, attention
+from train.checks import kv_heads
 
 
 @dataclass
@@ -66,7 +67,7 @@ class ModelConfig:
             intermediate_size=cfg["intermediate_size"],
             num_hidden_layers=cfg["num_hidden_layers"],
             num_attention_heads=heads,
-            num_key_value_heads=cfg.get("num_key_value_heads", heads),
+            num_key_value_heads=kv_heads(cfg),
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta if rope_theta is not None else 10000.0),

@@ -278,6 +278,24 @@ class BadInputTest(unittest.TestCase):
         self.refused(["random", self.path("r2.safetensors"), "--config", cfg, "--heads", "8"],
                      "--heads 8 disagrees with the model's 3")
 
+    def test_absent_kv_heads_take_the_architectures_default(self):
+        """leank-server reads an absent num_key_value_heads as transformers does (Mistral 8,
+        Qwen2 32, Llama the head count); the tool used the head count for every model."""
+        mistral = {"model_type": "mistral", "num_hidden_layers": 32, "num_attention_heads": 32,
+                   "hidden_size": 4096}
+        cfg = self.write_json("mistral.json", mistral)
+        r = run("random", self.path("m.safetensors"), "--config", cfg)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(read(self.path("m.safetensors"))[0].shape, (32, 8, 128))
+        r = run("import", LLAMA_JSON, self.path("l.safetensors"), "--config", cfg)
+        self.assertEqual(r.returncode, 0, r.stderr)  # [32, 8, 128] fits
+        llama = self.write_json("llama.json", dict(mistral, model_type="llama"))
+        self.refused(["info", self.path("l.safetensors"), "--config", llama],
+                     "does not match the model's [32, 32, 128]")
+        nulled = self.write_json("null.json", dict(mistral, num_key_value_heads=None))
+        self.refused(["info", self.path("l.safetensors"), "--config", nulled],
+                     "does not match the model's [32, 32, 128]")
+
     def test_info_checks_like_the_cpp_loader(self):
         good = np.zeros((2, 2, 32), dtype=np.uint8)
         good[0, 0, :16] = 1

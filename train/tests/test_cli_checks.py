@@ -391,3 +391,26 @@ def test_data_generate_trains_and_its_tokenizer_is_checked(setup_dir, capsys, mo
     monkeypatch.setattr(tdata, "hf_encoder", fake_encoder)
     run_cli(setup_dir, gen)
     assert load_mask(setup_dir / "out" / "masks-s50.safetensors")[0].shape == (2, 2, 16)
+
+
+def test_config_defaults_follow_transformers_as_the_server_reads_them():
+    """engine/model/config.cc (ConfigTest.AbsentKeysTakeTheArchitecturesTransformersDefaults):
+    an absent key takes the transformers config class's default, null means none/heads."""
+    from train.checks import kv_heads, sliding_window
+    base = {"num_attention_heads": 16, "num_hidden_layers": 30}
+    assert kv_heads({**base, "model_type": "llama"}) == 16
+    assert kv_heads({**base, "model_type": "mistral"}) == 8
+    assert kv_heads({**base, "model_type": "qwen2"}) == 32
+    assert kv_heads({**base, "model_type": "mistral", "num_key_value_heads": None}) == 16
+    assert kv_heads({**base, "model_type": "qwen2", "num_key_value_heads": 4}) == 4
+    assert sliding_window({**base, "model_type": "mistral"}) == 4096
+    assert sliding_window({**base, "model_type": "mistral", "sliding_window": None}) == 0
+    assert sliding_window({**base, "model_type": "mistral", "sliding_window": 512}) == 512
+    assert sliding_window({**base, "model_type": "llama", "sliding_window": 512}) == 0
+    qwen = {**base, "model_type": "qwen2", "use_sliding_window": True}
+    assert sliding_window({**qwen, "use_sliding_window": False}) == 0
+    assert sliding_window(qwen) == 4096  # 30 layers > max_window_layers 28: some slide
+    assert sliding_window({**qwen, "max_window_layers": 30, "sliding_window": 512}) == 0
+    assert sliding_window({**qwen, "layer_types": ["full_attention"] * 30}) == 0
+    assert sliding_window({**qwen, "layer_types": ["sliding_attention"] * 30,
+                           "sliding_window": 512}) == 512
