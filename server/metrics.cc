@@ -1,9 +1,10 @@
 #include "server/metrics.h"
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 
 namespace leank::server {
 namespace {
@@ -17,7 +18,16 @@ const std::vector<double> kTokenBuckets = {0.001, 0.005, 0.01, 0.025, 0.05, 0.07
 const std::vector<double> kRequestBuckets = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10, 15,
                                              20,  30,  40,  50,  60,  120, 240, 480, 960};
 
-std::string Num(double v) { return absl::StrFormat("%.17g", v); }
+// The shortest text that reads back as `v` ("0.005", not "0.0050000000000000001"), as
+// Prometheus' own clients write it: a bucket is selected by its le label's text
+// (le="0.005"), so the label has to be the bound as people write it.
+std::string Num(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  char buf[64];
+  const std::to_chars_result r = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, r.ptr);
+}
 
 void Header(std::string* out, const std::string& name, const char* type, const char* help) {
   absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");

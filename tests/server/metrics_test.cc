@@ -13,11 +13,35 @@ TEST(Histogram, RendersCumulativeBuckets) {
   h.Observe(3.0);
   std::string out;
   h.Render("x", &out);
-  EXPECT_NE(out.find("x_bucket{le=\"0.10000000000000001\"} 1\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_bucket{le=\"0.1\"} 1\n"), std::string::npos) << out;
   EXPECT_NE(out.find("x_bucket{le=\"1\"} 3\n"), std::string::npos) << out;
   EXPECT_NE(out.find("x_bucket{le=\"+Inf\"} 4\n"), std::string::npos) << out;
   EXPECT_NE(out.find("x_count 4\n"), std::string::npos) << out;
   EXPECT_NE(out.find("x_sum 4.25"), std::string::npos) << out;
+}
+
+// Bounds and values are written as people write them (prometheus_client's repr), so
+// le="0.005" selects the bucket: "%.17g" wrote le="0.0050000000000000001".
+TEST(Histogram, BoundsAndValuesAreTheShortestRoundTripText) {
+  Histogram h({0.005, 0.3, 2.5, 80});
+  h.Observe(0.1);
+  h.Observe(0.2);
+  std::string out;
+  h.Render("x", &out);
+  EXPECT_NE(out.find("x_bucket{le=\"0.005\"} 0\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_bucket{le=\"0.3\"} 2\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_bucket{le=\"2.5\"} 2\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_bucket{le=\"80\"} 2\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("x_sum 0.30000000000000004\n"), std::string::npos) << out;  // 0.1 + 0.2
+  EXPECT_EQ(out.find("000000000001"), std::string::npos) << out;
+
+  Metrics m;
+  const std::string all = m.Render();
+  EXPECT_NE(all.find("leank:time_to_first_token_seconds_bucket{le=\"0.005\"} 0\n"),
+            std::string::npos);
+  EXPECT_NE(all.find("leank:e2e_request_latency_seconds_bucket{le=\"0.3\"} 0\n"),
+            std::string::npos);
+  EXPECT_EQ(all.find("00000000000"), std::string::npos) << all;
 }
 
 TEST(Metrics, VllmStyleNames) {
