@@ -27,9 +27,15 @@ void AddSamplingFlags(CLI::App* app, SamplingFlags* f, const std::string& group)
   app->add_option("--frequency-penalty", f->frequency_penalty, "[-2, 2]")->group(group);
   f->seed_opt =
       app->add_option("--seed", f->seed, "Per-request RNG seed")->group(group)->check(Uint64Text());
-  app->add_option("--stop", f->stop, "Stop string (repeatable)")->group(group)->take_all();
-  app->add_option("--stop-token-id", f->stop_token_ids, "Stop token id (repeatable)")
+  // One value per flag, every occurrence kept: a vector option otherwise takes every
+  // word after it, so `generate --stop . "The sky is"` sent the prompt as a stop string.
+  app->add_option("--stop", f->stop, "Stop string (repeat the flag for more)")
       ->group(group)
+      ->allow_extra_args(false)
+      ->take_all();
+  app->add_option("--stop-token-id", f->stop_token_ids, "Stop token id (repeat the flag for more)")
+      ->group(group)
+      ->allow_extra_args(false)
       ->take_all();
   app->add_flag("--ignore-eos", f->ignore_eos, "Keep generating past end-of-sequence")
       ->group(group);

@@ -365,6 +365,28 @@ TEST(CliUsage, BadFlagsExitTwoWithAMessage) {
   EXPECT_NE(msg.find("--repetition-penalty"), std::string::npos);
 }
 
+// --stop and --stop-token-id take one value each (repeat the flag for more): they took
+// every word after them, so `generate --stop . "The sky is"` sent the prompt as a second
+// stop string and failed with "give exactly one of PROMPT, ...".
+TEST_F(FakeServiceTest, StopFlagsTakeOneValueAndLeaveThePrompt) {
+  CliResult r = Cli({"generate", "--stop", ".", "The sky is", "--max-tokens=1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  v1::GenerateRequest q = service_.requests().back();
+  EXPECT_EQ(q.text(), "The sky is");
+  ASSERT_EQ(q.stop_size(), 1);
+  EXPECT_EQ(q.stop(0), ".");
+  r = Cli({"generate", "--stop-token-id", "2", "hello", "--stop-token-id", "3", "--stop", "a",
+           "--stop", "b", "--max-tokens=1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  q = service_.requests().back();
+  EXPECT_EQ(q.text(), "hello");
+  ASSERT_EQ(q.stop_token_ids_size(), 2);
+  EXPECT_EQ(q.stop_token_ids(0), 2);
+  EXPECT_EQ(q.stop_token_ids(1), 3);
+  ASSERT_EQ(q.stop_size(), 2);
+  EXPECT_EQ(q.stop(1), "b");
+}
+
 TEST(CliUsage, DeadlinesNeverOverflow) {
   const auto none = std::chrono::system_clock::time_point::max();  // gRPC: infinite
   EXPECT_EQ(client::DeadlineIn(0), none);  // "0: no limit", as documented (was one day)
