@@ -34,9 +34,12 @@ int ServerError(const grpc::Status& s, std::ostream& err) {
   return kExitServerError;
 }
 
-std::string ToJsonLine(const google::protobuf::Message& m) {
+// `all_fields`: zeros, false and empty strings too (info, tokenize, detokenize), so a
+// script finds every field; stream chunks leave them out (no finish_reason on each).
+std::string ToJsonLine(const google::protobuf::Message& m, bool all_fields = false) {
   google::protobuf::util::JsonPrintOptions opts;
   opts.preserve_proto_field_names = true;
+  opts.always_print_primitive_fields = all_fields;
   std::string s;
   (void)google::protobuf::util::MessageToJsonString(m, &s, opts);
   return s;
@@ -273,7 +276,7 @@ int RunTokenize(const TokenizeArgs& a, const Options& o, Io& io) {
   v1::TokenizeResponse resp;
   if (grpc::Status s = stub->Tokenize(&ctx, req, &resp); !s.ok()) return ServerError(s, io.err);
   if (o.json) {
-    io.out << ToJsonLine(resp) << "\n";
+    io.out << ToJsonLine(resp, /*all_fields=*/true) << "\n";
   } else if (a.count) {
     io.out << resp.token_ids_size() << "\n";
   } else if (a.show_tokens) {
@@ -301,7 +304,7 @@ int RunDetokenize(const std::vector<int32_t>& ids, bool skip_special, const Opti
     return ServerError(s, io.err);
   }
   if (o.json) {
-    io.out << ToJsonLine(resp) << "\n";
+    io.out << ToJsonLine(resp, /*all_fields=*/true) << "\n";
   } else {
     io.out << resp.text() << "\n";
   }
@@ -329,8 +332,8 @@ int RunInfo(const Options& o, Io& io) {
     }
   }
   if (o.json) {
-    io.out << "{\"model_info\":" << ToJsonLine(info) << ",\"server_state\":" << ToJsonLine(state)
-           << "}\n";
+    io.out << "{\"model_info\":" << ToJsonLine(info, /*all_fields=*/true)
+           << ",\"server_state\":" << ToJsonLine(state, /*all_fields=*/true) << "}\n";
     return kExitOk;
   }
   io.out << "model:              " << info.model() << "\n"

@@ -387,6 +387,24 @@ TEST_F(FakeServiceTest, StopFlagsTakeOneValueAndLeaveThePrompt) {
   EXPECT_EQ(q.stop(1), "b");
 }
 
+// `info --json` prints every field, zeros and false included: a script reading
+// .server_state.running or .model_info.masked got null on an idle or dense server.
+TEST_F(FakeServiceTest, InfoJsonHasEveryFieldEvenWhenZero) {
+  CliResult r = Cli({"--json", "info"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  for (const char* f : {"running", "waiting", "kv_usage", "num_preemptions", "pending",
+                        "active_streams", "draining"}) {
+    EXPECT_TRUE(j["server_state"].contains(f)) << f << ": " << r.out;
+  }
+  for (const char* f : {"architecture", "dtype", "sink", "recent", "block_size",
+                        "kv_capacity_tokens", "has_chat_template"}) {
+    EXPECT_TRUE(j["model_info"].contains(f)) << f << ": " << r.out;
+  }
+  EXPECT_EQ(j["server_state"]["running"], 0);
+  EXPECT_EQ(j["server_state"]["draining"], false);
+}
+
 TEST(CliUsage, DeadlinesNeverOverflow) {
   const auto none = std::chrono::system_clock::time_point::max();  // gRPC: infinite
   EXPECT_EQ(client::DeadlineIn(0), none);  // "0: no limit", as documented (was one day)
