@@ -3,6 +3,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <string_view>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -148,13 +149,53 @@ CLI::Validator Uint64Text() {
       "UINT64");
 }
 
+namespace {
+
+// gRPC's own target schemes (a target with one is passed on as is).
+constexpr const char* kGrpcSchemes[] = {
+    "dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:"};
+
+bool IsPort(std::string_view p) {
+  int v = 0;
+  const auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
+  return !p.empty() && ec == std::errc() && end == p.data() + p.size() && v >= 1 && v <= 65535;
+}
+
+}  // namespace
+
+std::string CheckServerAddress(const std::string& s) {
+  const std::string want =
+      "must be HOST:PORT (e.g. localhost:50051, [::1]:50051) or a gRPC target "
+      "such as unix:/path/to.sock, got '" +
+      s + "'";
+  for (const char* scheme : kGrpcSchemes) {
+    const std::string_view sc(scheme);
+    if (s.size() > sc.size() && s.compare(0, sc.size(), sc) == 0) return "";
+  }
+  if (s.find("://") != std::string::npos) {
+    return want + " (no http:// or other URL scheme: the server speaks gRPC)";
+  }
+  if (s.empty() || s.find_first_of(" \t\r\n/") != std::string::npos) return want;
+  const size_t colon = s.rfind(':');
+  if (colon == std::string::npos) return want + " (the port is missing)";
+  std::string_view host(s.data(), colon);
+  if (!IsPort(std::string_view(s).substr(colon + 1))) {
+    return want + " (the port must be 1..65535)";
+  }
+  if (!host.empty() && host.front() == '[') {
+    // [IPv6]:port
+    if (host.size() < 3 || host.back() != ']') return want;
+    host = host.substr(1, host.size() - 2);
+    if (host.find_first_of("[]") != std::string_view::npos) return want;
+  } else if (host.find_first_of(":[]") != std::string_view::npos) {
+    return want + " (an IPv6 address goes in brackets: [::1]:50051)";
+  }
+  if (host.empty()) return want + " (the host is missing)";
+  return "";
+}
+
 CLI::Validator ServerAddress() {
-  return CLI::Validator(
-      [](std::string& s) {
-        return s.empty() ? std::string("must be HOST:PORT (or a gRPC target), got ''")
-                         : std::string();
-      },
-      "HOST:PORT");
+  return CLI::Validator([](std::string& s) { return CheckServerAddress(s); }, "HOST:PORT");
 }
 
 const char* FinishReasonName(v1::FinishReason r, const char* unfinished) {

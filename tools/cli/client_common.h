@@ -82,7 +82,11 @@ CLI::Validator FiniteNumber(double lo, double hi, bool lo_open = false);
 // clamps 2^64 and beyond.
 CLI::Validator Uint64Text();
 
-// A --server value: not empty (gRPC cannot make a channel to "").
+// A --server value: HOST:PORT with a port in 1..65535 (IPv6 in brackets), or a target
+// with one of gRPC's schemes (dns:, unix:, unix-abstract:, ipv4:, ipv6:, vsock:), passed
+// on as is. gRPC itself dials 443 when the port is missing, wraps a port past 65535 and
+// looks "http://host:port" up as a host name. Returns "" when fine, else the message.
+std::string CheckServerAddress(const std::string& target);
 CLI::Validator ServerAddress();
 
 }  // namespace leank::client

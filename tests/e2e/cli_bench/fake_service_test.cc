@@ -405,6 +405,35 @@ TEST_F(FakeServiceTest, InfoJsonHasEveryFieldEvenWhenZero) {
   EXPECT_EQ(j["server_state"]["draining"], false);
 }
 
+// --server is HOST:PORT (or a gRPC target with a scheme): a missing port went to gRPC's
+// default 443, a port past 65535 wrapped (127.0.0.1:99999 dialled port 34463) and an
+// http:// URL failed as a DNS lookup, each an exit 3 that looked like a server problem.
+TEST(CliUsage, ServerAddressIsHostColonPort) {
+  auto run = [](std::vector<std::string> args) {
+    args.insert(args.begin(), "leank-cli");
+    std::vector<const char*> argv;
+    for (const std::string& a : args) argv.push_back(a.c_str());
+    std::istringstream in;
+    std::ostringstream out, err;
+    const int code =
+        client::RunCli(static_cast<int>(argv.size()), argv.data(), in, out, err, false);
+    return std::make_pair(code, err.str() + out.str());
+  };
+  for (const char* bad :
+       {"localhost", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:", ":50051", "host:50051x",
+        "http://127.0.0.1:50051", "https://h:443", "::1:50051", "[::1]", "a b:1"}) {
+    auto [code, msg] = run({"--server", bad, "--timeout=1", "health"});
+    EXPECT_EQ(code, 2) << bad << ": " << msg;
+    EXPECT_EQ(msg.rfind("--server:", 0), 0u) << bad << ": " << msg;
+  }
+  // Well-formed targets pass the check and fail to connect (exit 3, nobody listens).
+  for (const char* ok : {"127.0.0.1:1", "localhost:1", "[::1]:1", "ipv4:127.0.0.1:1",
+                         "dns:///localhost:1", "unix:/nonexistent/leank.sock"}) {
+    auto [code, msg] = run({"--server", ok, "--timeout=5", "health"});
+    EXPECT_EQ(code, 3) << ok << ": " << msg;
+  }
+}
+
 TEST(CliUsage, DeadlinesNeverOverflow) {
   const auto none = std::chrono::system_clock::time_point::max();  // gRPC: infinite
   EXPECT_EQ(client::DeadlineIn(0), none);  // "0: no limit", as documented (was one day)
