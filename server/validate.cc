@@ -280,11 +280,22 @@ absl::StatusOr<GenerationParams> ToGenerationParams(const v1::GenerateRequest& r
     }
     p.max_tokens = r.max_tokens();
   } else {
-    p.max_tokens = std::min(kDefaultMaxTokens, room);
+    // Unset: 256, or min_tokens when that asks for more (a vLLM client gets the context
+    // left by default, so it may send min_tokens alone), within the room there is.
+    p.max_tokens = std::min(std::max(kDefaultMaxTokens, r.min_tokens()), room);
   }
   if (r.min_tokens() > p.max_tokens) {
+    if (r.has_max_tokens()) {
+      return Bad("min_tokens",
+                 absl::StrCat("must be <= max_tokens (", p.max_tokens, "), got ", r.min_tokens()));
+    }
     return Bad("min_tokens",
-               absl::StrCat("must be <= max_tokens (", p.max_tokens, "), got ", r.min_tokens()));
+               absl::StrCat("prompt (", prompt_tokens, " tokens) + min_tokens (", r.min_tokens(),
+                            ") exceeds ",
+                            kv_bound ? absl::StrCat("the KV cache capacity of ",
+                                                    limits.kv_capacity_tokens, " tokens")
+                                     : absl::StrCat("the context length ", limits.max_model_len),
+                            ": at most ", room, " tokens can be generated"));
   }
   p.min_tokens = r.min_tokens();
   SamplingParams& s = p.sampling;

@@ -127,6 +127,35 @@ TEST(ToGenerationParams, FillsDefaultsAndChecksTheContext) {
   EXPECT_EQ(std::string(p.status().message()).rfind("input:", 0), 0u);
 }
 
+// With max_tokens unset, min_tokens raises the default (vLLM: max_tokens defaults to
+// the context left, so min_tokens 300 just works). It was refused with "min_tokens: must
+// be <= max_tokens (256)", naming a max_tokens the client never sent.
+TEST(ToGenerationParams, MinTokensAboveTheDefaultRaisesTheDefaultMaxTokens) {
+  ModelLimits big = Limits();
+  big.max_model_len = 1024;
+  v1::GenerateRequest r;
+  r.set_text("x");
+  r.set_min_tokens(300);
+  absl::StatusOr<GenerationParams> p = ToGenerationParams(r, 10, big);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->max_tokens, 300);
+  EXPECT_EQ(p->min_tokens, 300);
+  r.set_min_tokens(100);  // below the default: the default stays
+  p = ToGenerationParams(r, 10, big);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->max_tokens, 256);
+  // More than the context leaves: min_tokens is named, with the room there is.
+  r.set_min_tokens(1015);
+  p = ToGenerationParams(r, 10, big);
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(std::string(p.status().message()).rfind("min_tokens:", 0), 0u) << p.status();
+  EXPECT_NE(std::string(p.status().message()).find("1014"), std::string::npos) << p.status();
+  // An explicit max_tokens is still the bound.
+  r.set_min_tokens(300);
+  r.set_max_tokens(200);
+  EXPECT_EQ(ValidateGenerateRequest(r, big).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ToGenerationParams, ChecksTheKvCapacityWhenItIsTheTighterLimit) {
   ModelLimits l = Limits();  // context 64
   l.kv_capacity_tokens = 40;
