@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <numeric>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -18,13 +19,17 @@ bool Slo::any() const {
 
 absl::StatusOr<Slo> ParseSlo(const std::string& spec) {
   Slo slo;
+  std::set<std::string> seen;
   for (absl::string_view part : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
     std::vector<std::string> kv = absl::StrSplit(part, ':');
     double v = 0;
-    if (kv.size() != 2 || !absl::SimpleAtod(kv[1], &v) || !(v > 0)) {
+    if (kv.size() != 2 || !absl::SimpleAtod(kv[1], &v) || !(v > 0) || !std::isfinite(v)) {
       return absl::InvalidArgumentError(
           absl::StrCat("--goodput: '", std::string(part),
-                       "': expected KEY:MS with MS > 0 (KEY ttft, tpot, e2el)"));
+                       "': expected KEY:MS with MS a finite number > 0 (KEY ttft, tpot, e2el)"));
+    }
+    if (!seen.insert(kv[0]).second) {
+      return absl::InvalidArgumentError(absl::StrCat("--goodput: '", kv[0], "' is given twice"));
     }
     if (kv[0] == "ttft") {
       slo.ttft_ms = v;

@@ -292,6 +292,14 @@ TEST(Metrics, SloParsing) {
   EXPECT_FALSE(ParseSlo("ttft").ok());
   EXPECT_FALSE(ParseSlo("ttft:-1").ok());
   EXPECT_FALSE(ParseSlo("latency:5").ok());
+  // Not a number of milliseconds: "inf" was taken as "no SLO" without a word, and an
+  // SLO given twice silently kept the last one.
+  for (const char* bad : {"ttft:inf", "tpot:infinity", "e2el:1e400", "ttft:nan",
+                          "ttft:100,ttft:200", "ttft:1:2", "ttft:"}) {
+    absl::StatusOr<Slo> b = ParseSlo(bad);
+    EXPECT_FALSE(b.ok()) << bad;
+    EXPECT_EQ(std::string(b.status().message()).rfind("--goodput:", 0), 0u) << b.status();
+  }
 }
 
 RequestRecord Rec(double send, std::vector<double> chunks, std::vector<int> tokens, int usage) {
