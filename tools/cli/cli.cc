@@ -205,6 +205,9 @@ int RunChat(const ChatArgs& a, Options o, Io& io) {
     io.out << "leank chat with " << o.server << " (/reset clears the conversation, /exit or "
            << "Ctrl-D quits)\n";
   }
+  // Notes for the person at the terminal; with a pipe they go to stderr, so stdout
+  // carries only the replies.
+  std::ostream& note = io.interactive ? io.out : io.err;
   int code = kExitOk;
   std::string line;
   for (;;) {
@@ -214,11 +217,11 @@ int RunChat(const ChatArgs& a, Options o, Io& io) {
     if (line == "/exit" || line == "/quit") break;
     if (line == "/reset") {
       reset();
-      io.out << "(conversation cleared)\n";
+      note << "(conversation cleared)\n";
       continue;
     }
     if (line == "/help") {
-      io.out << "/reset clears the conversation, /exit quits\n";
+      note << "/reset clears the conversation, /exit quits\n";
       continue;
     }
     if (NotUtf8(line, "the line", io.err)) {

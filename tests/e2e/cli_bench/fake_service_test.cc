@@ -288,6 +288,15 @@ TEST_F(FakeServiceTest, ChatKeepsTheConversationAndResets) {
   EXPECT_EQ(service_.requests().size(), sent);
 }
 
+// With stdin from a pipe, stdout carries only the replies, one per line (docs/cli.md):
+// "/reset" and "/help" wrote "(conversation cleared)" and the help line into it.
+TEST_F(FakeServiceTest, PipedChatStdoutHasOnlyTheReplies) {
+  CliResult r = Cli({"chat", "--max-tokens=2"}, "q1\n/reset\n/help\nq2\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "t0 t1 \nt0 t1 \n");
+  EXPECT_NE(r.err.find("(conversation cleared)"), std::string::npos) << r.err;
+}
+
 TEST_F(FakeServiceTest, TokenizeInfoHealth) {
   CliResult r = Cli({"tokenize", "AB"});
   ASSERT_EQ(r.code, 0) << r.err;
