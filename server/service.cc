@@ -167,12 +167,13 @@ grpc::Status LeankServiceImpl::RunGenerate(grpc::ServerContext* ctx, GenerateStr
   // with the generated handler: a client that never sends one holds up nothing.
   StreamCounter counter(status_, metrics_);
   const auto arrival = std::chrono::steady_clock::now();
-  const std::string log_id =
-      req->request_id().empty() ? absl::StrCat("req-", id) : req->request_id();
   if (absl::Status s = ValidateGenerateRequest(*req, limits_); !s.ok()) {
-    spdlog::info("[{}] invalid: {}", log_id, std::string(s.message()));
+    // Not the client's id: it may be the invalid field (megabytes, control characters).
+    spdlog::info("[req-{}] invalid: {}", id, std::string(s.message()));
     return Reject(s);
   }
+  const std::string log_id =
+      req->request_id().empty() ? absl::StrCat("req-", id) : req->request_id();
   absl::StatusOr<std::vector<int32_t>> prompt = PromptOf(*req);
   if (!prompt.ok()) {
     spdlog::info("[{}] invalid: {}", log_id, std::string(prompt.status().message()));

@@ -212,6 +212,15 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& r, const ModelLi
     return Bad("request_id", absl::StrCat("longer than ", kMaxRequestIdBytes, " bytes"));
   }
   if (!IsValidUtf8(r.request_id())) return Bad("request_id", "not valid UTF-8");
+  // The id is written into every log line of the request: control characters (a newline
+  // forging another line) are refused, as in an HTTP header's X-Request-Id.
+  for (size_t i = 0; i < r.request_id().size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(r.request_id()[i]);
+    if (c < 0x20 || c == 0x7f) {
+      return Bad("request_id", absl::StrCat("control character 0x", absl::Hex(c, absl::kZeroPad2),
+                                            " at byte ", i));
+    }
+  }
   switch (r.input_case()) {
     case v1::GenerateRequest::kText:
       if (absl::Status s = ValidateText(r.text(), "text"); !s.ok()) return s;

@@ -420,6 +420,7 @@ TEST_P(ServerE2E, EveryInvalidFieldIsNamed) {
       {"logprobs", [](auto* r) { r->set_logprobs(21); }},
       {"logprobs", [](auto* r) { r->set_logprobs(-1); }},
       {"request_id", [](auto* r) { r->set_request_id(std::string(200, 'r')); }},
+      {"request_id", [](auto* r) { r->set_request_id("a\n[b] finished: forged"); }},
       // Bytes that are not UTF-8 in every string field (protobuf's parser refused them
       // before the handler ran: INTERNAL with an empty message).
       {"text", [](auto* r) { r->set_text("ab\xff"); }},

@@ -220,6 +220,19 @@ TEST(ParseRequest, KeepsBytesThatAreNotUtf8SoThatValidationNamesTheField) {
   EXPECT_EQ(got.input_case(), v1::GenerateRequest::kMessages);
   ExpectField(got, "request_id");
 
+  // A newline in the id would forge a log line; tabs and DEL likewise refused.
+  for (const char* id : {"a\nb", "a\tb", "a\x7f"}) {
+    v1::GenerateRequest ctl;
+    ctl.set_text("hi");
+    ctl.set_request_id(id);
+    const absl::Status s = ValidateGenerateRequest(ctl, Limits());
+    EXPECT_EQ(std::string(s.message()).rfind("request_id: control character 0x", 0), 0u) << s;
+  }
+  v1::GenerateRequest fine;
+  fine.set_text("hi");
+  fine.set_request_id("caf\xc3\xa9-42 [x]");
+  EXPECT_TRUE(ValidateGenerateRequest(fine, Limits()).ok());
+
   v1::TokenizeRequest tok;
   tok.set_text("a\x80");
   v1::TokenizeRequest tok_got;
