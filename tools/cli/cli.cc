@@ -148,6 +148,11 @@ int RunGenerate(const GenerateArgs& a, const Options& o, Io& io) {
       prompt = ReadAll(f);
     }
   }
+  if (!a.prompt_file.empty() && prompt.empty()) {
+    io.err << "error: --prompt-file: " << (a.prompt_file == "-" ? "stdin" : a.prompt_file)
+           << " is empty\n";
+    return kExitUsage;
+  }
   const int inputs = (!a.prompt.empty() || !a.prompt_file.empty()) + !a.token_ids.empty();
   if (inputs != 1) {
     io.err << "error: give exactly one of PROMPT, --prompt-file or --token-ids\n";
@@ -409,12 +414,19 @@ int RunCli(int argc, const char* const* argv, std::istream& in, std::ostream& ou
   CLI::App* g = app.add_subcommand("generate", "Generate from a prompt, streaming the text");
   g->add_option("prompt", gen.prompt, "Prompt text");
   g->add_option("--prompt-file", gen.prompt_file, "Read the prompt from a file ('-': stdin)");
-  g->add_option("--token-ids", gen.token_ids, "Pre-tokenized prompt (ids)")
-      ->delimiter(',')
-      ->check(NonEmptyItem());
-  g->add_flag("--chat", gen.chat, "Send the prompt as a user message (server's chat template)");
-  g->add_option("--system", gen.system, "System message (implies --chat)");
-  g->add_flag("--no-special-tokens", gen.no_special_tokens, "Text input: no BOS etc.");
+  CLI::Option* ids = g->add_option("--token-ids", gen.token_ids, "Pre-tokenized prompt (ids)")
+                         ->delimiter(',')
+                         ->check(NonEmptyItem());
+  // Each of these shapes a text prompt; with token ids (or a chat, for the last) it would
+  // be silently ignored.
+  CLI::Option* chat_flag =
+      g->add_flag("--chat", gen.chat, "Send the prompt as a user message (server's chat template)");
+  CLI::Option* system_opt =
+      g->add_option("--system", gen.system, "System message (implies --chat)");
+  CLI::Option* no_special =
+      g->add_flag("--no-special-tokens", gen.no_special_tokens, "Text input: no BOS etc.");
+  ids->excludes(chat_flag)->excludes(system_opt)->excludes(no_special);
+  no_special->excludes(chat_flag)->excludes(system_opt);
   g->add_flag("--stats", gen.stats, "Print finish reason, token counts and timings on stderr");
   AddSamplingFlags(g, &gen.sampling);
 

@@ -364,7 +364,14 @@ TEST(CliUsage, BadFlagsExitTwoWithAMessage) {
            {{"--timeout=nan", "health"}, "--timeout: must be a number in [0, 1000000000]"},
            {{"--timeout=1e300", "health"}, "--timeout"},
            {{"--timeout=abc", "health"}, "got abc"},
-           {{"--server", "", "health"}, "--server"}}) {
+           {{"--server", "", "health"}, "--server"},
+           // An empty prompt file went to the server (exit 3, "text: empty"); flags that
+           // shape a text prompt were ignored beside token ids or a chat.
+           {{"generate", "--prompt-file", "-"}, "--prompt-file: stdin is empty"},
+           {{"generate", "--token-ids=1,2", "--chat"}, "excludes"},
+           {{"generate", "--token-ids=1,2", "--system=be brief"}, "excludes"},
+           {{"generate", "--token-ids=1,2", "--no-special-tokens"}, "excludes"},
+           {{"generate", "x", "--chat", "--no-special-tokens"}, "excludes"}}) {
     auto [code, msg] = run(args);
     EXPECT_EQ(code, 2) << ::testing::PrintToString(args) << msg;
     EXPECT_NE(msg.find(want), std::string::npos) << msg;
