@@ -69,6 +69,9 @@ Metrics::Metrics()
       queue_(kRequestBuckets) {
   // Every reason appears from the start, so rate() works on a fresh server.
   for (const char* r : {"stop", "length", "eos", "abort", "error"}) finished_[r] = 0;
+  // The codes a request can be refused with start at 0, so that rate() and alerts on
+  // them work before the first refusal (a series that appears later has no history).
+  for (const char* c : {"invalid_argument", "resource_exhausted", "unavailable"}) rejected_[c] = 0;
 }
 
 void Metrics::ObserveQueueTime(double s) {

@@ -71,5 +71,24 @@ TEST(Metrics, VllmStyleNames) {
   EXPECT_NE(out.find("# TYPE leank:e2e_request_latency_seconds histogram\n"), std::string::npos);
 }
 
+// Refusal counters exist at 0 from the start (they appeared only with the first
+// refusal, so rate() over a fresh server's series had nothing to compare with).
+TEST(Metrics, RejectedCountersStartAtZero) {
+  Metrics m;
+  std::string out = m.Render();
+  for (const char* code : {"invalid_argument", "resource_exhausted", "unavailable"}) {
+    EXPECT_NE(out.find(std::string("leank:request_rejected_total{code=\"") + code + "\"} 0\n"),
+              std::string::npos)
+        << code << "\n"
+        << out;
+  }
+  m.AddRejected("invalid_argument");
+  m.AddRejected("not_found");
+  out = m.Render();
+  EXPECT_NE(out.find("leank:request_rejected_total{code=\"invalid_argument\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(out.find("leank:request_rejected_total{code=\"not_found\"} 1\n"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace leank::server
