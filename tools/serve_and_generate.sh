@@ -16,11 +16,20 @@ LOG=${TMPDIR:-/tmp}/leank-server.$$.log
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 echo "[quickstart] leank-server (pid $server) loading $MODEL; log: $LOG" >&2
+serving=0
 for _ in $(seq 1 120); do
-  if "$BIN/leank-cli" --server "127.0.0.1:$PORT" --timeout 2 health >/dev/null 2>&1; then break; fi
+  if "$BIN/leank-cli" --server "127.0.0.1:$PORT" --timeout 2 health >/dev/null 2>&1; then
+    serving=1
+    break
+  fi
   kill -0 $server 2>/dev/null || { cat "$LOG" >&2; echo "[quickstart] server exited" >&2; exit 3; }
   sleep 1
 done
+if [ "$serving" -ne 1 ]; then
+  tail -n 20 "$LOG" >&2
+  echo "[quickstart] leank-server did not report SERVING within 120 s (log: $LOG)" >&2
+  exit 3
+fi
 "$BIN/leank-cli" --server "127.0.0.1:$PORT" info >&2
 echo "[quickstart] > $PROMPT" >&2
 "$BIN/leank-cli" --server "127.0.0.1:$PORT" generate --chat --max-tokens 96 --temperature 0 \

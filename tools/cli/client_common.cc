@@ -12,7 +12,8 @@ namespace leank::client {
 
 void AddSamplingFlags(CLI::App* app, SamplingFlags* f, const std::string& group) {
   f->max_tokens_opt = app->add_option("--max-tokens", f->max_tokens,
-                                      "Tokens to generate at most (server default: 256)")
+                                      "Tokens to generate at most (server default: 256, or "
+                                      "min_tokens if larger, within the context)")
                           ->group(group);
   app->add_option("--min-tokens", f->min_tokens, "EOS and stops are ignored before this many")
       ->group(group);

@@ -46,7 +46,8 @@ int main(int argc, char** argv) {
       app.add_option("--recent", recent, "Recent tokens kept full (default: the mask's metadata)");
   app.add_option("--backend", eo.backend, "cpu | cuda")->capture_default_str();
   app.add_option("--block-size", eo.block_size, "KV block size in tokens")->capture_default_str();
-  app.add_option("--kv-cache-memory", eo.kv_cache_bytes, "KV cache budget in bytes (0: 1 GiB)");
+  app.add_option("--kv-cache-memory", eo.kv_cache_bytes,
+                 "KV cache budget in bytes (0: 1 GiB on cpu, 90% of the free GPU memory on cuda)");
   app.add_option("--threads", eo.num_threads, "CPU threads (0: all cores)");
   app.add_option("--gpu-sampling", eo.gpu_sampling,
                  "Sample on the GPU when the backend can (cuda); false: CPU sampler")
