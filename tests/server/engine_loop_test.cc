@@ -1,7 +1,9 @@
 #include "server/engine_loop.h"
 
+#include <chrono>
 #include <functional>
 #include <latch>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "tests/e2e/fake_engine.h"
@@ -49,10 +51,16 @@ GenerationParams Params(int max_tokens) {
   return p;
 }
 
-// Reads the channel until it closes (bounded); returns all outputs.
+// A bound for waits on the loop thread that only a hang can exceed, on a loaded CI
+// machine too (ctest -j2 on 2 cores): the tests assert the state waited for, never
+// how long it took.
+constexpr std::chrono::seconds kHang(60);
+
+// Reads the channel until it closes (bounded by kHang); returns all outputs.
 std::vector<RequestOutput> Drain(RequestChannel& ch, absl::Status* rejected = nullptr) {
   std::vector<RequestOutput> all;
-  for (int i = 0; i < 2000; ++i) {
+  const auto until = std::chrono::steady_clock::now() + kHang;
+  while (std::chrono::steady_clock::now() < until) {
     RequestChannel::Batch b = ch.Wait(milliseconds(10));
     for (auto& o : b.outputs) all.push_back(std::move(o));
     if (rejected) *rejected = b.rejected;
@@ -60,6 +68,14 @@ std::vector<RequestOutput> Drain(RequestChannel& ch, absl::Status* rejected = nu
   }
   ADD_FAILURE() << "channel never closed";
   return all;
+}
+
+// Polls `done` until it holds or kHang passes; the caller then asserts the state itself.
+void WaitUntil(const std::function<bool()>& done) {
+  const auto until = std::chrono::steady_clock::now() + kHang;
+  while (!done() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(milliseconds(5));
+  }
 }
 
 TEST(EngineLoop, StreamsOutputsUntilFinished) {
@@ -73,8 +89,7 @@ TEST(EngineLoop, StreamsOutputsUntilFinished) {
   EXPECT_TRUE(outs.back().finished);
   EXPECT_EQ(outs.back().finish_reason, FinishReason::kLength);
   // The loop publishes its counts right after the step that finished the request.
-  for (int i = 0; i < 200 && loop.InFlight() != 0; ++i)
-    std::this_thread::sleep_for(milliseconds(5));
+  WaitUntil([&] { return loop.InFlight() == 0; });
   EXPECT_EQ(loop.InFlight(), 0);
   EXPECT_NE(metrics.Render().find("leank:generation_tokens_total 5\n"), std::string::npos);
 }
@@ -154,9 +169,7 @@ TEST(EngineLoop, AbortEndsTheRequestAndFreesItsBlocks) {
   EXPECT_EQ(outs.back().finish_reason, FinishReason::kAbort);
   EXPECT_TRUE(outs.back().tokens.empty());
   // The loop publishes its state after the step; nothing steps once the request ends.
-  for (int i = 0; i < 200 && loop.state().live > 0; ++i) {
-    std::this_thread::sleep_for(milliseconds(5));
-  }
+  WaitUntil([&] { return loop.state().live == 0; });
   EXPECT_EQ(loop.state().engine.kv_usage, 0.0);
   EXPECT_EQ(loop.state().live, 0);
   EXPECT_EQ(loop.state().steps, 4);
@@ -183,17 +196,22 @@ TEST(EngineLoop, BoundedInbox) {
 }
 
 TEST(EngineLoop, StopClosesEveryStream) {
+  // Step 1 running means step 0 gave the request its first token: it is live when
+  // Stop() comes, and its 1000 tokens of 10 ms steps are 10 s of sleep from done.
   Metrics metrics;
-  auto loop = std::make_unique<EngineLoop>(Fake(1024, 1000), 16, &metrics);
+  StepGate gate(/*at=*/1);
+  auto loop = std::make_unique<EngineLoop>(Fake(1024, 10000, gate.Hook()), 16, &metrics);
   loop->Start();
   auto ch = loop->Submit(1, "t1", {104}, Params(1000));
   ASSERT_TRUE(ch.ok());
-  std::vector<RequestOutput> outs;
-  for (int i = 0; i < 500 && outs.empty(); ++i) outs = (*ch)->Wait(milliseconds(10)).outputs;
-  ASSERT_FALSE(outs.empty()) << "the request never started";
+  gate.WaitRunning();
+  gate.Release();  // Stop() joins the loop thread: let it leave the step
   loop->Stop();
-  outs = Drain(**ch);
-  ASSERT_FALSE(outs.empty());
+  std::vector<RequestOutput> outs = Drain(**ch);
+  ASSERT_GE(outs.size(), 2u);
+  EXPECT_EQ(outs.front().tokens.size(), 1u);
+  EXPECT_FALSE(outs.front().finished);
+  EXPECT_TRUE(outs.back().finished);
   EXPECT_EQ(outs.back().finish_reason, FinishReason::kAbort);
   EXPECT_EQ(loop->Submit(2, "t2", {104}, Params(1)).status().code(),
             absl::StatusCode::kUnavailable);
