@@ -536,16 +536,23 @@ TEST_F(FakeServiceTest, StopCancelsRequestsInFlight) {
   bench::SteadyClock clock;
   bench::Progress progress;
   std::atomic<bool> stop{false};
+  bool both_in_flight = false;
   std::thread stopper([&] {
-    for (int i = 0; i < 400 && progress.started.load() < 2; ++i) {
+    // Stop once the service is streaming both first requests (each then needs 3.4 s of
+    // the service's sleeps to finish). The bound only ends a hang; the test asserts
+    // that the state was reached.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!(both_in_flight = service_.requests().size() >= 2) &&
+           std::chrono::steady_clock::now() < until) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
     stop = true;
   });
   bench::RunResult res = bench::RunLoad(stub, prompts, {}, o, &clock, &progress, &stop);
   stopper.join();
+  ASSERT_TRUE(both_in_flight) << "the service never saw two requests";
   ASSERT_EQ(res.records.size(), 2u);  // the two first requests; nothing sent after stop
+  EXPECT_EQ(service_.requests().size(), 2u);
   for (const bench::RequestRecord& r : res.records) {
     EXPECT_FALSE(r.ok);
     EXPECT_EQ(r.error_code, "CANCELLED");
