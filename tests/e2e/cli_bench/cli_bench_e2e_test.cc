@@ -200,9 +200,20 @@ TEST_F(FakeServerE2E, ServerKilledMidRunGivesCountedErrorsAndAReport) {
     r = Bench(target(), {"--num-prompts=40", "--concurrency=4", "--input-len=8", "--output-len=40",
                          "--ignore-eos", "--timeout=30", "--json=" + json});
   });
-  std::this_thread::sleep_for(seconds(3));  // warm-up + a few requests; 40 need ~8 s
+  // Kill once the server has finished the warm-up request and a measured one: the bench
+  // is then mid-run (its other 39 requests need ~7 s more of 20 ms steps) however
+  // loaded the machine is. The bound only ends a hang; the state is asserted.
+  const auto until = std::chrono::steady_clock::now() + seconds(60);
+  double finished = 0;
+  while ((finished = e2e::MetricValue(e2e::HttpGet(server_->http_port(), "/metrics"),
+                                      "leank:request_success_total", "finished_reason=\"length\"")
+                         .value_or(0)) < 2 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   server_->Signal(SIGKILL);
   bench.join();
+  ASSERT_GE(finished, 2) << "the bench never got going\n" << Describe(r);
   EXPECT_FALSE(r.timed_out) << Describe(r);
   EXPECT_EQ(r.exit_code, 1) << Describe(r);  // finished, with failed requests
   EXPECT_NE(r.out.find("Failed requests:"), std::string::npos) << Describe(r);
