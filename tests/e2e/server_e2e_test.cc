@@ -102,6 +102,11 @@ std::string Prompt(int i) {
          std::to_string(i) + ".";
 }
 
+// The bound of a wait for a server state that only a hang reaches, on a loaded CI
+// machine too (ctest -j2 on 2 cores, SmolLM2 on the CPU): tests assert the state, never
+// how fast it came.
+constexpr milliseconds kHang(60000);
+
 // Polls `pred` every 20 ms for at most `timeout`.
 bool Eventually(const std::function<bool()>& pred, milliseconds timeout) {
   const auto until = std::chrono::steady_clock::now() + timeout;
@@ -191,12 +196,12 @@ TEST_P(ServerE2E, ConcurrentStreamsMatchSequentialRuns) {
     EXPECT_GT(last.usage().prompt_tokens(), 0);
     EXPECT_GT(last.timings().time_to_first_token_s(), 0);
   }
-  EXPECT_TRUE(Eventually([&] { return Idle(server); }, milliseconds(5000)));
+  EXPECT_TRUE(Eventually([&] { return Idle(server); }, kHang));
 }
 
 TEST_P(ServerE2E, ClientDisconnectFreesBlocks) {
   ServerProcess& server = Shared();
-  ASSERT_TRUE(Eventually([&] { return Idle(server); }, milliseconds(10000)));
+  ASSERT_TRUE(Eventually([&] { return Idle(server); }, kHang));
   const std::string before = HttpGet(server.http_port(), "/metrics");
   const double aborts_before =
       MetricValue(before, "leank:request_success_total", "finished_reason=\"abort\"").value_or(-1);
@@ -216,8 +221,7 @@ TEST_P(ServerE2E, ClientDisconnectFreesBlocks) {
   ctx.TryCancel();
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
 
-  EXPECT_TRUE(Eventually([&] { return Idle(server); }, milliseconds(5000)))
-      << State(server).DebugString();
+  EXPECT_TRUE(Eventually([&] { return Idle(server); }, kHang)) << State(server).DebugString();
   const std::string after = HttpGet(server.http_port(), "/metrics");
   EXPECT_EQ(MetricValue(after, "leank:num_requests_running"), 0.0);
   EXPECT_EQ(MetricValue(after, "leank:kv_cache_usage_perc"), 0.0);
@@ -230,8 +234,7 @@ TEST_P(ServerE2E, DeadlineExceededAbortsAndFreesBlocks) {
   auto stub = server.Stub();
   StreamResult r = Generate(*stub, Greedy(Prompt(2), flavor_.long_tokens), milliseconds(400));
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_TRUE(Eventually([&] { return Idle(server); }, milliseconds(5000)))
-      << State(server).DebugString();
+  EXPECT_TRUE(Eventually([&] { return Idle(server); }, kHang)) << State(server).DebugString();
   // The server still serves.
   StreamResult ok = Generate(*stub, Greedy(Prompt(3), 4));
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
@@ -355,7 +358,7 @@ TEST_P(ServerE2E, PreemptionUnderTinyKvBudgetKeepsOutputs) {
   EXPECT_GT(st.num_preemptions(), 0);
   const std::string metrics = HttpGet(tiny->http_port(), "/metrics");
   EXPECT_GT(MetricValue(metrics, "leank:num_preemptions_total").value_or(0), 0);
-  EXPECT_TRUE(Eventually([&] { return Idle(*tiny); }, milliseconds(5000)));
+  EXPECT_TRUE(Eventually([&] { return Idle(*tiny); }, kHang));
 }
 
 struct InvalidCase {
@@ -449,7 +452,7 @@ TEST_P(ServerE2E, EveryInvalidFieldIsNamed) {
   for (const InvalidCase& c : cases) {
     v1::GenerateRequest req = Greedy("Hello there", 4);
     c.mutate(&req);
-    StreamResult r = Generate(*stub, req, milliseconds(10000));
+    StreamResult r = Generate(*stub, req, kHang);
     EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << c.field << ": " << r.status.error_message();
     EXPECT_EQ(r.status.error_message().rfind(c.field + ":", 0), 0u)
@@ -464,7 +467,7 @@ TEST_P(ServerE2E, EveryInvalidFieldIsNamed) {
     v1::GenerateRequest req = Greedy("x", 4);
     req.clear_text();
     for (int i = 0; i < info.max_model_len() + 1; ++i) req.mutable_token_ids()->add_ids(65);
-    StreamResult r = Generate(*stub, req, milliseconds(10000));
+    StreamResult r = Generate(*stub, req, kHang);
     EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_EQ(r.status.error_message().rfind("input:", 0), 0u) << r.status.error_message();
   }
@@ -665,13 +668,14 @@ TEST_P(ServerE2E, SigtermDrainsInFlightAndRefusesNewCalls) {
   }
   ASSERT_TRUE(Eventually([&] { return started.load() == kStreams; }, milliseconds(60000)));
   server->Signal(SIGTERM);
-  EXPECT_TRUE(Eventually([&] { return server->Health() == HealthStatus::NOT_SERVING; },
-                         milliseconds(5000)));
+  EXPECT_TRUE(Eventually([&] { return server->Health() == HealthStatus::NOT_SERVING; }, kHang));
   {
     auto stub = server->Stub();
-    StreamResult refused = Generate(*stub, Greedy("Hello", 4), milliseconds(5000));
+    StreamResult refused = Generate(*stub, Greedy("Hello", 4), kHang);
     EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE)
         << refused.status.error_message();
+    // Refused by the draining server, not UNAVAILABLE from one that already exited.
+    EXPECT_EQ(refused.status.error_message(), "server is shutting down");
     int code = 0;
     HttpGet(server->http_port(), "/readyz", &code);
     EXPECT_EQ(code, 503);
@@ -815,7 +819,7 @@ TEST(ServerBinary, NotServingWhileTheModelLoads) {
   ASSERT_TRUE(server->Alive()) << server->Log();
   EXPECT_EQ(server->Health(), HealthStatus::NOT_SERVING);
   EXPECT_EQ(server->Health("leank.v1.LeankService"), HealthStatus::NOT_SERVING);
-  StreamResult early = Generate(*server->Stub(), Greedy("Hello", 4), milliseconds(5000));
+  StreamResult early = Generate(*server->Stub(), Greedy("Hello", 4), kHang);
   EXPECT_EQ(early.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(early.status.error_message(), "model is loading");
   int code = 0;
