@@ -33,13 +33,13 @@ inline bool HasGpu() {
 
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(expr)
 
-// Seed from the clock (printed, so a failure can be replayed with LEANK_TEST_SEED).
+// A fixed seed, so every run checks the same inputs (it was the clock: a failure seen
+// once in CI could pass on every rerun). LEANK_TEST_SEED picks another one to explore;
+// the seed is printed either way.
 inline uint64_t TestSeed() {
   static uint64_t seed = [] {
     const char* env = std::getenv("LEANK_TEST_SEED");
-    uint64_t s =
-        env ? std::strtoull(env, nullptr, 10)
-            : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    uint64_t s = env ? std::strtoull(env, nullptr, 10) : uint64_t{20240611};
     std::printf("[ seed     ] LEANK_TEST_SEED=%llu\n", static_cast<unsigned long long>(s));
     return s;
   }();
