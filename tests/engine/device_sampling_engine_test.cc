@@ -194,6 +194,7 @@ TEST_F(DeviceSamplingEngineTest, GreedyTokensAndLogprobsMatchTheCpuPath) {
   ASSERT_EQ(got.size(), 4u);
   for (RequestId id = 0; id < 4; ++id) {
     SCOPED_TRACE(id);
+    ASSERT_EQ(want.at(id).tokens.size(), 12u);  // ignore_eos: max_tokens, so no loop is empty
     EXPECT_EQ(got.at(id).tokens, want.at(id).tokens);
     ASSERT_EQ(got.at(id).logprobs.size(), want.at(id).logprobs.size());
     for (size_t i = 0; i < want.at(id).logprobs.size(); ++i) {
@@ -274,9 +275,12 @@ TEST_F(DeviceSamplingEngineTest, TopLogprobsStayOnTheCpuSampler) {
   EXPECT_EQ(gpu_log.unsampled_rows, 5);  // request 0, every step
   EXPECT_EQ(gpu_log.sampled_rows, 5);    // request 1, in the same steps
   for (RequestId id = 0; id < 2; ++id) {
+    ASSERT_EQ(want.at(id).tokens.size(), 5u);  // the loops below are never empty
     EXPECT_EQ(got.at(id).tokens, want.at(id).tokens);
+    ASSERT_EQ(got.at(id).top_sizes.size(), 5u);
     for (size_t n : got.at(id).top_sizes) EXPECT_EQ(n, id == 0 ? 3u : 0u);
   }
+  ASSERT_EQ(got.at(0).logprobs.size(), want.at(0).logprobs.size());
   for (size_t i = 0; i < want.at(0).logprobs.size(); ++i) {
     EXPECT_FLOAT_EQ(got.at(0).logprobs[i], want.at(0).logprobs[i]);
   }
