@@ -11,7 +11,8 @@ import torch
 from conftest import random_samples, tiny_config
 from train.data import save_samples
 from train.masks import load_mask, target_total
-from train.model import LlamaModel
+from train.attention import MiddleSpec
+from train.model import KVCache, LlamaModel
 from train.trainer import MiddleConfig, StageConfig, lr_factor, run_stage, sample_loss
 
 MID = MiddleConfig(sink=8, recent=16, block=4)
@@ -26,6 +27,61 @@ def test_gradients_reach_only_alpha(tiny_model, samples):
     loss.backward()
     assert alpha.grad is not None and alpha.grad.abs().sum() > 0
     assert all(not p.requires_grad and p.grad is None for p in tiny_model.parameters())
+
+
+def test_alpha_gradient_is_the_loss_gradient(tiny_model, samples):
+    """The gradient that reaches alpha is the derivative of the loss: its projection on random
+    directions equals a central finite difference (float64 model; the norms and softmax
+    compute in float32, hence rtol 2e-3). A detach() on a path the factors' effect travels
+    (the residual stream, a later layer's query) still lets the loss fall, but not this."""
+    m = tiny_model.double()
+    mc = m.cfg
+    g = torch.Generator().manual_seed(12)
+    alpha = torch.rand(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
+                       generator=g, dtype=torch.float64).requires_grad_(True)
+    sample_loss(m, samples[0], MID, alpha).backward()
+    eps = 1e-3
+    for _ in range(3):
+        v = torch.randn(alpha.shape, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            fd = (sample_loss(m, samples[0], MID, alpha + eps * v) -
+                  sample_loss(m, samples[0], MID, alpha - eps * v)).item() / (2 * eps)
+        got = float((alpha.grad * v).sum())
+        assert abs(got - fd) <= 2e-3 * abs(fd) and abs(fd) > 1e-3, (got, fd)
+
+
+def test_loss_is_the_tail_mse_from_the_last_prompt_token(tiny_model, samples):
+    """sample_loss = MSE, over the last prompt token and the answer tokens, between the dense
+    final hidden states of one uncached forward and those whose queries (only theirs) use the
+    factors: computed here from those definitions."""
+    mc = tiny_model.cfg
+    alpha = torch.rand(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
+                       generator=torch.Generator().manual_seed(13))
+    s = samples[2]
+    ids = torch.tensor(s.prompt + s.answer)
+    first = len(s.prompt) - 1
+    spec = MiddleSpec(MID.sink, MID.recent, MID.block, alpha, None)
+    with torch.no_grad():
+        dense = tiny_model(ids)[first:]
+        cache = KVCache()
+        tiny_model(ids[:first], fill_cache=cache)
+        scaled = tiny_model(ids[first:], start=first, cache=cache, spec=spec)
+        want = ((scaled - dense) ** 2).mean().item()
+        got = sample_loss(tiny_model, s, MID, alpha).item()
+    assert want > 0 and got == pytest.approx(want, rel=1e-4)
+
+
+def test_stage1_l1_pulls_factors_down(tiny_model, samples):
+    """Stage 1's L1 term: from the same start, a large reg ends with smaller factors than
+    reg 0 and smaller than where it started (a sign error in the term pushes them up)."""
+    mc = tiny_model.cfg
+    a0 = torch.full((1, mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim), 0.5)
+    a0 = (a0 + 0.2 * torch.rand(a0.shape, generator=torch.Generator().manual_seed(14))).repeat(
+        2, 1, 1, 1)
+    cfg = StageConfig(steps=6, lr=0.05, log_every=100, ckpt_every=1000)
+    out = run_stage(tiny_model, samples, a0, cfg, MID, stage=1, regs=[0.0, 1.0])
+    assert out[1].mean() < a0[1].mean() - 0.05, (out[1].mean(), a0[1].mean())
+    assert out[1].mean() < out[0].mean() - 0.05, (out[1].mean(), out[0].mean())
 
 
 def test_identity_factors_give_zero_loss(tiny_model, samples):
