@@ -414,12 +414,12 @@ def check_out_file(path, key: str) -> None:
     """`path` can be written (its folder is made): checked before hours of work, not after.
     An existing file is replaced (atomically, by the writer); a folder is refused."""
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{key}: {path} is a folder, expected a file name")
-    up = next((q for q in path.parents if q.exists()), None)
-    if up is not None and not up.is_dir():
-        raise ConfigError(f"{key}: cannot write {path}: {up} is not a folder")
-    try:
+    try:  # is_dir() and exists() raise too (a name longer than NAME_MAX: ENAMETOOLONG)
+        if path.is_dir():
+            raise ConfigError(f"{key}: {path} is a folder, expected a file name")
+        up = next((q for q in path.parents if q.exists()), None)
+        if up is not None and not up.is_dir():
+            raise ConfigError(f"{key}: cannot write {path}: {up} is not a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = path.with_name(path.name + ".tmp")
         with open(probe, "wb"):

@@ -260,16 +260,27 @@ def test_eval_unreadable_config(eval_dir, capsys):
         one_line_error(capsys, "leank_eval", f"config {eval_dir / name}: cannot read")
 
 
-def test_eval_unwritable_out_is_refused_before_the_work(eval_dir, capsys, monkeypatch):
+@pytest.mark.parametrize("how", ["read-only folder", "name too long"])
+def test_eval_unwritable_out_is_refused_before_the_work(eval_dir, capsys, monkeypatch, how):
+    """An output that cannot be created is refused before the evaluation starts: in a folder
+    where files cannot be created (CI runs as root, who writes into a chmod 500 folder, so
+    there /proc/self, where root cannot create files either), or a file name longer than
+    NAME_MAX (stat raised ENAMETOOLONG: exit 1 and no "cannot write")."""
     ro = eval_dir / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        if _writable(ro):
-            pytest.skip("running as a user who can write a read-only folder (root)")
+        if how == "read-only folder":
+            folder = ro if not _writable(ro) else Path("/proc/self")
+            if _writable(folder):
+                pytest.skip("no folder here that this user cannot write")
+            out = str(folder / "eval.json")
+        else:
+            ro.chmod(0o700)
+            out = "ro/" + "e" * 300 + ".json"
         monkeypatch.setattr(leank_eval, "channel_scores", _never)
         with pytest.raises(SystemExit) as e:
-            run_eval(eval_dir, "out=ro/eval.json")
+            run_eval(eval_dir, f"out={out}")
         assert e.value.code == 2
         one_line_error(capsys, "leank_eval", "out: cannot write")
     finally:
