@@ -51,6 +51,23 @@ def test_exact_when_divisible():
         assert 1 - binarize(alpha, s, 16).mean().item() == pytest.approx(s, abs=0)
 
 
+def test_ties_go_to_the_lower_index():
+    """Stage 1 clamps factors to [0, 1], so trained factors tie (many are exactly 0 or 1): the
+    global top-k prefers the lower flat index, and a head keeps its lower channels."""
+    ones = torch.ones(1, 2, 32)
+    assert torch.equal(binarize(ones, 0.5, 16)[0], torch.stack([torch.ones(32), torch.zeros(32)]))
+    assert torch.equal(binarize(ones, 0.75, 16)[0, 0], (torch.arange(32) < 16).float())
+    # Factors 1 in head 1's first half and in head 0's upper half, 0 elsewhere: at 75% the
+    # 16 kept channels are the first 16 factors equal to 1 in flat order (head 0's 16-31).
+    a = torch.zeros(1, 2, 32)
+    a[0, 0, 16:] = 1
+    a[0, 1, :16] = 1
+    want = torch.zeros(1, 2, 32)
+    want[0, 0, 16:] = 1
+    assert torch.equal(binarize(a, 0.75, 16), want)
+    assert torch.equal(binarize(a, 0.5, 16), a)
+
+
 def test_ste_forward_is_hard_backward_is_identity():
     alpha = torch.rand(3, 2, 32, generator=torch.Generator().manual_seed(2)).requires_grad_()
     m, hard, skip = ste_mask(alpha, 0.6, 16)
@@ -170,7 +187,11 @@ def test_import_writes_only_masks_the_server_loads(tmp_path):
     assert not (tmp_path / "a.safetensors").exists()
 
 
-RELEASED = "/work/shared/leank-masks/llama3.1-8b-instruct.pth"
+# shared/ beside the clone (where CI lays it), else the developers' /work/shared.
+RELEASED = next((str(p) for p in (Path(__file__).resolve().parents[3] / "shared",
+                                  Path("/work/shared"))
+                 if (p / "leank-masks" / "llama3.1-8b-instruct.pth").exists()),
+                "/work/shared") + "/leank-masks/llama3.1-8b-instruct.pth"
 
 
 @pytest.mark.skipif(not os.path.exists(RELEASED), reason="released masks not on this machine")
