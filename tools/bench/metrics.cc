@@ -93,6 +93,7 @@ bool MeetsSlo(const RequestRecord& r, const Slo& slo) {
 
 Report BuildReport(const std::vector<RequestRecord>& records, const Slo& slo, double duration_s) {
   Report rep;
+  rep.goodput_measured = slo.any();
   std::vector<double> ttft, tpot, itl, e2el;
   double first_send = std::numeric_limits<double>::infinity(), last_end = 0;
   std::vector<std::pair<double, int>> events;  // (time, +1 send / -1 end)
@@ -127,7 +128,7 @@ Report BuildReport(const std::vector<RequestRecord>& records, const Slo& slo, do
       const double gap_ms = (r.chunk_s[i] - r.chunk_s[i - 1]) * 1000.0;
       for (int k = 0; k < r.chunk_tokens[i]; ++k) itl.push_back(gap_ms / r.chunk_tokens[i]);
     }
-    if (MeetsSlo(r, slo)) ++rep.good_requests;
+    if (rep.goodput_measured && MeetsSlo(r, slo)) ++rep.good_requests;
   }
   std::sort(events.begin(), events.end());
   int in_flight = 0;
@@ -170,8 +171,9 @@ nlohmann::json ReportToJson(const Report& r) {
           {"request_throughput", r.request_throughput},
           {"output_throughput", r.output_throughput},
           {"total_throughput", r.total_throughput},
-          {"good_requests", r.good_requests},
-          {"goodput", r.goodput},
+          {"good_requests",
+           r.goodput_measured ? nlohmann::json(r.good_requests) : nlohmann::json(nullptr)},
+          {"goodput", r.goodput_measured ? nlohmann::json(r.goodput) : nlohmann::json(nullptr)},
           {"ttft_ms", DistJson(r.ttft_ms)},
           {"tpot_ms", DistJson(r.tpot_ms)},
           {"itl_ms", DistJson(r.itl_ms)},

@@ -65,8 +65,11 @@ struct Report {
   double duration_s = 0;  // first send to last finish
   int64_t input_tokens = 0, output_tokens = 0;
   double request_throughput = 0, output_throughput = 0, total_throughput = 0;
+  // Goodput is only defined under SLOs: without any, good_requests/goodput are 0 here
+  // and null in the JSON (vLLM writes None), not a copy of the request throughput.
+  bool goodput_measured = false;
   int64_t good_requests = 0;
-  double goodput = 0;  // good requests per second (= request_throughput without SLOs)
+  double goodput = 0;  // requests per second that met every SLO
   Distribution ttft_ms, tpot_ms, itl_ms, e2el_ms;
   std::map<std::string, int64_t> errors;  // code name -> count
   // Completed requests whose client-counted output tokens differ from the server's

@@ -380,6 +380,25 @@ TEST(Metrics, ItlHasOneValuePerTokenAfterTheFirstEvenInTheFirstChunk) {
   EXPECT_NEAR(r.itl_ms.max, 100, 1e-9);
 }
 
+TEST(Metrics, GoodputIsNullWithoutSlos) {
+  // vLLM writes request_goodput None without --goodput; this wrote the request
+  // throughput, as if every request had met an SLO nobody set.
+  const std::vector<RequestRecord> recs = {Rec(0.0, {0.1, 0.2}, {1, 1}, 2)};
+  const Report r = BuildReport(recs, Slo{});
+  EXPECT_FALSE(r.goodput_measured);
+  EXPECT_EQ(r.good_requests, 0);
+  const nlohmann::json j = ReportToJson(r);
+  EXPECT_TRUE(j["goodput"].is_null()) << j["goodput"];
+  EXPECT_TRUE(j["good_requests"].is_null()) << j["good_requests"];
+  EXPECT_GT(j["request_throughput"].get<double>(), 0);
+  EXPECT_EQ(FormatReport(r, "", Slo{}).find("goodput"), std::string::npos);
+  // With an SLO it is a number, 0 included.
+  const Report g = BuildReport(recs, *ParseSlo("ttft:50"));
+  EXPECT_TRUE(g.goodput_measured);
+  EXPECT_EQ(ReportToJson(g)["goodput"], 0.0);
+  EXPECT_EQ(ReportToJson(g)["good_requests"], 0);
+}
+
 TEST(Metrics, EmptyRunIsAReportNotACrash) {
   const Report r = BuildReport({}, Slo{});
   EXPECT_EQ(r.completed, 0);
