@@ -47,6 +47,8 @@ struct Flags {
   std::string dataset;
   int dataset_output_len = 0;
   std::string dataset_as = "auto";
+  int dataset_max_input_len = 1024;  // vLLM's ShareGPT filter
+  int dataset_max_total_len = 2048;
   bool random_ids = false;
   bool ignore_eos = false;
   float temperature = 0.0f;
@@ -211,6 +213,16 @@ int Main(int argc, char** argv) {
                  "Dataset: fixed max_tokens instead of each first reply's length")
       ->group(wl)
       ->check(CLI::Range(0, 1 << 24));
+  app.add_option("--dataset-max-input-len", f.dataset_max_input_len,
+                 "Dataset: skip prompts over this many tokens (vLLM's 1024; 0 = no cap)")
+      ->group(wl)
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 24));
+  app.add_option("--dataset-max-total-len", f.dataset_max_total_len,
+                 "Dataset: skip rows whose prompt + output exceed this (vLLM's 2048; 0 = no cap)")
+      ->group(wl)
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 24));
   app.add_option("--dataset-as", f.dataset_as,
                  "Dataset prompts sent as messages (chat template) or text")
       ->group(wl)
@@ -299,6 +311,8 @@ int Main(int argc, char** argv) {
     d.max_prompts = distinct;
     d.fixed_output_len = f.dataset_output_len;
     d.max_model_len = info.max_model_len();
+    d.max_input_len = f.dataset_max_input_len;
+    d.max_total_len = f.dataset_max_total_len;
     d.as_messages =
         f.dataset_as == "messages" || (f.dataset_as == "auto" && info.has_chat_template());
     d.seed = f.seed;

@@ -225,6 +225,10 @@ absl::StatusOr<std::vector<BenchPrompt>> LoadConversations(const std::string& pa
     }
     // Too short to mean anything (vLLM's filter); a --dataset-output-len is the user's call.
     if (*in_len < 4 || (options.fixed_output_len <= 0 && out_len < 4)) continue;
+    // vLLM's caps (prompt > 1024, prompt + output > 2048 tokens by default), so that a
+    // ShareGPT run samples the same population as benchmark_serving's.
+    if (options.max_input_len > 0 && *in_len > options.max_input_len) continue;
+    if (options.max_total_len > 0 && *in_len + out_len > options.max_total_len) continue;
     if (options.max_model_len > 0 && *in_len + out_len > options.max_model_len) continue;
     p.input_tokens = *in_len;
     p.output_tokens = out_len;
@@ -234,7 +238,8 @@ absl::StatusOr<std::vector<BenchPrompt>> LoadConversations(const std::string& pa
     return absl::InvalidArgumentError(
         absl::StrCat(path,
                      ": no usable conversations (need a user turn and a reply, each of "
-                     ">= 4 tokens, fitting max_model_len)"));
+                     ">= 4 tokens, within the --dataset-max-input-len / --dataset-max-total-len "
+                     "caps and max_model_len)"));
   }
   return prompts;
 }

@@ -56,7 +56,11 @@ struct DatasetOptions {
   int64_t max_prompts = 1000;
   int fixed_output_len = 0;  // 0: the length of the conversation's first reply
   int max_model_len = 0;     // 0: no limit
-  bool as_messages = true;   // send the prompt as a user message (chat template), else text
+  // vLLM's ShareGPT filter (is_valid_sequence): prompts over 1024 tokens or prompt +
+  // output over 2048 are skipped. 0: no such cap (max_model_len still applies).
+  int max_input_len = 1024;
+  int max_total_len = 2048;
+  bool as_messages = true;  // send the prompt as a user message (chat template), else text
   bool shuffle = true;
   uint64_t seed = 0;
 };
@@ -66,9 +70,10 @@ struct DatasetOptions {
 // "user" | "gpt" | "assistant" | "system", "value": ...}] (ShareGPT) or "messages":
 // [{"role", "content"}] (OpenAI), or "prompt" (+ optional "output_len"). The first
 // user turn is the prompt, the reply after it gives the output length. Rows with a
-// prompt or reply under 4 tokens (the reply only when it sets the output length), or
-// prompt + output over max_model_len, are skipped (as vLLM's benchmark does). Errors
-// name the file and line.
+// prompt or reply under 4 tokens (the reply only when it sets the output length), a
+// prompt over max_input_len, or prompt + output over max_total_len (vLLM's benchmark
+// filter, defaults 1024 / 2048) or max_model_len are skipped. Errors name the file and
+// line.
 absl::StatusOr<std::vector<BenchPrompt>> LoadConversations(const std::string& path,
                                                            const DatasetOptions& options,
                                                            const TokenCounter& count_tokens);

@@ -223,6 +223,43 @@ TEST(Workload, LoadsShareGptJsonlAndOpenAiMessages) {
   EXPECT_EQ(LoadConversations(path, o, WordCounter)->size(), 1u);
 }
 
+TEST(Workload, AppliesVllmShareGptLengthCapsByDefault) {
+  // vLLM's is_valid_sequence skips prompts over 1024 tokens and prompt + output over
+  // 2048, whatever the model's context; only max_model_len was applied here, so a
+  // ShareGPT run sampled a different (longer) population than benchmark_serving's.
+  auto words = [](int n, const std::string& w) {
+    std::string s;
+    for (int i = 0; i < n; ++i) s += (i ? " " : "") + w;
+    return s;
+  };
+  auto row = [&](int prompt_words, int reply_words) {
+    return R"({"conversations": [{"from": "human", "value": ")" + words(prompt_words, "p") +
+           R"("}, {"from": "gpt", "value": ")" + words(reply_words, "r") + R"("}]})" + "\n";
+  };
+  // Prompt tokens = words + 1 (BOS, as text); reply tokens = words.
+  const std::string path = WriteFile("caps.jsonl", row(1023, 10) +        // prompt 1024: kept
+                                                       row(1024, 10) +    // prompt 1025: skipped
+                                                       row(1000, 1048) +  // total 2049: skipped
+                                                       row(1000, 1047));  // total 2048: kept
+  DatasetOptions o;
+  o.shuffle = false;
+  o.as_messages = false;
+  o.max_model_len = 8192;
+  absl::StatusOr<std::vector<BenchPrompt>> p = LoadConversations(path, o, WordCounter);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->size(), 2u);
+  EXPECT_EQ((*p)[0].input_tokens, 1024);
+  EXPECT_EQ((*p)[1].input_tokens + (*p)[1].output_tokens, 2048);
+  // 0 lifts the caps (max_model_len still applies).
+  o.max_input_len = 0;
+  o.max_total_len = 0;
+  p = LoadConversations(path, o, WordCounter);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->size(), 4u);
+  o.max_model_len = 2048;
+  EXPECT_EQ(LoadConversations(path, o, WordCounter)->size(), 3u);
+}
+
 TEST(Workload, SkipsAnEmptyPromptInsteadOfFailingTheLoad) {
   // As the server: Tokenize refuses an empty text (INVALID_ARGUMENT "text: empty").
   auto counter = [](const BenchPrompt& p, bool special) -> absl::StatusOr<int> {
