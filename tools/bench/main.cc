@@ -420,10 +420,18 @@ int Main(int argc, char** argv) {
         {"request_rate", o.open_loop() ? nlohmann::json(o.request_rate) : nlohmann::json(nullptr)},
         {"burstiness", f.burstiness},
         {"max_concurrency", f.max_concurrency},
-        {"num_prompts", f.num_prompts},
+        // Requests the run was allowed to send: none when --duration alone bounds it
+        // (the flag's default, 100, did not limit anything then).
+        {"num_prompts", o.num_requests == std::numeric_limits<int64_t>::max()
+                            ? nlohmann::json(nullptr)
+                            : nlohmann::json(f.num_prompts)},
         {"duration_s", by_duration ? nlohmann::json(f.duration_s) : nlohmann::json(nullptr)},
         {"warmup", f.warmup},
         {"dataset", f.dataset.empty() ? nlohmann::json(nullptr) : nlohmann::json(f.dataset)},
+        {"dataset_output_len", f.dataset_output_len},
+        {"dataset_as", f.dataset_as},
+        {"dataset_max_input_len", f.dataset_max_input_len},
+        {"dataset_max_total_len", f.dataset_max_total_len},
         {"input_len", f.input_len},
         {"input_dist", f.input_dist},
         {"input_spread", f.input_spread},

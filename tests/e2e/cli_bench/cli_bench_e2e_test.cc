@@ -191,6 +191,31 @@ TEST_F(FakeServerE2E, BenchOpenLoopWithIgnoreEos) {
   }
 }
 
+TEST_F(FakeServerE2E, BenchDurationRunJsonSaysWhatBoundedIt) {
+  // --duration alone: the JSON said "num_prompts": 100 (the flag's default) although
+  // the run was bounded by time only. Requests in flight at the cut-off are waited for
+  // and counted: every sent request is in the results, none cancelled.
+  const std::string json = TempPath("duration.json");
+  ProcessResult r = Bench(target(), {"--duration=0.5", "--concurrency=2", "--input-len=8",
+                                     "--output-len=4", "--ignore-eos", "--json=" + json});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  nlohmann::json j = ReadJson(json);
+  ASSERT_TRUE(j.is_object()) << Describe(r);
+  EXPECT_TRUE(j["config"]["num_prompts"].is_null()) << j["config"];
+  EXPECT_EQ(j["config"]["duration_s"], 0.5);
+  EXPECT_EQ(j["config"]["dataset_max_total_len"], 2048);  // the workload flags are all there
+  const int64_t sent = static_cast<int64_t>(j["requests"].size());
+  EXPECT_GE(sent, 1);
+  ExpectCountsMatchUsage(j, sent);
+  // Both bounds: the count is reported.
+  r = Bench(target(), {"--duration=600", "--num-prompts=3", "--input-len=8", "--output-len=4",
+                       "--ignore-eos", "--json=" + json});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  j = ReadJson(json);
+  EXPECT_EQ(j["config"]["num_prompts"], 3);
+  ExpectCountsMatchUsage(j, 3);
+}
+
 TEST_F(FakeServerE2E, ServerKilledMidRunGivesCountedErrorsAndAReport) {
   server_.reset();
   StartServer("20000");  // 20 ms steps: 40 tokens take ~0.8 s
