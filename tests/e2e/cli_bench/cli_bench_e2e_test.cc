@@ -4,6 +4,7 @@
 // Every wait is bounded; every process is killed on the way out.
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
@@ -21,7 +22,12 @@ using testing::ProcessResult;
 using testing::RunProcess;
 using testing::TempPath;
 
+// $LEANK_CACHE_DIR/models/... when set (as the golden and tokenizer tests), else the
+// checkout's .cache.
 std::string SmolLm2Dir() {
+  if (const char* env = std::getenv("LEANK_CACHE_DIR")) {
+    return std::string(env) + "/models/smollm2-135m-instruct";
+  }
   return std::string(LEANK_SOURCE_DIR) + "/.cache/models/smollm2-135m-instruct";
 }
 bool Exists(const std::string& p) {
