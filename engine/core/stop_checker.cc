@@ -18,17 +18,23 @@ StopChecker::Result StopChecker::Push(int32_t token, bool check_stops) {
     // starts at most s.size() - 1 bytes before it, and not in released text. One that
     // ended earlier was either found then or came before min_tokens (ignored); starting
     // the search at the first such position would also hide a later, valid match.
-    size_t best = std::string::npos, best_len = 0;
+    // Of the matches, the one that ends first wins (on a tie, the one that starts first):
+    // the text stops where it would have had the token's text come byte by byte, so the
+    // result does not depend on how the text is split into tokens. (The earliest start
+    // did: "xabcd" in one token with stops {"abcd", "bc"} gave "x", in five tokens "xa".)
+    size_t best = std::string::npos, best_end = std::string::npos;
     for (const auto& s : stop_) {
       const size_t from = std::max(released_, old_size >= s.size() ? old_size - s.size() + 1 : 0);
       const size_t pos = text_.find(s, from);
-      if (pos != std::string::npos && pos < best) {
+      if (pos == std::string::npos) continue;
+      const size_t end = pos + s.size();
+      if (end < best_end || (end == best_end && pos < best)) {
         best = pos;
-        best_len = s.size();
+        best_end = end;
       }
     }
     if (best != std::string::npos) {
-      const size_t end = include_stop_ ? best + best_len : best;
+      const size_t end = include_stop_ ? best_end : best;
       r.text = text_.substr(released_, end > released_ ? end - released_ : 0);
       released_ = std::max(released_, end);
       r.stopped = true;

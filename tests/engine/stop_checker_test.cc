@@ -88,6 +88,28 @@ TEST(StopCheckerTest, EarliestOfSeveralStopStrings) {
   EXPECT_TRUE(stopped);
 }
 
+TEST(StopCheckerTest, TheStopStringThatEndsFirstWinsHoweverTheTextIsSplit) {
+  // "bc" is complete at the 4th character, "abcd" only at the 5th: streamed a character
+  // at a time the text stops at "bc". One token carrying all of "xabcd" must stop there
+  // too (it used to cut at the earliest start, "abcd": "x" / "xabcd").
+  FakeTokenizer tok({"x", "a", "b", "c", "d", "xabcd"});
+  for (bool include : {false, true}) {
+    SCOPED_TRACE(include);
+    const std::string want = include ? "xabc" : "xa";
+    for (const std::vector<int32_t>& ids : {std::vector<int32_t>{0, 1, 2, 3, 4}, {5}}) {
+      StopChecker c(tok, {"abcd", "bc"}, include);
+      bool stopped;
+      EXPECT_EQ(Feed(c, ids, &stopped), want) << ids.size() << " tokens";
+      EXPECT_TRUE(stopped);
+    }
+  }
+  // Two ending at the same byte: cut at the earlier start (the longer one).
+  StopChecker c(tok, {"bcd", "abcd"}, false);
+  bool stopped;
+  EXPECT_EQ(Feed(c, {5}, &stopped), "x");
+  EXPECT_TRUE(stopped);
+}
+
 TEST(StopCheckerTest, NoStopsBeforeMinTokens) {
   StopChecker c(Tok(), {"Hello"}, false);
   auto r = c.Push(0, /*check_stops=*/false);
@@ -132,8 +154,9 @@ TEST(StopCheckerTest, StopCompletedBeforeMinTokensIsIgnoredEvenWhenHeldBack) {
 
 // Random pieces over a small alphabet with split multi-byte characters, random stop
 // strings and min_tokens, against a direct reference: the first token after min_tokens
-// whose text completes an occurrence of a stop string ends the output at the earliest
-// such occurrence (plus the string when included); the streamed deltas add up to it.
+// whose text completes an occurrence of a stop string ends the output at the occurrence
+// that ends first (ties: the earlier start), plus the string when included; the
+// streamed deltas add up to it.
 TEST(StopCheckerTest, RandomStreamsMatchTheReference) {
   const std::vector<std::string> pieces = {"a",
                                            "b",
@@ -177,17 +200,18 @@ TEST(StopCheckerTest, RandomStreamsMatchTheReference) {
     bool want_stop = false;
     for (size_t k = min_tokens + 1; k < texts.size() && !want_stop; ++k) {
       const std::string& t = texts[k];
-      size_t best = std::string::npos, best_len = 0;
+      size_t best = std::string::npos, best_end = std::string::npos;
       for (const std::string& s : stops) {
         for (size_t pos = t.find(s); pos != std::string::npos; pos = t.find(s, pos + 1)) {
-          if (pos + s.size() > texts[k - 1].size() && pos < best) {
+          const size_t end = pos + s.size();
+          if (end > texts[k - 1].size() && (end < best_end || (end == best_end && pos < best))) {
             best = pos;
-            best_len = s.size();
+            best_end = end;
           }
         }
       }
       if (best != std::string::npos) {
-        want = t.substr(0, include ? best + best_len : best);
+        want = t.substr(0, include ? best_end : best);
         want_stop = true;
       }
     }
