@@ -30,6 +30,9 @@ constexpr int64_t kDefaultCpuKvBytes = int64_t{1} << 30;
 constexpr int kMaxStopStrings = 16;
 constexpr size_t kMaxStopStringBytes = 256;
 constexpr int kMaxLogprobs = 20;
+// Below this temperature sampling is greedy, as in vLLM (_SAMPLING_EPS): dividing by it
+// would only turn exact or near ties (a few ulps apart) at the top into random draws.
+constexpr float kGreedyBelowTemperature = 1e-5f;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -351,6 +354,8 @@ absl::Status EngineImpl::AddRequest(RequestId id, std::vector<int32_t> prompt,
     return absl::ResourceExhaustedError(absl::StrCat(
         "the waiting queue is full (", options_.max_waiting, " requests); retry later"));
   }
+  // Both samplers (CPU and device) see temperature 0, hence argmax.
+  if (params.sampling.temperature < kGreedyBelowTemperature) params.sampling.temperature = 0.0f;
   const uint64_t seed = params.sampling.has_seed ? params.sampling.seed : seed_source_();
   auto r = std::make_unique<EngineRequest>(id, *tokenizer_, std::move(params), seed);
   r->prompt_len = static_cast<int>(prompt.size());

@@ -25,11 +25,13 @@ namespace fs = std::filesystem;
 
 // Sequence length (prompt + output so far) -> the token forced as the next one.
 using Script = std::map<int64_t, int32_t>;
+// Sequence length -> tokens whose logits are all set to exactly the same large value.
+using Ties = std::map<int64_t, std::vector<int32_t>>;
 
 class ScriptedBackend final : public Backend {
  public:
-  ScriptedBackend(std::unique_ptr<Backend> inner, const Script* script)
-      : inner_(std::move(inner)), script_(script) {}
+  ScriptedBackend(std::unique_ptr<Backend> inner, const Script* script, const Ties* ties)
+      : inner_(std::move(inner)), script_(script), ties_(ties) {}
   std::string name() const override { return inner_->name(); }
   const ModelConfig& config() const override { return inner_->config(); }
   const cache::CacheLayout& layout() const override { return inner_->layout(); }
@@ -42,6 +44,10 @@ class ScriptedBackend final : public Backend {
       const int64_t r = row++;
       auto it = script_->find(w.cache.start_pos + w.cache.num_new_tokens);
       if (it != script_->end()) out->logits[r * out->vocab + it->second] += 1000.0f;
+      auto tie = ties_->find(w.cache.start_pos + w.cache.num_new_tokens);
+      if (tie != ties_->end()) {
+        for (int32_t t : tie->second) out->logits[r * out->vocab + t] = 100.0f;
+      }
     }
     return absl::OkStatus();
   }
@@ -49,6 +55,7 @@ class ScriptedBackend final : public Backend {
  private:
   std::unique_ptr<Backend> inner_;
   const Script* script_;
+  const Ties* ties_;
 };
 
 struct Result {
@@ -77,7 +84,7 @@ class GenerationTest : public ::testing::Test {
     o.kv_cache_bytes = int64_t{16} << 20;
     o.num_threads = 2;
     o.wrap_backend = [this](std::unique_ptr<Backend> b) -> std::unique_ptr<Backend> {
-      return std::make_unique<ScriptedBackend>(std::move(b), &script_);
+      return std::make_unique<ScriptedBackend>(std::move(b), &script_, &ties_);
     };
     auto e = Engine::Create(o);
     ASSERT_TRUE(e.ok()) << e.status();
@@ -122,6 +129,7 @@ class GenerationTest : public ::testing::Test {
 
   static fs::path* dir_;
   Script script_;
+  Ties ties_;
   std::unique_ptr<Engine> engine_;
 };
 fs::path* GenerationTest::dir_ = nullptr;
@@ -251,6 +259,34 @@ TEST_F(GenerationTest, SeededSamplingIsIndependentOfTheBatch) {
   GenerationParams other = params[0];
   other.sampling.seed = 9999;
   EXPECT_NE(Run(prompts[0], other).tokens, together.at(0).tokens);
+}
+
+TEST_F(GenerationTest, TemperatureBelowVllmsEpsilonIsGreedy) {
+  // vLLM samples greedily below a temperature of 1e-5 (_SAMPLING_EPS). Dividing by such a
+  // temperature instead draws at random among tied (or nearly tied) top logits: here
+  // tokens 50 and 40 tie at every step, and greedy takes the lower id every time.
+  const auto prompt = Prompt(5, 6);
+  for (int64_t len = 5; len < 5 + 8; ++len) ties_[len] = {50, 40};
+  const Result greedy = Run(prompt, Greedy(8));
+  EXPECT_EQ(greedy.tokens, std::vector<int32_t>(8, 40));
+  for (float t : {1e-6f, 9.9e-6f}) {
+    for (uint64_t seed : {1, 2, 3, 4}) {
+      SCOPED_TRACE(::testing::Message() << "temperature " << t << " seed " << seed);
+      GenerationParams p = Greedy(8);
+      p.sampling.temperature = t;
+      p.sampling.has_seed = true;
+      p.sampling.seed = seed;
+      EXPECT_EQ(Run(prompt, p).tokens, greedy.tokens);
+    }
+  }
+  // At 1e-5 and above the temperature applies: the tie is a fair coin.
+  GenerationParams p = Greedy(8);
+  p.sampling.temperature = 1e-5f;
+  p.sampling.has_seed = true;
+  p.sampling.seed = 1;
+  const Result sampled = Run(prompt, p);
+  EXPECT_NE(sampled.tokens, greedy.tokens);
+  for (int32_t t : sampled.tokens) EXPECT_TRUE(t == 40 || t == 50) << t;
 }
 
 }  // namespace
