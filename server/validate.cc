@@ -1,5 +1,6 @@
 #include "server/validate.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <mutex>
@@ -117,7 +118,10 @@ absl::Status ValidateSampling(const v1::GenerateRequest& r) {
     return Bad("temperature",
                absl::StrCat("must be in [0, ", kMaxTemperature, "], got ", r.temperature()));
   }
-  if (r.top_k() < 0) return Bad("top_k", absl::StrCat("must be >= 0 (0 = off), got ", r.top_k()));
+  // -1 is vLLM's "off" (its default before 0 was): vLLM clients send it.
+  if (r.top_k() < -1) {
+    return Bad("top_k", absl::StrCat("must be >= 0 (0 or -1 = off), got ", r.top_k()));
+  }
   if (r.has_top_p() && !(std::isfinite(r.top_p()) && r.top_p() > 0.0f && r.top_p() <= 1.0f)) {
     return Bad("top_p", absl::StrCat("must be in (0, 1], got ", r.top_p()));
   }
@@ -309,7 +313,7 @@ absl::StatusOr<GenerationParams> ToGenerationParams(const v1::GenerateRequest& r
   p.min_tokens = r.min_tokens();
   SamplingParams& s = p.sampling;
   if (r.has_temperature()) s.temperature = r.temperature();
-  s.top_k = r.top_k();
+  s.top_k = std::max(r.top_k(), 0);  // -1: off, as 0
   if (r.has_top_p()) s.top_p = r.top_p();
   s.min_p = r.min_p();
   if (r.has_repetition_penalty()) s.repetition_penalty = r.repetition_penalty();

@@ -394,7 +394,7 @@ TEST_P(ServerE2E, EveryInvalidFieldIsNamed) {
       {"min_tokens", [](auto* r) { r->set_min_tokens(r->max_tokens() + 1); }},
       {"temperature", [nan](auto* r) { r->set_temperature(nan); }},
       {"temperature", [](auto* r) { r->set_temperature(-0.5f); }},
-      {"top_k", [](auto* r) { r->set_top_k(-1); }},
+      {"top_k", [](auto* r) { r->set_top_k(-2); }},  // -1 is vLLM's "off", valid
       {"top_p", [](auto* r) { r->set_top_p(0.0f); }},
       {"top_p", [](auto* r) { r->set_top_p(1.5f); }},
       {"top_p", [nan](auto* r) { r->set_top_p(nan); }},

@@ -83,6 +83,19 @@ TEST(ValidateGenerate, NamesEachBadField) {
   ExpectField(r, "logprobs");
 }
 
+// vLLM's SamplingParams take top_k = -1 as "off" (it was their default), so vLLM
+// clients send it; it was refused with "top_k: must be >= 0".
+TEST(ValidateGenerate, TopKMinusOneIsOffAsInVllm) {
+  v1::GenerateRequest r = Valid();
+  r.set_top_k(-1);
+  EXPECT_TRUE(ValidateGenerateRequest(r, Limits()).ok());
+  absl::StatusOr<GenerationParams> p = ToGenerationParams(r, 10, Limits());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->sampling.top_k, 0);
+  r.set_top_k(-2);
+  ExpectField(r, "top_k");
+}
+
 TEST(ValidateGenerate, MessagesNeedAChatTemplate) {
   v1::GenerateRequest r = Valid();
   auto* m = r.mutable_messages()->add_messages();
