@@ -1,8 +1,8 @@
 #pragma once
 // Token sampling on the CPU: penalties, temperature, top-k, top-p, min-p, seeded RNG.
-// The order of operations (the same as vLLM's): repetition/presence/frequency
-// penalties on the logits, temperature, then top-k, top-p and min-p filters, then
-// a draw. Temperature 0 is greedy (argmax, lowest id on ties).
+// The order of operations (HF transformers'; vLLM applies min-p before top-k/top-p):
+// repetition/presence/frequency penalties on the logits, temperature, then top-k,
+// top-p and min-p filters, then a draw. Temperature 0 is greedy (argmax, lowest id on ties).
 
 #include <cstdint>
 #include <random>
