@@ -13,7 +13,14 @@ void Scheduler::Remove(SchedSeq* seq) {
   std::erase(running_, seq);
   std::erase(waiting_, seq);
   Unreserve(seq);
-  cache_->Free(seq->id);
+  // At once unless it was appended this step (Release falls back to the deferred Free):
+  // an abort between steps must not leave its blocks pending while the next step is
+  // planned, where an empty free list read as "cannot fit even alone".
+  cache_->Release(seq->id);
+}
+
+bool Scheduler::BlocksPending() const {
+  return cache_->pending_full_blocks() > 0 || cache_->pending_pruned_blocks() > 0;
 }
 
 cache::BlockDemand Scheduler::FinalBlocks(const SchedSeq* seq) const {
@@ -116,6 +123,12 @@ Schedule Scheduler::Step() {
       out.preempted.push_back(victim);
     }
     if (self_preempted) {
+      if (running_.size() == 1 && out.seqs.empty() && BlocksPending()) {
+        // Alone, but blocks freed this step (an abort) are not allocatable until
+        // EndStep: wait a step with what it holds rather than fail or recompute.
+        ++i;
+        continue;
+      }
       if (running_.size() == 1 && out.seqs.empty()) {
         // Alone with the whole pool and still no room: it can never run.
         std::erase(running_, seq);
@@ -152,7 +165,7 @@ Schedule Scheduler::Step() {
       int64_t chunk = std::min(seq->remaining(), budget);
       if (chunk > 1 && !cache_->CanAppend(seq->id, chunk)) chunk = LargestFittingChunk(seq, chunk);
       if (!cache_->CanAppend(seq->id, chunk)) {
-        if (running_.empty() && out.seqs.empty()) {
+        if (running_.empty() && out.seqs.empty() && !BlocksPending()) {
           // Nothing else holds blocks: this request cannot fit at all.
           waiting_.pop_front();
           out.unschedulable.push_back(seq);

@@ -63,7 +63,8 @@ class Scheduler {
   Scheduler(const SchedulerOptions& options, cache::KvCacheManager* cache);
 
   void AddWaiting(SchedSeq* seq);  // appended at the back of the waiting queue
-  // Removes a sequence wherever it is and frees its blocks. Safe for unknown seqs.
+  // Removes a sequence wherever it is and frees its blocks: at once (KvCacheManager::
+  // Release) unless it was appended in the step under way. Safe for unknown seqs.
   void Remove(SchedSeq* seq);
   Schedule Step();
 
@@ -76,6 +77,9 @@ class Scheduler {
 
  private:
   void Preempt(SchedSeq* seq);
+  // Blocks freed this step wait for EndStep: the free lists are not all that is not held,
+  // so "no room even alone" does not yet mean "can never fit".
+  bool BlocksPending() const;
   // The largest n <= chunk with CanAppend(seq, n), or 1.
   int64_t LargestFittingChunk(const SchedSeq* seq, int64_t chunk) const;
   // kReserve: blocks of a sequence at its final length; whether it fits beside the

@@ -149,6 +149,64 @@ TEST_F(SchedulerTest, ARequestLargerThanThePoolIsUnschedulable) {
   EXPECT_EQ(cache_->free_full_blocks(), 2);
 }
 
+// Found by engine_invariants_test (seeds 103 dense/reserve, 143 dense/optimistic): an
+// abort between steps freed its blocks only at EndStep, so the next step saw an empty
+// free list and failed the sequence left alone, or every waiting one, as "does not fit".
+TEST_F(SchedulerTest, RemoveBetweenStepsFreesAtOnce) {
+  Make(4, SchedulerOptions{8, 256, SchedulerOptions::Admission::kOptimistic});
+  SchedSeq* a = NewSeq(32);
+  SchedSeq* b = NewSeq(32);
+  Apply(sched_->Step());  // pool full
+  ASSERT_EQ(cache_->free_full_blocks(), 0);
+  sched_->Remove(b);  // aborted between steps
+  EXPECT_EQ(cache_->free_full_blocks(), 2);
+  Schedule s = sched_->Step();  // a's third block comes from b's
+  EXPECT_TRUE(s.unschedulable.empty());
+  ASSERT_EQ(s.seqs.size(), 1u);
+  EXPECT_EQ(s.seqs[0].seq, a);
+  // Removed in the step it was appended in: deferred, as its plan may still be read.
+  sched_->Remove(a);
+  EXPECT_EQ(cache_->free_full_blocks(), 1);
+  EXPECT_EQ(cache_->pending_full_blocks(), 3);
+  cache_->EndStep();
+  EXPECT_EQ(cache_->free_full_blocks(), 4);
+}
+
+TEST_F(SchedulerTest, BlocksPendingUntilEndStepAreNoReasonToFail) {
+  Make(4, SchedulerOptions{8, 256, SchedulerOptions::Admission::kOptimistic});
+  SchedSeq* a = NewSeq(32);
+  SchedSeq* b = NewSeq(32);
+  Apply(sched_->Step());
+  cache_->Free(b->id);  // b's blocks pending until EndStep
+  sched_->Remove(b);
+  Schedule s = sched_->Step();  // a, alone, needs a block: it waits, not fails
+  EXPECT_TRUE(s.unschedulable.empty());
+  EXPECT_TRUE(s.preempted.empty());
+  EXPECT_TRUE(s.seqs.empty());
+  EXPECT_EQ(a->num_cached, 32);
+  cache_->EndStep();
+  s = sched_->Step();
+  ASSERT_EQ(s.seqs.size(), 1u);
+  EXPECT_EQ(s.seqs[0].seq, a);
+}
+
+TEST_F(SchedulerTest, AdmissionWaitsForBlocksPendingUntilEndStep) {
+  Make(4, SchedulerOptions{8, 256, SchedulerOptions::Admission::kOptimistic});
+  SchedSeq* a = NewSeq(64);
+  Apply(sched_->Step());  // the whole pool
+  SchedSeq* c = NewSeq(20);
+  cache_->Free(a->id);  // pending until EndStep
+  sched_->Remove(a);
+  Schedule s = sched_->Step();  // nothing runs and nothing is free: c waits, not fails
+  EXPECT_TRUE(s.unschedulable.empty());
+  EXPECT_TRUE(s.seqs.empty());
+  EXPECT_EQ(sched_->num_waiting(), 1);
+  cache_->EndStep();
+  s = sched_->Step();
+  ASSERT_EQ(s.seqs.size(), 1u);
+  EXPECT_EQ(s.seqs[0].seq, c);
+}
+
 TEST_F(SchedulerTest, ReserveAdmissionRefusesAtOnceWhatCanNeverFit) {
   Make(2, {8, 256});
   SchedSeq* big = NewSeq(20);
