@@ -19,12 +19,21 @@ namespace leank::testing {
 
 constexpr int kTinyVocab = 3256;  // llama3-mini: 3000 + 256 added tokens
 
+// Attention shape of the tiny model (hidden 64, head_dim 64 either way).
+struct TinyModelShape {
+  int layers = 2;
+  int heads = 2;
+  int kv_heads = 1;
+};
+
 // Writes the model into `dir` (created); weights N(0, 1/fan_in) f32, embeddings N(0, 1),
 // a scaled lm_head so logits spread over a few units (near-ties rare).
-inline void WriteTinyModel(const std::filesystem::path& dir, uint64_t seed) {
+inline void WriteTinyModel(const std::filesystem::path& dir, uint64_t seed,
+                           TinyModelShape shape = {}) {
   namespace fs = std::filesystem;
   fs::create_directories(dir);
-  const int hidden = 64, inter = 128, layers = 2, heads = 2, kv_heads = 1, head_dim = 64;
+  const int hidden = 64, inter = 128, head_dim = 64;
+  const int layers = shape.layers, heads = shape.heads, kv_heads = shape.kv_heads;
   {
     std::ofstream f(dir / "config.json");
     f << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
