@@ -641,10 +641,79 @@ TEST_P(ServerE2E, TokenizeDetokenizeModelInfoAndEndpoints) {
       0);
 }
 
+// A Generate stream that the test holds open. Its client reads what the test asks for
+// and then nothing until Release(). Its own channel turns BDP probing off and grants a
+// 1 KiB lookahead, so the HTTP/2 flow-control window that the server may fill unread
+// stays about that small (with gRPC's defaults, BDP probing grew it past 150 KB of
+// unread responses). Once the responses outgrow it, the server's handler blocks in
+// Write, and the stream stays active, which the drain waits for, until the test reads
+// again, however long the test takes and however loaded the machine. A 128-byte
+// request_id (repeated in every chunk) and 20 top logprobs per token make a response
+// ~400-550 bytes a token, so a stream of long_tokens is tens of KB (measured with
+// gRPC 1.51: 20 tokens, ~8-10 KB, already held the handler).
+class HeldStream {
+ public:
+  static constexpr int kLookahead = 1024;
+
+  HeldStream(const std::string& target, const v1::GenerateRequest& req) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kLookahead);
+    channel_ = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    stub_ = v1::LeankService::NewStub(channel_);
+    ctx_.set_deadline(std::chrono::system_clock::now() + seconds(600));
+    reader_ = stub_->Generate(&ctx_, req);
+  }
+
+  // The next chunk; false at the end of the stream.
+  bool ReadOne() {
+    v1::GenerateResponse chunk;
+    if (!reader_->Read(&chunk)) return false;
+    wire_bytes_ += static_cast<int64_t>(chunk.ByteSizeLong()) + 5;  // + gRPC message header
+    result_.text += chunk.text();
+    result_.token_ids.insert(result_.token_ids.end(), chunk.token_ids().begin(),
+                             chunk.token_ids().end());
+    if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+      result_.finish_reason = chunk.finish_reason();
+    }
+    result_.chunks.push_back(std::move(chunk));
+    return true;
+  }
+  // Reads the rest of the stream.
+  StreamResult Release() {
+    while (ReadOne()) {
+    }
+    result_.status = reader_->Finish();
+    return result_;
+  }
+  // What the server sent, as gRPC messages (HTTP/2 framing not counted).
+  int64_t wire_bytes() const { return wire_bytes_; }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::LeankService::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader_;
+  StreamResult result_;
+  int64_t wire_bytes_ = 0;
+};
+
+// The drain is held open by a HeldStream, started before SIGTERM with the two others,
+// not by the others being slow enough: the server cannot finish draining (nor exit)
+// before the test has checked it and released that stream, on a loaded machine too.
+// The held stream, accepted before the signal, then gets all its tokens as well.
 TEST_P(ServerE2E, SigtermDrainsInFlightAndRefusesNewCalls) {
-  auto server = StartServer("drain", {"--drain-timeout=60"});
+  // Only a hang reaches the drain timeout: the test ends the drain by releasing the
+  // held stream (an expired drain would abort it, and the test would say so).
+  auto server = StartServer("drain", {"--drain-timeout=600"});
   ASSERT_NE(server, nullptr);
   EXPECT_EQ(server->Health(), HealthStatus::SERVING);
+  v1::GenerateRequest hold_req = Greedy(Prompt(7), flavor_.long_tokens);
+  hold_req.set_request_id(std::string(128, 'h'));
+  hold_req.set_logprobs(20);
+  HeldStream held(server->target(), hold_req);
+  // Accepted before the signal: its first chunk is in.
+  ASSERT_TRUE(held.ReadOne()) << "held stream: no first chunk; log:\n" << server->Log();
   constexpr int kStreams = 2;
   std::vector<StreamResult> results(kStreams);
   std::atomic<int> started{0};
@@ -666,7 +735,7 @@ TEST_P(ServerE2E, SigtermDrainsInFlightAndRefusesNewCalls) {
       results[i].status = reader->Finish();
     });
   }
-  ASSERT_TRUE(Eventually([&] { return started.load() == kStreams; }, milliseconds(60000)));
+  ASSERT_TRUE(Eventually([&] { return started.load() == kStreams; }, kHang));
   server->Signal(SIGTERM);
   EXPECT_TRUE(Eventually([&] { return server->Health() == HealthStatus::NOT_SERVING; }, kHang));
   {
@@ -686,6 +755,23 @@ TEST_P(ServerE2E, SigtermDrainsInFlightAndRefusesNewCalls) {
     EXPECT_EQ(static_cast<int>(results[i].token_ids.size()), flavor_.long_tokens);
     EXPECT_EQ(results[i].finish_reason, v1::FINISH_REASON_LENGTH);
   }
+  // The two streams are done; the held one keeps the server draining, not exiting.
+  EXPECT_TRUE(Eventually(
+      [&] {
+        const v1::ServerState st = State(*server);
+        return st.draining() && st.active_streams() == 1;
+      },
+      kHang))
+      << State(*server).DebugString();
+  EXPECT_TRUE(server->Alive());
+  const StreamResult h = held.Release();
+  EXPECT_TRUE(h.status.ok()) << h.status.error_message();
+  EXPECT_EQ(static_cast<int>(h.token_ids.size()), flavor_.long_tokens);
+  EXPECT_EQ(h.finish_reason, v1::FINISH_REASON_LENGTH);
+  // The hold rested on the responses outgrowing, by far, what the client's channel lets
+  // the server send unread: were they small, the checks above raced the drain again.
+  EXPECT_GE(held.wire_bytes(), 16 * HeldStream::kLookahead)
+      << "the held stream is too small to block the server's writes";
   const std::optional<int> code = server->WaitExit(seconds(30));
   EXPECT_EQ(code, 0) << server->Log();
 }
