@@ -158,21 +158,26 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromTokenizerConfigJson(
       }
       ct.knowledge_date_ = *knowledge;
       ct.date_string_ = *date;
-      if (tmpl.find("strftime_now") != std::string::npos) {
-        // transformers defines strftime_now, so such templates print today's date.
-        char buf[32];
-        const std::time_t now = std::time(nullptr);
-        std::tm tm{};
-        localtime_r(&now, &tm);
-        std::strftime(buf, sizeof(buf), "%d %b %Y", &tm);
-        ct.date_string_ = buf;
-      }
+      // transformers defines strftime_now, so such templates print today's date,
+      // read when each conversation is rendered (not when the template loads: a
+      // server running past midnight must not keep yesterday's date).
+      ct.date_from_clock_ = tmpl.find("strftime_now") != std::string::npos;
       ct.system_header_always_ = true;
     }
     return ct;
   }
   return absl::InvalidArgumentError(
       "unknown chat template: neither ChatML (<|im_start|>) nor Llama-3 (<|start_header_id|>)");
+}
+
+std::string ChatTemplate::date_string() const {
+  if (!date_from_clock_) return date_string_;
+  char buf[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  std::strftime(buf, sizeof(buf), "%d %b %Y", &tm);
+  return buf;
 }
 
 absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::filesystem::path& tokenizer_config) {
@@ -237,8 +242,8 @@ absl::StatusOr<std::string> ChatTemplate::Render(std::span<const ChatMessage> me
       first = 1;
     }
     absl::StrAppend(&out, "<|start_header_id|>system<|end_header_id|>\n\n",
-                    "Cutting Knowledge Date: ", knowledge_date_, "\n", "Today Date: ", date_string_,
-                    "\n\n", system, "<|eot_id|>");
+                    "Cutting Knowledge Date: ", knowledge_date_, "\n",
+                    "Today Date: ", date_string(), "\n\n", system, "<|eot_id|>");
   }
   for (size_t i = first; i < messages.size(); ++i) {
     absl::StrAppend(&out, "<|start_header_id|>", messages[i].role, "<|end_header_id|>\n\n",

@@ -51,10 +51,15 @@ class ChatTemplate {
   // The default system prompt the family's template inserts when none is given ("" if none).
   const std::string& default_system() const { return default_system_; }
   // Llama-3.1-style templates (a "Cutting Knowledge Date:" system header): the
-  // "Today Date:" value, by default the template's date_string literal, or
-  // today's date ("%d %b %Y") when the template calls strftime_now.
-  const std::string& date_string() const { return date_string_; }
-  void set_date_string(std::string date) { date_string_ = std::move(date); }
+  // "Today Date:" value, by default the template's date_string literal, or, when
+  // the template calls strftime_now, today's local date ("%d %b %Y") at the time of
+  // each call (as transformers evaluates strftime_now on every render), until
+  // set_date_string pins it.
+  std::string date_string() const;
+  void set_date_string(std::string date) {
+    date_string_ = std::move(date);
+    date_from_clock_ = false;
+  }
 
  private:
   Family family_ = Family::kChatML;
@@ -63,6 +68,7 @@ class ChatTemplate {
   bool system_header_always_ = false;  // Llama-3.1: the system header is always written
   std::string knowledge_date_;
   std::string date_string_;
+  bool date_from_clock_ = false;  // strftime_now: today's date at each Render
 };
 
 }  // namespace leank

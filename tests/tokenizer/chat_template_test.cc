@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <map>
@@ -44,6 +45,49 @@ TEST(ChatTemplateTest, MatchesTransformersRendering) {
   for (const char* name : {"smollm2", "qwen2.5", "llama3", "llama3.1"}) {
     EXPECT_GE(per_template[name], 10) << name;
   }
+}
+
+// Seeded random conversations (tools/make_chat_template_fixtures.py) rendered by
+// transformers: whitespace of every kind, token look-alikes, middle and repeated
+// system messages, empty and long contents. Where the template raises, or a role is
+// not system/user/assistant (the template may render it; we refuse, see
+// engine/tokenizer/README.md), Render must return InvalidArgument.
+TEST(ChatTemplateTest, MatchesTransformersOnRandomConversations) {
+  const auto cases = ReadJsonl(TokenizerData() / "templates" / "random_chat.jsonl");
+  std::map<std::string, ChatTemplate> templates;
+  std::map<std::string, int> compared;
+  int refused = 0;
+  for (const auto& c : cases) {
+    const std::string name = c["template"];
+    if (!templates.contains(name)) {
+      auto t = ChatTemplate::Load(ConfigOf(name));
+      ASSERT_TRUE(t.ok()) << t.status();
+      templates.emplace(name, *std::move(t));
+    }
+    std::vector<ChatMessage> messages;
+    bool plain = true;
+    for (const auto& m : c["messages"]) {  // [role, content]
+      messages.push_back({m[0], m[1]});
+      const std::string& role = messages.back().role;
+      plain = plain && (role == "system" || role == "user" || role == "assistant");
+    }
+    auto text = templates.at(name).Render(messages, c["gen"].get<bool>());
+    // An empty conversation is refused too, though SmolLM2 and Llama-3 render one.
+    if (!plain || messages.empty() || c.contains("error")) {
+      EXPECT_EQ(text.status().code(), absl::StatusCode::kInvalidArgument)
+          << name << " " << c.dump() << "\nours: " << text.value_or("");
+      ++refused;
+      continue;
+    }
+    EXPECT_TRUE(text.ok()) << text.status() << " " << name << " " << c["messages"].dump();
+    EXPECT_EQ(text.value_or(""), c["text"].get<std::string>())
+        << name << " " << c["messages"].dump();
+    ++compared[name];
+  }
+  for (const char* name : {"smollm2", "qwen2.5", "llama3", "llama3.1"}) {
+    EXPECT_GE(compared[name], 130) << name;
+  }
+  EXPECT_GE(refused, 20);
 }
 
 TEST(ChatTemplateTest, FamiliesAndDefaultSystemPrompts) {
@@ -174,6 +218,60 @@ TEST(ChatTemplateTest, StrftimeNowTemplatesUseTodaysDate) {
                         "Cutting Knowledge Date: December 2023\nToday Date: ") +
                 today +
                 "\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
+}
+
+// transformers evaluates strftime_now on every render; the date used to be read
+// once, when the template loaded, so a server running past midnight kept printing
+// the day it started. Two POSIX time zones 26 hours apart (no tzdata needed) make
+// "load" and "render" fall on different dates.
+TEST(ChatTemplateTest, StrftimeNowDateIsReadAtEachRender) {
+  const nlohmann::json llama = ReadJsonFile(ConfigOf("llama3.1"));
+  nlohmann::json config = llama;
+  std::string tmpl = llama["chat_template"];
+  const std::string fixed = "{%- set date_string = \"26 Jul 2024\" %}";
+  const size_t at = tmpl.find(fixed);
+  ASSERT_NE(at, std::string::npos);
+  tmpl.replace(at, fixed.size(),
+               "{%- if strftime_now is defined %}"
+               "{%- set date_string = strftime_now(\"%d %b %Y\") %}{%- else %}" +
+                   fixed + "{%- endif %}");
+  config["chat_template"] = tmpl;
+  const char* old_tz = std::getenv("TZ");
+  const std::string saved = old_tz ? old_tz : "";
+  auto set_tz = [](const char* tz) {
+    if (tz) {
+      setenv("TZ", tz, 1);
+    } else {
+      unsetenv("TZ");
+    }
+    tzset();
+  };
+  auto local_date = [] {
+    char buf[32];
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    localtime_r(&now, &tm);
+    std::strftime(buf, sizeof(buf), "%d %b %Y", &tm);
+    return std::string(buf);
+  };
+  set_tz("WEST+12");  // UTC-12
+  auto t = ChatTemplate::FromTokenizerConfigJson(config.dump());
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::string at_load = local_date();
+  set_tz("EAST-14");  // UTC+14
+  const std::string before = local_date();
+  const ChatMessage msgs[] = {{"user", "Hi"}};
+  const std::string text = t->Render(msgs, false).value_or("");
+  const std::string after = local_date();
+  set_tz(old_tz ? saved.c_str() : nullptr);
+  EXPECT_NE(at_load, before);
+  const bool today = text.find("Today Date: " + before + "\n") != std::string::npos ||
+                     text.find("Today Date: " + after + "\n") != std::string::npos;
+  EXPECT_TRUE(today) << text << "\ntoday is " << before;
+  // set_date_string pins it (as passing date_string to apply_chat_template does).
+  t->set_date_string("01 Jan 2030");
+  EXPECT_NE(t->Render(msgs, false).value_or("").find("Today Date: 01 Jan 2030\n"),
+            std::string::npos);
 }
 
 // transformers (>= 4.50) writes the template to chat_template.jinja beside
