@@ -198,7 +198,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> MakePreTokenizer(const Json& spec)
   }
   if (type == "Digits") {
     // HF isolates each char::is_numeric char (categories Nd, Nl, No), or runs of them.
-    auto r = Regex::Compile(spec.value("individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)");
+    const std::string numeric = Regex::NumericClass();
+    auto r = Regex::Compile(spec.value("individual_digits", false) ? numeric : numeric + "+");
     if (!r.ok()) return r.status();
     return std::make_unique<SplitPreTokenizer>(*std::move(r), Behavior::kIsolated, false);
   }

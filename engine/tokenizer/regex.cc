@@ -18,12 +18,33 @@ pcre2_code* Code(void* p) { return static_cast<pcre2_code*>(p); }
 constexpr char kWhiteSpace[] =
     R"(\t-\r\x20\x85\xA0\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
 
-// Rewrites \s and \S with the explicit White_Space set.
+// Letters and numbers HF's regexes know but PCRE2's Unicode 14 tables leave
+// unassigned (kExtraLetters, kExtraNumbers), and those Rust's char::is_numeric
+// knows (kExtraNumeric, for the Digits pre-tokenizer).
+#include "regex_props.inc"
+
+// Rewrites \s and \S with the explicit White_Space set, and \p{L}, \p{N}
+// (\P{L}, \P{N}) with PCRE2's property plus the code points above.
 absl::StatusOr<std::string> TranslatePattern(std::string_view pattern) {
   std::string out;
   bool in_class = false;
   for (size_t i = 0; i < pattern.size(); ++i) {
     const char c = pattern[i];
+    if (c == '\\' && i + 4 < pattern.size() && (pattern[i + 1] == 'p' || pattern[i + 1] == 'P') &&
+        pattern[i + 2] == '{' && (pattern[i + 3] == 'L' || pattern[i + 3] == 'N') &&
+        pattern[i + 4] == '}') {
+      const bool negated = pattern[i + 1] == 'P';
+      const char prop = pattern[i + 3];
+      const std::string set = absl::StrCat("\\p{", std::string(1, prop), "}",
+                                           prop == 'L' ? kExtraLetters : kExtraNumbers);
+      i += 4;
+      if (in_class && negated) {
+        return absl::UnimplementedError(absl::StrCat("pre-tokenizer regex '", std::string(pattern),
+                                                     "': \\P{...} inside [...] is not supported"));
+      }
+      out += in_class ? set : absl::StrCat(negated ? "[^" : "[", set, "]");
+      continue;
+    }
     if (c == '\\' && i + 1 < pattern.size()) {
       const char e = pattern[++i];
       if (e == 's') {
@@ -81,6 +102,8 @@ MatchState& State() {
 }
 
 }  // namespace
+
+std::string Regex::NumericClass() { return absl::StrCat("[\\p{N}", kExtraNumeric, "]"); }
 
 absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(std::string_view pattern) {
   auto translated = TranslatePattern(pattern);

@@ -18,6 +18,9 @@ class Regex {
   // tokenizers are also valid PCRE2.
   static absl::StatusOr<std::unique_ptr<Regex>> Compile(std::string_view pattern);
   static std::unique_ptr<Regex> CompileLiteral(std::string_view literal);
+  // A class (for Compile) of the chars Rust's char::is_numeric accepts, as
+  // HF's Digits pre-tokenizer uses it (Unicode of HF's Rust, not PCRE2's).
+  static std::string NumericClass();
   ~Regex();
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
