@@ -18,7 +18,8 @@ build/bin/tokenizer_fuzz_driver, and prints every difference.
       rewrite tests/data/tokenizer/fuzz/regression.jsonl: strings that once
       differed, with HF's ids for each tokenizer (needs only `tokenizers`).
 
-Fixture line: {"text", "ids", "ids_special" (if != ids), "decoded" (HF decode
+Fixture line: {"text", "ids", "ids_special" (if != ids; or "special_prefix"
+when it is ids with a prefix such as Llama-3's BOS), "decoded" (HF decode
 of ids if != text), "decoded_skip" (skip_special_tokens=True, if != decoded)}.
 SmolLM2's tokenizer.json: $LEANK_CACHE_DIR/models/smollm2-135m-instruct or
 .cache/models/... (tools/convert_smollm2.py); skipped when absent.
@@ -216,8 +217,12 @@ def hf_expect(tok: Tokenizer, text: str) -> dict:
 
 def compact(e: dict) -> dict:
     out = {"text": e["text"], "ids": e["ids"]}
-    if e["ids_special"] != e["ids"]:
-        out["ids_special"] = e["ids_special"]
+    ids, special = e["ids"], e["ids_special"]
+    if special != ids:
+        if len(special) > len(ids) and special[len(special) - len(ids):] == ids:
+            out["special_prefix"] = special[: len(special) - len(ids)]  # e.g. Llama-3's BOS
+        else:
+            out["ids_special"] = special
     if e["decoded"] != e["text"]:
         out["decoded"] = e["decoded"]
     if e["decoded_skip"] != e["decoded"]:
@@ -279,11 +284,18 @@ def cmd_fixture(args) -> int:
     for i, (name, path) in enumerate(sorted(tokenizer_paths().items())):
         tok = Tokenizer.from_file(str(path))
         rng_texts = make_strings(args.seed * 1000 + i, args.n, specials_of(tok))
+        long_kept = 0
         with open(FUZZ / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for t in rng_texts:
-                if len(t.encode()) > 2000:  # keep the fixture small
+                e = compact(hf_expect(tok, t))
+                # Keep the fixture small: a few long words (> 1000 bytes, few ids), no
+                # other string over 250 bytes.
+                n = len(t.encode())
+                if n > 1000 and len(e["ids"]) < 700 and long_kept < 3:
+                    long_kept += 1
+                elif n > 250:
                     continue
-                f.write(json.dumps(compact(hf_expect(tok, t)), ensure_ascii=False) + "\n")
+                f.write(json.dumps(e, ensure_ascii=False) + "\n")
         print(name, (FUZZ / f"{name}.jsonl").stat().st_size, "bytes")
     return 0
 
@@ -330,7 +342,7 @@ def main() -> int:
     ap.add_argument("--driver", default=str(REPO / "build" / "bin" / "tokenizer_fuzz_driver"))
     args = ap.parse_args()
     if args.n is None:
-        args.n = 20000 if args.mode == "run" else 300
+        args.n = 20000 if args.mode == "run" else 350
     return {"run": cmd_run, "fixture": cmd_fixture, "regression": cmd_regression}[args.mode](args)
 
 

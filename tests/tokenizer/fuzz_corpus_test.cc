@@ -1,6 +1,7 @@
 // Strings from the differential fuzz against HF `tokenizers`
-// (tools/fuzz_tokenizer.py) with the ids and decodes HF gives: the ones that
-// once differed (fuzz/regression.jsonl).
+// (tools/fuzz_tokenizer.py) with the ids and decodes HF gives: a seeded corpus
+// per tokenizer (fuzz/<name>.jsonl) and the ones that once differed
+// (fuzz/regression.jsonl). CI has no `tokenizers`; these keep the check.
 
 #include <gtest/gtest.h>
 
@@ -9,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "test_util.h"
 
@@ -23,11 +25,16 @@ std::filesystem::path TokenizerJson(const std::string& name) {
   return TokenizerData() / name / "tokenizer.json";
 }
 
-// Checks one fixture line: {"text", "ids", "ids_special"?, "decoded"?, "decoded_skip"?}.
+// Checks one fixture line: {"text", "ids", "ids_special"? or "special_prefix"?,
+// "decoded"?, "decoded_skip"?}; also that streaming decode equals Decode.
 void ExpectMatchesHf(const Tokenizer& tok, const nlohmann::json& c, const std::string& where) {
   const std::string text = c["text"];
   const auto ids = c["ids"].get<std::vector<int32_t>>();
-  const auto ids_special = c.value("ids_special", c["ids"]).get<std::vector<int32_t>>();
+  auto ids_special = c.value("ids_special", c["ids"]).get<std::vector<int32_t>>();
+  if (c.contains("special_prefix")) {
+    ids_special = c["special_prefix"].get<std::vector<int32_t>>();
+    ids_special.insert(ids_special.end(), ids.begin(), ids.end());
+  }
   const std::string decoded = c.value("decoded", text);
   const std::string decoded_skip = c.value("decoded_skip", decoded);
   const std::string shown = nlohmann::json(text).dump(-1, ' ', true);
@@ -39,7 +46,38 @@ void ExpectMatchesHf(const Tokenizer& tok, const nlohmann::json& c, const std::s
   EXPECT_EQ(*got_special, ids_special) << where << " encode(add_special_tokens) " << shown;
   EXPECT_EQ(tok.Decode(ids, false), decoded) << where << " decode " << shown;
   EXPECT_EQ(tok.Decode(ids, true), decoded_skip) << where << " decode(skip_special) " << shown;
+  IncrementalDecoder stream(tok, /*skip_special=*/false);
+  std::string streamed;
+  for (int32_t id : ids) streamed += stream.Push(id);
+  streamed += stream.Flush();
+  EXPECT_EQ(streamed, decoded) << where << " streamed decode " << shown;
 }
+
+class FuzzCorpusTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FuzzCorpusTest, MatchesHf) {
+  const auto path = TokenizerJson(GetParam());
+  if (GetParam() == "smollm2" && !std::filesystem::exists(path)) {
+    GTEST_SKIP() << path << " is missing: run tools/convert_smollm2.py first";
+  }
+  auto tok = Tokenizer::Load(path);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const auto cases = ReadJsonl(TokenizerData() / "fuzz" / (GetParam() + ".jsonl"));
+  ASSERT_GE(cases.size(), 300u);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    ExpectMatchesHf(**tok, cases[i], absl::StrCat(GetParam(), " line ", i + 1));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tokenizers, FuzzCorpusTest,
+                         ::testing::Values("llama3-mini", "qwen2-mini", "smollm2"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& ch : n) {
+                             if (ch == '-') ch = '_';
+                           }
+                           return n;
+                         });
 
 TEST(FuzzRegressionTest, StringsThatOnceDifferedFromHf) {
   const auto cases = ReadJsonl(TokenizerData() / "fuzz" / "regression.jsonl");
