@@ -15,7 +15,7 @@ template does, and the C++ test expects a refusal (see engine/tokenizer/README.m
 Regression cases (REGRESSIONS) come first.
 
 Needs only transformers + jinja2:
-  /tmp/hb_venv/bin/python tools/make_chat_template_fixtures.py [--per-template N]
+  python3 tools/make_chat_template_fixtures.py [--per-template N]
       [--seed S] [--out PATH] [--size compact|normal|long]
 Deterministic for a given seed and transformers version.
 """
