@@ -71,13 +71,7 @@ TEST_P(FuzzCorpusTest, MatchesHf) {
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, FuzzCorpusTest,
                          ::testing::Values("llama3-mini", "qwen2-mini", "smollm2"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           for (char& ch : n) {
-                             if (ch == '-') ch = '_';
-                           }
-                           return n;
-                         });
+                         [](const auto& info) { return testing::FixtureParamName(info); });
 
 TEST(FuzzRegressionTest, StringsThatOnceDifferedFromHf) {
   const auto cases = ReadJsonl(TokenizerData() / "fuzz" / "regression.jsonl");

@@ -24,6 +24,16 @@ inline std::filesystem::path SmolLm2Dir() {
   return root / "models" / "smollm2-135m-instruct";
 }
 
+// A gtest parameter name for a fixture name ("llama3-mini" -> "llama3_mini").
+template <typename Info>
+std::string FixtureParamName(const Info& info) {
+  std::string n = info.param;
+  for (char& ch : n) {
+    if (ch == '-') ch = '_';
+  }
+  return n;
+}
+
 inline std::vector<nlohmann::json> ReadJsonl(const std::filesystem::path& path) {
   std::vector<nlohmann::json> out;
   std::ifstream in(path);

@@ -195,13 +195,7 @@ TEST_P(FixtureTest, IncrementalDecoderWaitsForWholeCharacters) {
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, FixtureTest,
                          ::testing::Values("llama3-mini", "qwen2-mini", "smollm2"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           for (char& ch : n) {
-                             if (ch == '-') ch = '_';
-                           }
-                           return n;
-                         });
+                         [](const auto& info) { return testing::FixtureParamName(info); });
 
 TEST(TokenizerTest, Llama3PrependsBosWithSpecialTokens) {
   auto tok = Tokenizer::Load(TokenizerData() / "llama3-mini" / "tokenizer.json");
