@@ -391,25 +391,35 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   return c;
 }
 
-absl::StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& model_dir) {
-  const std::filesystem::path path = model_dir / "config.json";
+namespace {
+
+// The whole file: NotFound when it cannot be opened, DataLoss on a read error.
+absl::StatusOr<std::string> ReadText(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path.string(), ": cannot open"));
   std::stringstream buffer;
   buffer << in.rdbuf();
   if (in.bad()) return absl::DataLossError(absl::StrCat(path.string(), ": read error"));
-  absl::StatusOr<ModelConfig> config = ParseModelConfig(buffer.str(), path.string());
+  return buffer.str();
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& model_dir) {
+  const std::filesystem::path path = model_dir / "config.json";
+  absl::StatusOr<std::string> text = ReadText(path);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(*text, path.string());
   if (!config.ok()) return config;
 
   // generation_config.json's eos_token_id joins config.json's, as HF generate and vLLM
   // stop on it: Llama-3-Instruct's config.json names only <|end_of_text|>, its
   // generation_config.json also <|eot_id|>, which ends every assistant turn.
   const std::filesystem::path gen_path = model_dir / "generation_config.json";
-  std::ifstream gen(gen_path, std::ios::binary);
-  if (!gen) return config;
-  std::stringstream gen_text;
-  gen_text << gen.rdbuf();
-  const Json root = Json::parse(gen_text.str(), nullptr, /*allow_exceptions=*/false);
+  absl::StatusOr<std::string> gen_text = ReadText(gen_path);
+  if (absl::IsNotFound(gen_text.status())) return config;  // optional
+  if (!gen_text.ok()) return gen_text.status();
+  const Json root = Json::parse(*gen_text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(gen_path.string(), ": not a JSON object"));
   }
