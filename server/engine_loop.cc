@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "server/status.h"
 #include "spdlog/spdlog.h"
 
 namespace leank::server {
@@ -116,10 +117,7 @@ void EngineLoop::AddSubmissions(std::vector<Submission>& subs) {
     absl::Status st = engine_->AddRequest(s.id, std::move(s.prompt), std::move(s.params));
     if (!st.ok()) {
       spdlog::info("[{}] refused by the engine: {}", s.log_id, st.ToString());
-      if (s.observe)
-        metrics_->AddRejected(st.code() == absl::StatusCode::kResourceExhausted
-                                  ? "resource_exhausted"
-                                  : "invalid_argument");
+      if (s.observe) metrics_->AddRejected(StatusCodeLabel(st.code()));
       s.channel->Reject(std::move(st));
       continue;
     }

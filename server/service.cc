@@ -31,12 +31,6 @@ v1::FinishReason ToProto(FinishReason r) {
   return v1::FINISH_REASON_UNSPECIFIED;
 }
 
-std::string CodeName(absl::StatusCode code) {
-  std::string s = absl::StatusCodeToString(code);
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 struct StreamCounter {
   explicit StreamCounter(ServerStatus* s, Metrics* m) : s_(s), m_(m) {
     m_->SetStreams(++s_->active_streams);
@@ -111,7 +105,7 @@ grpc::Status LeankServiceImpl::CheckAccepting() const {
 }
 
 grpc::Status LeankServiceImpl::Reject(const absl::Status& status) {
-  metrics_->AddRejected(CodeName(status.code()));
+  metrics_->AddRejected(StatusCodeLabel(status.code()));
   return ToGrpcStatus(status);
 }
 
